@@ -1,0 +1,328 @@
+"""The ``bnadapt`` command line: train, adapt, segment, generate, models, demo.
+
+Every subcommand is one call of a public core function; errors about the
+user's input are printed as one clear sentence (exit code 2), not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import BNAdaptError
+
+EPILOG = """examples:
+  bnadapt generate --n 8 --shape 256 256 --mu0 136 --mu1 178 --output target.tif --labels truth.tif
+  bnadapt segment --model toy-perlin --adapt --input target.tif --output labels.tif --truth truth.tif
+  bnadapt adapt --model toy-perlin --input target.tif --output adapted.safetensors
+  bnadapt train --images src.tif --labels src_labels.tif --output my-model.safetensors
+  bnadapt models
+"""
+
+
+def _read(path: str, what: str) -> tuple[Any, Any]:
+    from .stack_io import read_stack
+
+    if not Path(path).exists():
+        raise BNAdaptError(f"the {what} {path!r} does not exist")
+    return read_stack(path)
+
+
+def _check_output(path: str | None, overwrite: bool) -> None:
+    if path and Path(path).exists() and not overwrite:
+        raise BNAdaptError(f"{path!r} already exists; choose another name or add --overwrite")
+    if path and not Path(path).resolve().parent.is_dir():
+        raise BNAdaptError(f"the folder of {path!r} does not exist")
+
+
+def _write_tiff(path: str, data: Any, info: Any = None) -> None:
+    import numpy as np
+    import tifffile
+
+    arr = np.asarray(data)
+    kwargs: dict[str, Any] = {}
+    vs = getattr(info, "voxel_size_nm", None) if info is not None else None
+    if vs and all(v for v in vs[-2:]):
+        kwargs["resolution"] = (1.0 / vs[-1], 1.0 / vs[-2])
+        kwargs["metadata"] = {"unit": "nm", "axes": "ZYX"[-arr.ndim:]}
+        if arr.ndim == 3 and vs[0]:
+            kwargs["metadata"]["spacing"] = vs[0]
+        kwargs["imagej"] = arr.dtype != np.uint32
+    tifffile.imwrite(path, arr, compression="zlib" if arr.dtype != np.float32 else None, **kwargs)
+
+
+def _intensity(args: argparse.Namespace) -> Any:
+    v = getattr(args, "intensity_range", None)
+    if not v:
+        return None
+    if v == ["auto"]:
+        return "auto"
+    if len(v) != 2:
+        raise BNAdaptError("--intensity-range takes 'auto' or two numbers LOW HIGH")
+    try:
+        return (float(v[0]), float(v[1]))
+    except ValueError:
+        raise BNAdaptError("--intensity-range takes 'auto' or two numbers LOW HIGH") from None
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    from .progress import tqdm_callback
+
+    return tqdm_callback(disable=getattr(args, "quiet", False))
+
+
+def _adapt_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        mode=args.mode, alpha=args.alpha, prior=args.prior, n_patches=args.n_patches,
+        patch_size=args.patch_size, batch_size=args.adapt_batch_size, seed=args.seed,
+    )
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .modelfile import list_models, model_card, user_model_dir
+
+    names = list_models()
+    if not names:
+        print("no models installed")
+    for name in names:
+        card = model_card(name)
+        metrics = card.get("training", {}).get("metrics", {})
+        px = card.get("pixel_size_nm")
+        print(f"{name}: {card.get('description') or ''}".rstrip())
+        print(f"    pixel size: {px if px else 'unknown'} nm; validation IoU: {metrics.get('val_iou', float('nan')):.3f}")
+    print(f"(your own models go in {user_model_dir()})")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from . import synthetic
+
+    _check_output(args.output, args.overwrite)
+    _check_output(args.labels, args.overwrite)
+    params = dict(mu0=args.mu0, sigma0=args.sigma0, mu1=args.mu1, sigma1=args.sigma1, seed=args.seed)
+    if args.volume:
+        images, masks = synthetic.generate_volume((args.n, *args.shape), **params)
+    else:
+        images, masks = synthetic.generate(args.n, tuple(args.shape), shapes=args.shapes, style=args.style, **params)
+    _write_tiff(args.output, images)
+    if args.labels:
+        _write_tiff(args.labels, masks)
+    print(f"wrote {images.shape} toy images to {args.output}" + (f" and labels to {args.labels}" if args.labels else ""))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .modelfile import save_model
+    from .progress import run_to_end
+    from .training import train_iter
+
+    _check_output(args.output, args.overwrite)
+    images, info = _read(args.images, "image file")
+    labels, _ = _read(args.labels, "label file")
+    px = args.pixel_size or (list(info.voxel_size_nm[-2:]) if getattr(info, "voxel_size_nm", None) and all(info.voxel_size_nm[-2:]) else None)
+    model = run_to_end(
+        train_iter(
+            images, labels, width=args.width, bilinear=args.bilinear, steps=args.steps, batch_size=args.batch_size,
+            patch_size=args.patch_size, lr=args.lr, val_fraction=args.val_fraction, eval_every=args.eval_every,
+            patience=args.patience, seed=args.seed, device=args.device, intensity_range=_intensity(args),
+            pixel_size_nm=px, name=args.name or Path(args.output).stem.replace(".safetensors", ""),
+            data_description=args.description,
+        ),
+        _progress(args),
+    )
+    path = save_model(model, args.output, overwrite=args.overwrite)
+    m = model.meta["training"]["metrics"]
+    print(f"saved {path} (validation IoU {m.get('val_iou', float('nan')):.3f} after {m['steps_run']} steps)")
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from .adaptation import adapt_iter
+    from .modelfile import load_model, save_model
+    from .progress import run_to_end
+
+    _check_output(args.output, args.overwrite)
+    model = load_model(args.model, device=args.device)
+    images, _ = _read(args.input, "image file")
+    adapted, report = run_to_end(
+        adapt_iter(model, images, device=args.device, intensity_range=_intensity(args), **_adapt_kwargs(args)),
+        _progress(args),
+    )
+    print(report)
+    if args.output:
+        print(f"saved {save_model(adapted, args.output, overwrite=args.overwrite)}")
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .adaptation import adapt_iter
+    from .inference import predict_iter, segment_iter
+    from .metrics import iou
+    from .modelfile import load_model
+    from .progress import run_to_end
+
+    for out in (args.output, args.probabilities):
+        _check_output(out, args.overwrite)
+    model = load_model(args.model, device=args.device)
+    images, info = _read(args.input, "image file")
+    truth = _read(args.truth, "ground-truth file")[0] if args.truth else None
+    ir = _intensity(args)
+    kw = dict(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, device=args.device, intensity_range=ir)
+    if truth is not None and args.adapt:
+        before = run_to_end(segment_iter(model, images, args.threshold, **kw), _progress(args))
+        print(f"IoU without adaptation: {iou(before, truth):.3f}")
+    if args.adapt:
+        model, report = run_to_end(adapt_iter(model, images, device=args.device, intensity_range=ir, **_adapt_kwargs(args)), _progress(args))
+        print(report)
+    labels = run_to_end(segment_iter(model, images, args.threshold, args.instances, **kw), _progress(args))
+    if truth is not None:
+        print(f"IoU{' after adaptation' if args.adapt else ''}: {iou(labels, truth):.3f}")
+    _write_tiff(args.output, labels, info)
+    print(f"wrote labels {labels.shape} {labels.dtype} to {args.output}")
+    if args.probabilities:
+        prob = run_to_end(predict_iter(model, images, **kw), _progress(args))
+        _write_tiff(args.probabilities, prob, info)
+        print(f"wrote probabilities to {args.probabilities}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.no_gui:
+        from .demo import run_text_demo
+
+        return run_text_demo(quiet=args.quiet)
+    try:
+        from .widgets.demo_gui import run_gui_demo
+    except ImportError as exc:
+        raise BNAdaptError(f"the GUI demo needs napari ({exc}); install napari-bnadapt[napari] or use --no-gui") from None
+    return run_gui_demo(args.screenshot)
+
+
+def _add_common(p: argparse.ArgumentParser, *, device: bool = True, intensity: bool = True) -> None:
+    if device:
+        p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda or mps (default: auto)")
+    if intensity:
+        p.add_argument("--intensity-range", nargs="+", metavar="V",
+                       help="grey values of your data mapped to the model's range: 'auto' (percentiles) or LOW HIGH; "
+                            "needed for 16-bit or float data outside 0..255")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_adapt_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("adaptation (BatchNorm statistics re-estimated on your stack)")
+    g.add_argument("--mode", default="cumulative", choices=["cumulative", "ema", "prior"],
+                   help="cumulative: equal-weight average (default); ema: the paper's moving average; prior: mix with the source")
+    g.add_argument("--alpha", type=float, default=0.1, help="EMA rate for --mode ema (default 0.1)")
+    g.add_argument("--prior", type=float, default=None, help="source pseudo-count N for --mode prior (default 16)")
+    g.add_argument("--n-patches", type=int, default=None, help="random patches to adapt on (default: whole stack if small, else 64)")
+    g.add_argument("--patch-size", type=int, default=256, help="patch side in pixels (default 256)")
+    g.add_argument("--adapt-batch-size", type=int, default=8, help="patches per forward pass (default 8)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the patch positions (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bnadapt`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="bnadapt",
+        description="Adapt a mitochondria-segmentation U-Net to your EM stack by BatchNorm adaptation, and segment it.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"napari-bnadapt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("segment", help="segment a stack (optionally adapting the model to it first)")
+    p.add_argument("--model", default="toy-perlin", help="model name (see 'bnadapt models') or .safetensors file")
+    p.add_argument("--input", required=True, help="image stack: TIFF, folder of slices, MRC, HDF5, zarr")
+    p.add_argument("--output", required=True, help="labels TIFF to write (1 = mitochondrion)")
+    p.add_argument("--adapt", action="store_true", help="adapt the model's BatchNorm statistics to this stack first")
+    p.add_argument("--truth", help="ground-truth labels TIFF: prints the IoU (before and after adaptation)")
+    p.add_argument("--probabilities", help="also write the float32 foreground probability to this TIFF")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
+    p.add_argument("--instances", action="store_true", help="one label per object instead of 0/1")
+    p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels, multiple of 16 (default 512)")
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    _add_adapt_options(p)
+    _add_common(p)
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("adapt", help="adapt a model to a stack and save the adapted model")
+    p.add_argument("--model", default="toy-perlin", help="model name or .safetensors file (never modified)")
+    p.add_argument("--input", required=True, help="the unlabelled target stack")
+    p.add_argument("--output", help="where to save the adapted model (.safetensors)")
+    _add_adapt_options(p)
+    _add_common(p)
+    p.set_defaults(func=_cmd_adapt)
+
+    p = sub.add_parser("train", help="train a source model on labelled images")
+    p.add_argument("--images", required=True, help="training image stack")
+    p.add_argument("--labels", required=True, help="training labels (0 = background, >0 = mitochondrion)")
+    p.add_argument("--output", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--name", help="model name (default: the file name)")
+    p.add_argument("--description", default="", help="what the model was trained on (shown in the model card)")
+    p.add_argument("--pixel-size", type=float, nargs=2, metavar=("Y_NM", "X_NM"), help="training pixel size in nm")
+    p.add_argument("--width", type=int, default=16, help="U-Net base width (default 16)")
+    p.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed convolutions")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
+    p.add_argument("--batch-size", type=int, default=8, help="random crops per step (default 8)")
+    p.add_argument("--patch-size", type=int, default=128, help="crop side in pixels (default 128)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of slices for validation (default 0.1)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between validations (default 100)")
+    p.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("generate", help="make synthetic toy-mitochondria images (Perlin noise)")
+    p.add_argument("--n", type=int, default=8, help="number of images, or slices with --volume (default 8)")
+    p.add_argument("--shape", type=int, nargs=2, default=[256, 256], metavar=("Y", "X"), help="image size (default 256 256)")
+    p.add_argument("--mu0", type=float, default=96, help="background mean grey value (default 96)")
+    p.add_argument("--sigma0", type=float, default=18, help="background noise (default 18)")
+    p.add_argument("--mu1", type=float, default=138, help="mitochondria mean grey value (default 138)")
+    p.add_argument("--sigma1", type=float, default=18, help="mitochondria noise (default 18)")
+    p.add_argument("--shapes", default="perlin", choices=["perlin", "circles", "triangles"], help="object shapes")
+    p.add_argument("--style", default="noise", choices=["noise", "gradient", "edges"], help="image style")
+    p.add_argument("--volume", action="store_true", help="a coherent 3D stack (3D Perlin noise) instead of independent images")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--output", required=True, help="image TIFF to write")
+    p.add_argument("--labels", help="mask TIFF to write")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("models", help="list the installed models and their cards")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("demo", help="napari with a brightness-shifted toy stack, adapted and segmented in one click")
+    p.add_argument("--screenshot", metavar="FILE", help="run without a user: save the window to FILE (PNG) and quit")
+    p.add_argument("--no-gui", action="store_true", help="no window: print the IoU before and after adaptation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (with --no-gui)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bnadapt`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except BNAdaptError as exc:
+        print(f"bnadapt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bnadapt {args.command}: cancelled; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,299 @@
+"""Segmenting stacks: slice-wise 2D inference, tiled with overlap and smooth blending.
+
+Every slice is cut into tiles of ``tile_size`` pixels (multiples of 16) that
+overlap by ``overlap`` pixels; tiles from several slices go through the network
+in batches; overlapping predictions are blended with weights that ramp down
+smoothly towards a tile edge that has a neighbour (and stay 1 at the image
+border), so no seams appear. A slice that fits in one tile is padded (reflect)
+to a multiple of 16 and gives exactly the untiled result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .errors import BNAdaptError
+from .images import StackView, check_stack, resolve_normalization
+from .progress import Progress, Result, run_to_end
+from .unet import SIZE_MULTIPLE
+
+
+def _ceil_to(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` (tiles stay inside when length >= tile)."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def _ramp(n: int, overlap: int, left: bool, right: bool) -> np.ndarray:
+    w = np.ones(n, np.float32)
+    if overlap > 0:
+        r = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap, dtype=np.float32) + 0.5) / overlap)
+        if left:
+            w[:overlap] = r
+        if right:
+            w[-overlap:] = r[::-1]
+    return w
+
+
+class _SliceTiler:
+    """Tile geometry shared by all slices of one stack."""
+
+    def __init__(self, height: int, width: int, tile_size: int, overlap: int) -> None:
+        if tile_size % SIZE_MULTIPLE or tile_size < SIZE_MULTIPLE:
+            raise BNAdaptError(f"tile_size must be a positive multiple of {SIZE_MULTIPLE}, not {tile_size}")
+        if not 0 <= overlap < tile_size // 2:
+            raise BNAdaptError(f"overlap must be between 0 and half the tile size ({tile_size // 2}), not {overlap}")
+        self.h, self.w = height, width
+        # a slice smaller than a tile is padded up to the next multiple of 16
+        self.th = min(tile_size, _ceil_to(height, SIZE_MULTIPLE))
+        self.tw = min(tile_size, _ceil_to(width, SIZE_MULTIPLE))
+        self.ys = tile_starts(height, self.th, overlap)
+        self.xs = tile_starts(width, self.tw, overlap)
+        self.weights = {}
+        for i, y in enumerate(self.ys):
+            for j, x in enumerate(self.xs):
+                wy = _ramp(self.th, overlap, i > 0, i < len(self.ys) - 1)
+                wx = _ramp(self.tw, overlap, j > 0, j < len(self.xs) - 1)
+                self.weights[(y, x)] = np.outer(wy, wx)
+
+    @property
+    def per_slice(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    def tiles(self, img: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield (y, x, tile) for a normalised 2D slice; small slices are reflect-padded."""
+        ph, pw = max(0, self.th - img.shape[0]), max(0, self.tw - img.shape[1])
+        if ph or pw:
+            img = np.pad(img, ((0, ph), (0, pw)), mode="reflect")
+        for y in self.ys:
+            for x in self.xs:
+                yield y, x, img[y : y + self.th, x : x + self.tw]
+
+
+def iter_slice_probabilities(
+    model: Any,
+    view: StackView,
+    norm: Any,
+    *,
+    tile_size: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    device: Any = "auto",
+    amp: bool | None = None,
+) -> Iterator[Progress | tuple[int, np.ndarray]]:
+    """Yield progress and ``(z, probability_slice)`` for every slice, in z order.
+
+    Low-level engine of :func:`predict_iter` and :func:`segment_iter`.
+    """
+    import torch
+
+    from .device import get_device, model_on
+
+    dev = get_device(device)
+    nz, h, w = view.shape3d
+    tiler = _SliceTiler(h, w, tile_size, overlap)
+    total = nz * tiler.per_slice
+    use_amp = (dev.type == "cuda") if amp is None else bool(amp)
+    acc: dict[int, list[np.ndarray]] = {}
+    pending: dict[int, int] = {}
+    batch: list[tuple[int, int, int, np.ndarray]] = []
+    done = 0
+    yield Progress("segmenting", 0, total)
+
+    def run_batch(m: torch.nn.Module) -> None:
+        x = torch.from_numpy(np.stack([t for *_, t in batch])[:, None]).to(dev)
+        with torch.autocast(dev.type, enabled=use_amp, dtype=torch.bfloat16 if dev.type == "cpu" else torch.float16):
+            logits = m(x)
+        prob = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+        for (z, y, xx, _), p in zip(batch, prob):
+            wgt = tiler.weights[(y, xx)]
+            a, s = acc[z]
+            hh, ww = min(tiler.th, a.shape[0] - y), min(tiler.tw, a.shape[1] - xx)
+            a[y : y + hh, xx : xx + ww] += (p * wgt)[:hh, :ww]
+            s[y : y + hh, xx : xx + ww] += wgt[:hh, :ww]
+            pending[z] -= 1
+        batch.clear()
+
+    with model_on(model, dev) as m, torch.inference_mode():
+        for z in range(nz):
+            raw = view.read(z)
+            if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+                raise BNAdaptError(f"slice {z} of the image contains NaN or infinite values; replace them first")
+            img = norm.apply(raw)
+            acc[z] = [np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)]
+            pending[z] = tiler.per_slice
+            for y, x, tile in tiler.tiles(img):
+                batch.append((z, y, x, tile))
+                if len(batch) == batch_size:
+                    n = len(batch)
+                    run_batch(m)
+                    done += n
+                    yield Progress("segmenting", done, total)
+                    yield from _flush(acc, pending)
+        if batch:
+            n = len(batch)
+            run_batch(m)
+            done += n
+            yield Progress("segmenting", done, total)
+        yield from _flush(acc, pending)
+
+
+def _flush(acc: dict[int, list[np.ndarray]], pending: dict[int, int]) -> Iterator[tuple[int, np.ndarray]]:
+    for z in sorted(k for k, v in pending.items() if v == 0):
+        a, s = acc.pop(z)
+        del pending[z]
+        yield z, a / s
+
+
+def _prepare(model: Any, images: Any, intensity_range: Any) -> tuple[StackView, Any]:
+    from .modelfile import default_meta
+
+    view = check_stack(images)
+    meta = getattr(model, "meta", None) or default_meta(model)
+    return view, resolve_normalization(view, meta["normalization"], intensity_range)
+
+
+def _allocate(out: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    if out is None:
+        return np.zeros(shape, dtype)
+    if tuple(out.shape) != shape:
+        raise BNAdaptError(f"the output array has shape {tuple(out.shape)}, expected {shape}")
+    return out
+
+
+def predict_iter(
+    model: Any,
+    images: Any,
+    *,
+    tile_size: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    device: Any = "auto",
+    intensity_range: tuple[float, float] | str | None = None,
+    amp: bool | None = None,
+    out: Any = None,
+) -> Iterator[Progress | Result[Any]]:
+    """Generator form of :func:`predict`: yields :class:`Progress`, finally a :class:`Result`."""
+    view, norm = _prepare(model, images, intensity_range)
+    result = _allocate(out, tuple(view.data.shape), np.float32)
+    for item in iter_slice_probabilities(
+        model, view, norm, tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, amp=amp
+    ):
+        if isinstance(item, Progress):
+            yield item
+        else:
+            z, prob = item
+            if view.is_2d:
+                result[...] = prob
+            else:
+                result[z] = prob
+    yield Result(result)
+
+
+def predict(model: Any, images: Any, **kwargs: Any) -> Any:
+    """Foreground (mitochondrion) probability of every pixel.
+
+    Parameters
+    ----------
+    model : UNet
+        A source or adapted model (see :func:`load_model`, :func:`adapt`). It is
+        not changed; when ``device`` differs from the model's, a copy is used.
+    images : array-like or napari Image layer
+        A (Y, X) image or (Z, Y, X) stack (numpy, ``tifffile.memmap``, zarr,
+        dask): read one slice at a time.
+    tile_size : int, default 512
+        Tile side in pixels (multiple of 16).
+    overlap : int, default 64
+        Overlap of neighbouring tiles in pixels, blended smoothly.
+    batch_size : int, default 4
+        Tiles per forward pass.
+    device : str, default "auto"
+        "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
+    intensity_range : (float, float), "auto" or None
+        How to map grey values to the model's range; see
+        :func:`napari_bnadapt.images.resolve_normalization`. None requires data
+        already in the model's range (8-bit for the bundled models).
+    amp : bool or None, default None
+        Mixed precision (float16 on CUDA); None = on for CUDA, off elsewhere.
+    out : array-like, optional
+        Preallocated float32 array of the input's shape (e.g. a zarr array) to
+        write into; by default a new numpy array.
+
+    Returns
+    -------
+    numpy.ndarray (or ``out``)
+        float32 probabilities in [0, 1], same shape as ``images``.
+    """
+    return run_to_end(predict_iter(model, images, **kwargs))
+
+
+def segment_iter(
+    model: Any,
+    images: Any,
+    threshold: float = 0.5,
+    instances: bool = False,
+    *,
+    out: Any = None,
+    **kwargs: Any,
+) -> Iterator[Progress | Result[Any]]:
+    """Generator form of :func:`segment`: yields :class:`Progress`, finally a :class:`Result`."""
+    if not 0.0 < threshold < 1.0:
+        raise BNAdaptError(f"threshold must be between 0 and 1, not {threshold}")
+    view, norm = _prepare(model, images, kwargs.pop("intensity_range", None))
+    labels = _allocate(None if instances else out, tuple(view.data.shape), np.uint8)
+    for item in iter_slice_probabilities(model, view, norm, **kwargs):
+        if isinstance(item, Progress):
+            yield item
+        else:
+            z, prob = item
+            mask = (prob > threshold).astype(np.uint8)
+            if view.is_2d:
+                labels[...] = mask
+            else:
+                labels[z] = mask
+    if instances:
+        from scipy import ndimage
+
+        yield Progress("labelling objects", 0, 1)
+        inst = _allocate(out, labels.shape, np.uint32)
+        inst[...], _ = ndimage.label(labels, output=np.uint32)
+        yield Progress("labelling objects", 1, 1)
+        labels = inst
+    yield Result(labels)
+
+
+def segment(model: Any, images: Any, threshold: float = 0.5, instances: bool = False, **kwargs: Any) -> Any:
+    """Segment mitochondria: threshold the foreground probability.
+
+    Parameters
+    ----------
+    model : UNet
+        A source or adapted model; not changed.
+    images : array-like or napari Image layer
+        (Y, X) image or (Z, Y, X) stack.
+    threshold : float, default 0.5
+        Probability above which a pixel is foreground.
+    instances : bool, default False
+        False: semantic labels (uint8, 1 = mitochondrion). True: one label per
+        connected object (uint32; 3D connectivity in stacks).
+    **kwargs
+        ``tile_size``, ``overlap``, ``batch_size``, ``device``,
+        ``intensity_range``, ``amp``, ``out``: as in :func:`predict`.
+
+    Returns
+    -------
+    numpy.ndarray (or ``out``)
+        Labels of the same shape as ``images``.
+    """
+    return run_to_end(segment_iter(model, images, threshold, instances, **kwargs))

@@ -1,0 +1,1 @@
+"""napari dock widgets (Qt). The core modules never import this package."""

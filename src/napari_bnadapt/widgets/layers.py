@@ -1,0 +1,44 @@
+"""Layer helpers for the widgets: choosing layers, keeping the voxel size, never overwriting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def transform_kwargs(layer: Any) -> dict[str, Any]:
+    """The spatial transform of ``layer`` (scale, translate, rotate, shear, affine, units).
+
+    Result layers built with these sit exactly on the input image, voxel size included.
+    """
+    kw: dict[str, Any] = {
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": np.asarray(layer.affine.affine_matrix),
+    }
+    units = getattr(layer, "units", None)
+    if units is not None:
+        kw["units"] = tuple(str(u) for u in units)
+    axis_labels = getattr(layer, "axis_labels", None)
+    if axis_labels is not None:
+        kw["axis_labels"] = tuple(axis_labels)
+    return kw
+
+
+def unique_name(viewer: Any, name: str) -> str:
+    """``name``, or ``name (2)``, ``name (3)``... so an existing layer is never replaced."""
+    existing = {layer.name for layer in viewer.layers}
+    if name not in existing:
+        return name
+    k = 2
+    while f"{name} ({k})" in existing:
+        k += 1
+    return f"{name} ({k})"
+
+
+def layers_of(viewer: Any, kind: str) -> list[Any]:
+    """The viewer's layers of one type ("image", "labels")."""
+    return [layer for layer in viewer.layers if layer._type_string == kind]

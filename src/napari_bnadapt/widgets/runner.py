@@ -1,0 +1,121 @@
+"""Running a core generator in a napari thread worker: progress bars, Cancel, errors in words."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+from magicgui.widgets import Label, ProgressBar, PushButton
+
+from ..errors import BNAdaptError
+from ..progress import Progress, Result
+
+
+def unwrap(gen: Iterator[Any]) -> Generator[Progress, None, Any]:
+    """``yield from unwrap(core_iter(...))`` yields its progress and returns its result."""
+    for item in gen:
+        if isinstance(item, Result):
+            return item.value
+        yield item
+    raise RuntimeError("the operation ended without a result")
+
+
+def friendly_error(exc: BaseException) -> str:
+    """One sentence for the user: their input's problem as is, anything else briefly."""
+    if isinstance(exc, BNAdaptError):
+        return str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "not enough memory: try a smaller tile size / batch size, or crop the stack"
+    return f"unexpected error ({type(exc).__name__}: {exc}); see the napari console for details"
+
+
+class Runner:
+    """One long run at a time, with a progress bar, a Cancel button and a status line.
+
+    Parameters
+    ----------
+    progress : ProgressBar
+        The widget's own progress bar.
+    status : Label
+        Where messages go (errors in red).
+    cancel : PushButton
+        Enabled only while running; stops the run at its next progress step.
+    run_buttons : list of PushButton
+        Disabled while running.
+    """
+
+    def __init__(self, progress: ProgressBar, status: Label, cancel: PushButton, run_buttons: list[PushButton]) -> None:
+        self.progress = progress
+        self.status = status
+        self.cancel = cancel
+        self.run_buttons = run_buttons
+        self.worker: Any = None
+        self._pbr: Any = None
+        self._stage = ""
+        cancel.enabled = False
+        cancel.changed.connect(self.request_cancel)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def say(self, text: str, error: bool = False) -> None:
+        """Show a message in the status line (red for errors)."""
+        self.status.value = text
+        self.status.native.setStyleSheet("color: #ff6b6b;" if error else "")
+
+    def start(self, func: Callable[[], Generator[Progress, None, Any]], on_done: Callable[[Any], None], desc: str) -> Any:
+        """Run ``func`` (a generator function yielding Progress and returning the result) in a thread."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress as napari_progress
+
+        if self.running:
+            return None
+        worker = create_worker(func, _start_thread=False)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(on_done)
+        worker.errored.connect(lambda e: self.say(friendly_error(e), error=True))
+        worker.aborted.connect(lambda: self.say("cancelled: nothing was changed"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._pbr = napari_progress(total=0, desc=desc)
+        self._stage = ""
+        self.progress.value = 0
+        for b in self.run_buttons:
+            b.enabled = False
+        self.cancel.enabled = True
+        self.say(f"{desc}...")
+        worker.start()
+        return worker
+
+    def request_cancel(self) -> None:
+        """Ask the running worker to stop at its next progress step."""
+        if self.worker is not None:
+            self.say("cancelling...")
+            self.worker.quit()
+
+    def _on_progress(self, p: Progress) -> None:
+        if not isinstance(p, Progress):
+            return
+        total = max(p.total, 1)
+        if p.stage != self._stage:
+            self._stage = p.stage
+            self.say(f"{p.stage}...")
+            if self._pbr is not None:
+                self._pbr.set_description(p.stage)
+                self._pbr.total = total
+                self._pbr.n = 0
+        self.progress.max = total
+        self.progress.value = min(p.done, total)
+        self.progress.label = p.stage
+        if self._pbr is not None:
+            self._pbr.update(p.done - self._pbr.n)
+
+    def _on_finished(self) -> None:
+        if self._pbr is not None:
+            self._pbr.close()
+            self._pbr = None
+        self.worker = None
+        for b in self.run_buttons:
+            b.enabled = True
+        self.cancel.enabled = False

@@ -1,0 +1,143 @@
+import copy
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+import napari_bnadapt as nb
+from napari_bnadapt.adaptation import adapt_batchnorm_iter
+from napari_bnadapt.errors import BNAdaptError
+from napari_bnadapt.progress import Progress, Result, run_to_end
+from napari_bnadapt.unet import batchnorm_layers
+
+from .conftest import state_bytes
+
+
+def test_brightness_shift_collapses_and_adaptation_restores(toy_model, bright_stack):
+    """Thesis experiment #2: both means +40 ruin the source model; AdaBN restores it."""
+    images, truth = bright_stack
+    before = nb.iou(nb.segment(toy_model, images, device="cpu"), truth)
+    adapted, report = nb.adapt(toy_model, images, device="cpu")
+    after = nb.iou(nb.segment(adapted, images, device="cpu"), truth)
+    assert before < 0.5
+    assert after >= 0.85
+    assert report.converged and report.n_voxels == images.size
+
+
+def test_in_domain_iou(toy_model, source_stack):
+    images, truth = source_stack
+    assert nb.iou(nb.segment(toy_model, images, device="cpu"), truth) >= 0.90
+
+
+def _exact_pooled_statistics(model, batches):
+    """Reference: each BN layer's exact pooled float64 statistics, set layer by layer in forward order."""
+    model = copy.deepcopy(model).eval()
+    out = {}
+    for name, bn in batchnorm_layers(model):
+        acc = []
+        h = bn.register_forward_pre_hook(lambda m, inp: acc.append(inp[0].double().transpose(0, 1).reshape(inp[0].shape[1], -1)))
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+        h.remove()
+        allx = torch.cat(acc, 1)
+        mean, var = allx.mean(1), allx.var(1)
+        bn.running_mean.copy_(mean.float())
+        bn.running_var.copy_(var.float())
+        out[name] = (mean, var)
+    return out
+
+
+def test_cumulative_matches_exact_pooled_statistics(toy_model, bright_stack):
+    images = bright_stack[0][:32]
+    norm = nb.images.Normalization.from_meta(toy_model.meta["normalization"])
+    x = torch.from_numpy(norm.apply(images)[:, None])
+    batches = list(x.split(8))
+    exact = _exact_pooled_statistics(toy_model, batches)
+    adapted = copy.deepcopy(toy_model)
+    run_to_end(adapt_batchnorm_iter(adapted, batches, len(batches), mode="cumulative"))
+    worst = 0.0
+    for name, bn in batchnorm_layers(adapted):
+        m, v = exact[name]
+        sd = v.sqrt()
+        worst = max(worst, float(((bn.running_mean.double() - m).abs() / sd).max()))
+        worst = max(worst, float(((bn.running_var.double().sqrt() - sd).abs() / sd).max()))
+    assert worst < 0.01, f"cumulative statistics off by {worst:.4f} sigma"
+
+
+def test_cumulative_keeps_between_batch_variance():
+    """Per-image brightness changes: PyTorch's average of batch variances would give 1, the truth is 5."""
+    bn = torch.nn.BatchNorm2d(1)
+    model = torch.nn.Sequential(bn)
+    offsets = [-4.0, -2.0, 0.0, 2.0, 4.0]
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(1, 1, 64, 64, generator=g) + o for o in offsets]
+    run_to_end(adapt_batchnorm_iter(model, batches, len(batches)))
+    assert abs(bn.running_var.item() - 9.0) < 0.3  # 1 + var(offsets) = 1 + 8
+
+
+def test_source_model_and_file_unchanged(tmp_path, bright_stack):
+    path = tmp_path / "src.safetensors"
+    nb.save_model(nb.load_model("toy-perlin", device="cpu"), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    model = nb.load_model(path, device="cpu")
+    before = state_bytes(model)
+    meta = copy.deepcopy(model.meta)
+    adapted, _ = nb.adapt(model, bright_stack[0], device="cpu")
+    assert state_bytes(model) == before
+    assert model.meta == meta
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert state_bytes(adapted) != before
+    assert adapted.meta["adaptation"]["source_model"] == model.meta["name"]
+
+
+def test_only_batchnorm_statistics_change(toy_model, bright_stack):
+    adapted, _ = nb.adapt(toy_model, bright_stack[0], device="cpu")
+    src, dst = toy_model.state_dict(), adapted.state_dict()
+    changed = {k for k in src if not torch.equal(src[k], dst[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var")) for k in changed)
+
+
+def test_modes_and_reproducibility(toy_model, bright_stack):
+    images, truth = bright_stack
+    a1, r1 = nb.adapt(toy_model, images, device="cpu", n_patches=12, patch_size=64, seed=3)
+    a2, _ = nb.adapt(toy_model, images, device="cpu", n_patches=12, patch_size=64, seed=3)
+    assert state_bytes(a1) == state_bytes(a2)
+    assert not r1.exhaustive and r1.n_patches == 12
+    ema, _ = nb.adapt(toy_model, images, device="cpu", mode="ema", alpha=0.1, batch_size=4)
+    prior, rp = nb.adapt(toy_model, images, device="cpu", mode="prior", prior=16)
+    # EMA and prior keep part of the source statistics: in between source and cumulative
+    name = "inc.bn1"
+    s = dict(toy_model.named_modules())[name].running_mean
+    c = dict(a1.named_modules())[name].running_mean
+    for m in (ema, prior):
+        v = dict(m.named_modules())[name].running_mean
+        assert 0 < float((v - s).norm()) < float((c - s).norm())
+    assert rp.prior == 16
+
+
+def test_generator_yields_progress_then_result(toy_model, bright_stack):
+    items = list(nb.adapt_iter(toy_model, bright_stack[0][:16], device="cpu", batch_size=4))
+    assert isinstance(items[-1], Result)
+    prog = [i for i in items if isinstance(i, Progress)]
+    assert prog[0].done == 0 and prog[-1].done == prog[-1].total == 4
+
+
+def test_model_without_batchnorm_is_refused(bright_stack):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1))
+    with pytest.raises(BNAdaptError, match="no BatchNorm"):
+        nb.adapt(model, bright_stack[0])
+
+
+def test_bad_settings(toy_model, bright_stack):
+    with pytest.raises(BNAdaptError, match="mode"):
+        nb.adapt(toy_model, bright_stack[0], mode="magic")
+    with pytest.raises(BNAdaptError, match="n_patches"):
+        nb.adapt(toy_model, bright_stack[0], n_patches=0)
+
+
+def test_input_not_modified(toy_model, bright_stack):
+    images = bright_stack[0].copy()
+    nb.adapt(toy_model, images, device="cpu")
+    np.testing.assert_array_equal(images, bright_stack[0])

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import tifffile
+
+from napari_bnadapt.cli import main
+
+
+def test_generate_segment_adapt_with_truth(tmp_path, capsys):
+    img, lab, out = tmp_path / "t.tif", tmp_path / "truth.tif", tmp_path / "labels.tif"
+    assert main(["generate", "--n", "4", "--shape", "96", "96", "--mu0", "136", "--mu1", "178",
+                 "--output", str(img), "--labels", str(lab)]) == 0
+    assert main(["segment", "--model", "toy-perlin", "--adapt", "--input", str(img), "--output", str(out),
+                 "--truth", str(lab), "--device", "cpu", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    before = float(text.split("IoU without adaptation: ")[1].split()[0])
+    after = float(text.split("IoU after adaptation: ")[1].split()[0])
+    assert after > before + 0.3
+    labels = tifffile.imread(out)
+    assert labels.shape == (4, 96, 96) and labels.dtype == np.uint8
+
+
+def test_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "x.tif"
+    out.write_bytes(b"keep me")
+    assert main(["generate", "--n", "2", "--output", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["segment", "--input", str(tmp_path / "missing.tif"), "--output", str(tmp_path / "o.tif")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    img = tmp_path / "rgb.tif"
+    tifffile.imwrite(img, np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    assert main(["segment", "--input", str(img), "--output", str(tmp_path / "o.tif")]) == 2
+    assert "colour" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_adapt_saves_model(tmp_path, capsys):
+    img = tmp_path / "t.tif"
+    main(["generate", "--n", "2", "--shape", "64", "64", "--mu0", "136", "--mu1", "178", "--output", str(img)])
+    out = tmp_path / "adapted.safetensors"
+    assert main(["adapt", "--model", "toy-perlin", "--input", str(img), "--output", str(out), "--device", "cpu", "--quiet"]) == 0
+    import napari_bnadapt as nb
+
+    assert nb.model_card(out)["adaptation"]["source_model"] == "toy-perlin"
+
+
+def test_models_and_help(capsys):
+    assert main(["models"]) == 0
+    assert "toy-perlin" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    assert "--intensity-range" in capsys.readouterr().out

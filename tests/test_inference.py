@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+import napari_bnadapt as nb
+from napari_bnadapt.errors import BNAdaptError
+from napari_bnadapt.images import Normalization
+from napari_bnadapt.inference import tile_starts
+
+
+def _direct(model, img):
+    """Untiled reference: the whole (reflect-padded) slice through the network at once."""
+    norm = Normalization.from_meta(model.meta["normalization"])
+    h, w = img.shape
+    ph, pw = -h % 16, -w % 16
+    x = np.pad(norm.apply(img), ((0, ph), (0, pw)), mode="reflect")
+    with torch.no_grad():
+        p = torch.softmax(model.eval()(torch.from_numpy(x)[None, None]), 1)[0, 1].numpy()
+    return p[:h, :w]
+
+
+@pytest.fixture(scope="module")
+def toy_image():
+    from napari_bnadapt import synthetic
+
+    return synthetic.generate(1, (200, 232), seed=5)[0][0]
+
+
+def test_single_tile_equals_untiled(toy_model, toy_image):
+    p = nb.predict(toy_model, toy_image, tile_size=256, device="cpu")
+    assert p.shape == toy_image.shape and p.dtype == np.float32
+    np.testing.assert_allclose(p, _direct(toy_model, toy_image), atol=1e-5)
+
+
+def test_tiled_blends_without_seams(toy_model, toy_image):
+    whole = _direct(toy_model, toy_image)
+    tiled = nb.predict(toy_model, toy_image, tile_size=96, overlap=32, batch_size=3, device="cpu")
+    assert np.abs(tiled - whole).mean() < 0.01
+    assert ((tiled > 0.5) == (whole > 0.5)).mean() > 0.99
+
+
+def test_tile_starts_cover_everything():
+    for length, tile, ov in [(100, 32, 8), (32, 32, 8), (33, 32, 8), (1000, 512, 64)]:
+        starts = tile_starts(length, tile, ov)
+        covered = np.zeros(length, bool)
+        for s in starts:
+            covered[s : s + tile] = True
+        assert covered.all() and starts[-1] + tile == max(length, tile)
+
+
+def test_stack_2d_and_one_slice_shapes(toy_model, source_stack):
+    images = source_stack[0]
+    lab = nb.segment(toy_model, images[:5], device="cpu")
+    assert lab.shape == (5, 64, 64) and lab.dtype == np.uint8 and set(np.unique(lab)) <= {0, 1}
+    one = nb.segment(toy_model, images[:1], device="cpu")
+    assert one.shape == (1, 64, 64)
+    np.testing.assert_array_equal(one[0], nb.segment(toy_model, images[0], device="cpu"))
+
+
+def test_instances(toy_model, source_stack):
+    inst = nb.segment(toy_model, source_stack[0][:4], instances=True, device="cpu")
+    assert inst.dtype == np.uint32 and inst.max() > 1
+
+
+def test_memmap_input(tmp_path, toy_model, source_stack):
+    import tifffile
+
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, source_stack[0][:6])
+    mm = tifffile.memmap(path)
+    np.testing.assert_array_equal(nb.segment(toy_model, mm, device="cpu"), nb.segment(toy_model, source_stack[0][:6], device="cpu"))
+
+
+def test_sizes_not_multiple_of_16(toy_model):
+    from napari_bnadapt import synthetic
+
+    img = synthetic.generate(1, (37, 53), seed=1)[0]
+    assert nb.predict(toy_model, img, device="cpu").shape == (1, 37, 53)
+
+
+def test_unavailable_device_is_a_clear_error(toy_model, toy_image):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BNAdaptError, match="no CUDA GPU"):
+        nb.predict(toy_model, toy_image, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(toy_model, toy_image):
+    cpu = nb.predict(toy_model, toy_image, device="cpu")
+    gpu = nb.predict(toy_model, toy_image, device="cuda", amp=False)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-3)
+    assert next(toy_model.parameters()).device.type == "cpu"  # the caller's model did not move
+
+
+def test_bad_threshold(toy_model, toy_image):
+    with pytest.raises(BNAdaptError, match="threshold"):
+        nb.segment(toy_model, toy_image, threshold=1.5)

@@ -1,0 +1,15 @@
+import subprocess
+import sys
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, napari_bnadapt as nb; nb.list_models; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_api_names():
+    import napari_bnadapt as nb
+
+    for name in ["list_models", "load_model", "save_model", "adapt", "predict", "segment", "train", "iou", "dice"]:
+        assert callable(getattr(nb, name))
+    assert callable(nb.synthetic.generate)

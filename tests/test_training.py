@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+import napari_bnadapt as nb
+from napari_bnadapt.errors import BNAdaptError
+from napari_bnadapt.progress import Progress
+
+from .conftest import state_bytes
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    from napari_bnadapt import synthetic
+
+    return synthetic.generate(40, (64, 64), seed=7)
+
+
+def test_short_training_learns_and_records_card(small_data):
+    images, masks = small_data
+    items = list(nb.train_iter(images, masks, width=4, steps=60, batch_size=8, patch_size=64, eval_every=30, seed=1, device="cpu", name="tiny"))
+    model = items[-1].value
+    assert any(isinstance(i, Progress) and i.stage == "training" for i in items)
+    card = model.meta["training"]
+    assert card["metrics"]["val_iou"] > 0.3  # far above chance after 60 steps
+    assert card["recipe"]["seed"] == 1 and card["data"]["train_slices"] == 36
+    assert model.meta["normalization"]["mean"] == pytest.approx(images.mean() / 255, abs=0.02)
+
+
+def test_training_is_reproducible(small_data):
+    images, masks = small_data
+    kw = dict(width=4, steps=10, batch_size=4, patch_size=32, eval_every=5, seed=3, device="cpu")
+    a, b = nb.train(images, masks, **kw), nb.train(images, masks, **kw)
+    assert state_bytes(a) == state_bytes(b)
+
+
+def test_bad_training_input(small_data):
+    images, masks = small_data
+    with pytest.raises(BNAdaptError, match="differ in shape"):
+        nb.train(images, masks[:5])
+    with pytest.raises(BNAdaptError, match="integers"):
+        nb.train(images, masks.astype(np.float32))
+    with pytest.raises(BNAdaptError, match="val_fraction"):
+        nb.train(images, masks, val_fraction=1.5)

@@ -1,0 +1,134 @@
+"""GUI tests through the plugin manifest (run under xvfb-run in CI)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from .conftest import state_bytes  # noqa: E402
+
+PLUGIN = "napari-bnadapt"
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def _adapt_widget(viewer):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Adapt & segment")
+    return widget
+
+
+def _wait(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=TIMEOUT_MS)
+
+
+def test_samples_open_with_names(viewer):
+    for key in ["toy_source", "toy_brightness_target", "toy_contrast_target", "toy_stack_3d"]:
+        viewer.open_sample(PLUGIN, key)
+    kinds = [layer._type_string for layer in viewer.layers]
+    assert kinds.count("image") == 4 and kinds.count("labels") == 4
+    assert viewer.layers["toy source"].contrast_limits == [0, 255]
+
+
+def test_one_click_adaptation_adds_scaled_labels_and_raises_iou(viewer, qtbot):
+    viewer.open_sample(PLUGIN, "toy_brightness_target")
+    image = viewer.layers["toy target (brighter)"]
+    image.scale = (40.0, 5.0, 5.0)
+    image.translate = (0.0, 100.0, 50.0)
+    keep = image.data.copy()
+    w = _adapt_widget(viewer)
+    w.image.value = image
+    w.truth.value = viewer.layers["toy target (brighter) truth"]
+    w.add_probabilities.value = True
+    assert w.start(adapt=True) is not None
+    assert not w.run_adapt.enabled and w.cancel.enabled  # no double start while running
+    _wait(qtbot, w)
+    out = viewer.layers[-2]
+    assert out._type_string == "labels" and out.name == "toy target (brighter) [toy-perlin adapted]"
+    assert out.data.shape == image.data.shape
+    np.testing.assert_allclose(out.scale, image.scale)
+    np.testing.assert_allclose(out.translate, image.translate)
+    assert viewer.layers[-1].name.endswith("probability]")
+    res = w.last_result
+    assert res["iou_before"] < 0.5 and res["iou"] > 0.85, res
+    assert "IoU before adaptation" in w.status.value
+    np.testing.assert_array_equal(image.data, keep)  # the user's image is untouched
+    assert w.save.enabled and w.run_adapt.enabled
+    # a second run never replaces the first result
+    w.start(adapt=False)
+    _wait(qtbot, w)
+    names = [layer.name for layer in viewer.layers]
+    assert len(names) == len(set(names))
+
+
+def test_cancel_stops_and_changes_nothing(viewer, qtbot):
+    viewer.open_sample(PLUGIN, "toy_stack_3d")
+    w = _adapt_widget(viewer)
+    w.image.value = viewer.layers["toy 3D stack"]
+    model = w._load_model()
+    before = state_bytes(model)
+    n_layers = len(viewer.layers)
+    worker = w.start(adapt=True)
+    qtbot.waitUntil(lambda: w.progress.value > 0 or not w.runner.running, timeout=TIMEOUT_MS)
+    w.cancel.clicked.emit()
+    with qtbot.waitSignal(worker.finished, timeout=5_000):
+        pass
+    assert not w.runner.running
+    assert len(viewer.layers) == n_layers
+    assert "cancelled" in w.status.value
+    assert state_bytes(model) == before
+    assert w.adapted_model is None and not w.save.enabled
+
+
+def test_bad_input_is_a_message_not_a_traceback(viewer):
+    w = _adapt_widget(viewer)
+    assert w.start() is None  # no layer at all
+    assert "no image" in w.status.value
+    viewer.add_points(np.zeros((3, 2)))
+    w.reset_choices()
+    assert w.start() is None  # only a Points layer: not offered, same message
+    assert "no image" in w.status.value
+    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True, name="colour photo")
+    w.image.value = rgb
+    assert w.start() is None
+    assert "colour" in w.status.value
+    viewer.add_image(np.full((64, 64), 1000, np.uint16), name="sixteen")
+    w.image.value = viewer.layers["sixteen"]
+    assert w.start() is None
+    assert "16-bit" in w.status.value
+
+
+def test_save_adapted_model_never_overwrites(viewer, qtbot, tmp_path):
+    viewer.open_sample(PLUGIN, "toy_brightness_target")
+    w = _adapt_widget(viewer)
+    w.image.value = viewer.layers["toy target (brighter)"]
+    w.start(adapt=True)
+    _wait(qtbot, w)
+    existing = tmp_path / "a.safetensors"
+    existing.write_bytes(b"mine")
+    assert w.save_adapted_model(existing) is None and existing.read_bytes() == b"mine"
+    saved = w.save_adapted_model(tmp_path / "b.safetensors")
+    import napari_bnadapt as nb
+
+    assert nb.model_card(saved)["adaptation"]["source_model"] == "toy-perlin"
+
+
+def test_train_widget_saves_a_listed_model(viewer, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("BNADAPT_MODEL_DIR", str(tmp_path))
+    viewer.open_sample(PLUGIN, "toy_source")
+    _dock, t = viewer.window.add_plugin_dock_widget(PLUGIN, "Train a source model")
+    a = _adapt_widget(viewer)
+    t.image.value = viewer.layers["toy source"]
+    t.labels_layer.value = viewer.layers["toy source truth"]
+    t.model_name.value = "tiny"
+    t.net_width.value, t.steps.value, t.patch_size.value = 4, 20, 64
+    assert t.start() is not None
+    qtbot.waitUntil(lambda: not t.runner.running, timeout=TIMEOUT_MS)
+    assert (tmp_path / "tiny.safetensors").exists(), t.status.value
+    assert "tiny" in a.model.choices
+    t.start()  # same name again: refused, file kept
+    assert "exists" in t.status.value
