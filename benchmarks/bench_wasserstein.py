@@ -5,7 +5,7 @@ The pytorch-fid way of computing W2^2 (the Frechet distance) is
 it against ``w2_squared`` (plain and source-normalised) at n = 64, 256, 1024 on
 sample covariances of correlated Gaussians, median of repeated runs, with the
 methods interleaved within every repeat so that load changes hit all of them
-alike. It also checks what sqrtm gives for two identical rank-deficient
+alike, on moderately and on badly conditioned covariances. It also checks what sqrtm gives for two identical rank-deficient
 covariances (true value 0).
 
 Usage::
@@ -58,9 +58,20 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = np.random.default_rng(12345)
 
-    def sample_cov(n, m, rank=None):
-        a = rng.standard_normal((n, rank or n)) * rng.uniform(0.2, 3.0, rank or n)
-        x = rng.standard_normal((m, rank or n)) @ a.T
+    def sample_cov(n, m, rank=None, spread=None):
+        """Sample covariance of m draws of a random Gaussian.
+
+        spread=None: population covariance A A^T with A a random n x rank Gaussian matrix with
+        column scales in [0.2, 3] (badly conditioned for rank = n); spread=s: a random rotation of
+        eigenvalues log-spaced over s decades.
+        """
+        r = rank or n
+        if spread is None:
+            a = rng.standard_normal((n, r)) * rng.uniform(0.2, 3.0, r)
+        else:
+            q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+            a = q * np.sqrt(np.logspace(0, -spread, n))
+        x = rng.standard_normal((m, a.shape[1])) @ a.T
         return x.mean(0), np.cov(x, rowvar=False)
 
     lines: list[str] = []
@@ -77,37 +88,46 @@ def main(argv: list[str] | None = None) -> int:
     out(f"numpy {np.__version__}, scipy {scipy.__version__}")
     if load:
         out(f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    out(f"median of {args.repeats} repeats, methods interleaved within each repeat; covariances are sample")
-    out("covariances of 4n draws from a random correlated Gaussian (well conditioned, full rank)")
+    out(f"median of {args.repeats} repeats, methods interleaved within each repeat. Covariances: sample")
+    out("covariances of 4n draws; 'moderate': population eigenvalues over 2 decades, 'ill': population")
+    out("A A^T with a random square A (the condition number of S1 is in the 'cond S1' column).")
     out()
-    header = f"{'n':>5} {'method':<30} {'median s':>10} {'min s':>10} {'speed-up':>9} {'rel. diff to sqrtm':>19}"
+    header = (
+        f"{'n':>5} {'case':<9} {'method':<30} {'median s':>9} {'min s':>9} {'speed-up':>9} "
+        f"{'cond S1':>8} {'|ours-sqrtm|/ours':>18}"
+    )
     out(header)
     out("-" * len(header))
     sizes = [int(s) for s in args.sizes.split(",")]
     for n in sizes:
-        m1, s1 = sample_cov(n, 4 * n)
-        m2, s2 = sample_cov(n, 4 * n)
-        methods = {
-            "scipy sqrtm(S1 @ S2)": lambda: fid_sqrtm(m1, s1, m2, s2)[0],
-            "w2_squared (plain)": lambda: w2_squared(m1, s1, m2, s2),
-            "w2_squared (normalize=source)": lambda: w2_squared(m1, s1, m2, s2, normalize="source"),
-            "w2_squared (normalize=target)": lambda: w2_squared(m1, s1, m2, s2, normalize="target"),
-        }
-        values = {k: f() for k, f in methods.items()}  # warm-up, and the values
-        times: dict[str, list[float]] = {k: [] for k in methods}
-        for _ in range(args.repeats):
-            for k, f in methods.items():
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
-        base = float(np.median(times["scipy sqrtm(S1 @ S2)"]))
-        for k in methods:
-            med = float(np.median(times[k]))
-            diff = ""
-            if k == "w2_squared (plain)":
-                diff = f"{abs(values[k] - values['scipy sqrtm(S1 @ S2)']) / values[k]:.1e}"
-            out(f"{n:>5} {k:<30} {med:>10.4f} {min(times[k]):>10.4f} {base / med:>8.1f}x {diff:>19}")
-        out()
+        for case, spread in (("moderate", 2.0), ("ill", None)):
+            m1, s1 = sample_cov(n, 4 * n, spread=spread)
+            m2, s2 = sample_cov(n, 4 * n, spread=spread)
+            cond = np.linalg.cond(s1)
+            methods = {
+                "scipy sqrtm(S1 @ S2)": lambda: fid_sqrtm(m1, s1, m2, s2)[0],
+                "w2_squared (plain)": lambda: w2_squared(m1, s1, m2, s2),
+                "w2_squared (normalize=source)": lambda: w2_squared(m1, s1, m2, s2, normalize="source"),
+                "w2_squared (normalize=target)": lambda: w2_squared(m1, s1, m2, s2, normalize="target"),
+            }
+            values = {k: f() for k, f in methods.items()}  # warm-up, and the values
+            times: dict[str, list[float]] = {k: [] for k in methods}
+            for _ in range(args.repeats):
+                for k, f in methods.items():
+                    t0 = time.perf_counter()
+                    f()
+                    times[k].append(time.perf_counter() - t0)
+            base = float(np.median(times["scipy sqrtm(S1 @ S2)"]))
+            for k in methods:
+                med = float(np.median(times[k]))
+                diff = ""
+                if k == "w2_squared (plain)":
+                    diff = f"{abs(values[k] - values['scipy sqrtm(S1 @ S2)']) / values[k]:.1e}"
+                out(
+                    f"{n:>5} {case:<9} {k:<30} {med:>9.4f} {min(times[k]):>9.4f} {base / med:>8.1f}x "
+                    f"{cond:>8.1e} {diff:>18}"
+                )
+            out()
 
     out("Identical rank-deficient covariances (true W2^2 = 0), rank n/4:")
     out(f"{'n':>5} {'sqrtm value':>14} {'sqrtm complex?':>15} {'max |imag|':>11} {'w2_squared':>11} {'trace':>10} "

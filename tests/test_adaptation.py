@@ -49,11 +49,14 @@ def _exact_pooled_statistics(model, batches):
     return out
 
 
-def test_cumulative_matches_exact_pooled_statistics(toy_model, bright_stack):
-    images = bright_stack[0][:32]
+def test_cumulative_matches_exact_pooled_statistics(toy_model):
+    """Default-size patches (256 px), several batches: every channel of every layer within 1 % of sigma."""
+    from napari_bnadapt import synthetic
+
+    images = synthetic.generate(16, (256, 256), seed=12, cell_size=32, mu0=136, sigma0=18, mu1=178, sigma1=18)[0]
     norm = nb.images.Normalization.from_meta(toy_model.meta["normalization"])
     x = torch.from_numpy(norm.apply(images)[:, None])
-    batches = list(x.split(8))
+    batches = list(x.split(4))
     exact = _exact_pooled_statistics(toy_model, batches)
     adapted = copy.deepcopy(toy_model)
     run_to_end(adapt_batchnorm_iter(adapted, batches, len(batches), mode="cumulative"))
@@ -117,11 +120,19 @@ def test_modes_and_reproducibility(toy_model, bright_stack):
     assert rp.prior == 16
 
 
-def test_generator_yields_progress_then_result(toy_model, bright_stack):
-    items = list(nb.adapt_iter(toy_model, bright_stack[0][:16], device="cpu", batch_size=4))
+def test_small_patches_get_larger_batches(toy_model, bright_stack):
+    _, report = nb.adapt(toy_model, bright_stack[0], device="cpu", batch_size=4)
+    assert report.batch_size == 128  # 64-px patches: 16 deep samples each, 2048 needed per batch
+
+
+def test_generator_yields_progress_then_result(toy_model):
+    from napari_bnadapt import synthetic
+
+    images = synthetic.generate(16, (256, 256), seed=1, cell_size=32)[0]
+    items = list(nb.adapt_iter(toy_model, images, device="cpu", batch_size=8))
     assert isinstance(items[-1], Result)
     prog = [i for i in items if isinstance(i, Progress)]
-    assert prog[0].done == 0 and prog[-1].done == prog[-1].total == 4
+    assert prog[0].done == 0 and prog[-1].done == prog[-1].total == 2
 
 
 def test_model_without_batchnorm_is_refused(bright_stack):

@@ -233,3 +233,40 @@ def test_latent_moments_context_manager_and_distance():
     # a stored dict works as well
     d2 = distance(a.to_dict(), b.to_dict(), "target")
     assert d2.value == pytest.approx(d.value, rel=1e-12)
+
+
+def test_floor_with_effective_count_matches_clustered_samples():
+    """Two independent sets of correlated images of one distribution land near (below) the
+    floor computed from the effective counts, far above the floor of the raw pixel counts."""
+    from napari_bnadapt.wasserstein import distance, noise_floor
+
+    rng = np.random.default_rng(10)
+    n, k, h, icc = 3, 60, 8, 0.5
+    mix = rng.standard_normal((n, n))
+
+    def images():
+        x = np.sqrt(icc) * rng.standard_normal((k, n, 1, 1)) + np.sqrt(1 - icc) * rng.standard_normal((k, n, h, h))
+        return np.einsum("dc,kchw->kdhw", mix, x)
+
+    vals, floors, naive = [], [], []
+    for _ in range(30):
+        a, b = GaussianMoments(n).update(images()), GaussianMoments(n).update(images())
+        d = distance(a, b, "target")
+        assert d.meaningful
+        vals.append(d.value)
+        floors.append(d.floor)
+        naive.append(noise_floor(n, a.count, b.count, "target"))
+    ratio = np.mean(vals) / np.mean(floors)
+    # the design effect of the mean is applied to the covariance part too: conservative (~0.65 here)
+    assert 0.45 < ratio < 1.25, ratio
+    assert np.mean(vals) / np.mean(naive) > 5
+
+
+def test_default_modules_from_model():
+    class Tiny(nn.Sequential):
+        def latent_modules(self):
+            return {"ls0": self[1]}
+
+    model = Tiny(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(inplace=True))
+    stats = collect_latent_moments(model, [b.numpy() for b in _batches(n=2)])
+    assert list(stats) == ["ls0"] and stats["ls0"].count == 2 * 3 * 12 * 12

@@ -33,10 +33,13 @@ contributions:
         - "*.rec"
         - "*.map"
         - "*.mrcs"
+        - "*.st"
+        - "*.ali"
         - "*.h5"
         - "*.hdf5"
         - "*.hdf"
         - "*.zarr"
+        - "*.png"
 """
 
 
@@ -204,6 +207,9 @@ def test_manifest_snippet_is_valid():
     mf = npe2.PluginManifest(**body)
     reader = mf.contributions.readers[0]
     assert reader.accepts_directories
+    from napari_bnadapt.napari_reader import READER_SUFFIXES
+
+    assert sorted(p[1:] for p in reader.filename_patterns) == sorted(READER_SUFFIXES)
     cmd = mf.contributions.commands[0]
     assert cmd.python_name == "napari_bnadapt.napari_reader:get_reader"
 

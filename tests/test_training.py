@@ -17,11 +17,12 @@ def small_data():
 
 def test_short_training_learns_and_records_card(small_data):
     images, masks = small_data
-    items = list(nb.train_iter(images, masks, width=4, steps=60, batch_size=8, patch_size=64, eval_every=30, seed=1, device="cpu", name="tiny"))
+    items = list(nb.train_iter(images, masks, width=8, steps=60, batch_size=8, patch_size=64, lr=3e-3, eval_every=30,
+                               seed=1, device="cpu", name="tiny"))
     model = items[-1].value
     assert any(isinstance(i, Progress) and i.stage == "training" for i in items)
     card = model.meta["training"]
-    assert card["metrics"]["val_iou"] > 0.3  # far above chance after 60 steps
+    assert card["metrics"]["val_iou"] > 0.6  # far above chance (about 0.2) after 60 steps
     assert card["recipe"]["seed"] == 1 and card["data"]["train_slices"] == 36
     assert model.meta["normalization"]["mean"] == pytest.approx(images.mean() / 255, abs=0.02)
 

@@ -141,7 +141,7 @@ def test_matches_mpmath_reference(mp_case, normalize):
 
 
 # ----------------------------------------------------------------- numerics
-@pytest.mark.parametrize("n,rank", [(64, 20), (256, 100)])
+@pytest.mark.parametrize("n,rank", [(64, 20), (128, 40)])
 def test_identical_rank_deficient_is_zero_not_negative(n, rank):
     rng = np.random.default_rng(n)
     a = rng.standard_normal((n, rank)) * rng.uniform(0.1, 10, rank)

@@ -132,3 +132,44 @@ def test_train_widget_saves_a_listed_model(viewer, qtbot, tmp_path, monkeypatch)
     assert "tiny" in a.model.choices
     t.start()  # same name again: refused, file kept
     assert "exists" in t.status.value
+
+
+def test_load_stack_with_voxel_size_crop_and_downsample(viewer, tmp_path):
+    import tifffile
+
+    vol = (np.arange(10 * 64 * 80) % 251).astype(np.uint8).reshape(10, 64, 80)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, vol, imagej=True, resolution=(1 / 5.0, 1 / 5.0), metadata={"unit": "nm", "spacing": 40.0, "axes": "ZYX"})
+    w = _adapt_widget(viewer)
+    w.loader.crop.value = "2:8, :, 16:"
+    w.loader.downsample.value = 2
+    layer = w.loader.load(path)
+    assert layer is not None and w.image.value.name == layer.name  # (plugin widgets see layers through proxies)
+    np.testing.assert_array_equal(np.asarray(layer.data), vol[2:8:2, ::2, 16::2])
+    np.testing.assert_allclose(layer.scale, (80.0, 10.0, 10.0))
+    assert w.loader.voxel.value == "80 10 10"
+    w.loader.voxel.value = "50 6 6"
+    w.loader.apply_voxel_size(layer)
+    np.testing.assert_allclose(layer.scale, (50.0, 6.0, 6.0))
+    # bad input: a message, nothing added
+    n = len(viewer.layers)
+    w.loader.crop.value = "nonsense"
+    assert w.loader.load(path) is None and "crop" in w.status.value
+    w.loader.crop.value = ""
+    (tmp_path / "empty").mkdir()
+    assert w.loader.load(tmp_path / "empty") is None
+    assert len(viewer.layers) == n
+
+
+def test_console_helpers_accept_layers(viewer):
+    import napari_bnadapt as nb
+
+    viewer.open_sample(PLUGIN, "toy_source")
+    image, truth = viewer.layers["toy source"], viewer.layers["toy source truth"]
+    image.scale = (30.0, 4.0, 4.0)
+    model = nb.load_model("toy-perlin", device="cpu")
+    labels = nb.segment(model, image, device="cpu")
+    assert nb.iou(labels, truth) > 0.85
+    layer = nb.add_result(viewer, labels, like=image, name="toy source")  # name taken: made unique
+    assert layer.name == "toy source (2)"
+    np.testing.assert_allclose(layer.scale, image.scale)

@@ -33,7 +33,11 @@ _EXPORTS: dict[str, str] = {
     "ModelFileError": "errors",
     "CancelledError": "errors",
     "UNet": "unet",
+    "add_result": "widgets.layers",
     "read_stack": "stack_io",
+    "StackInfo": "stack_io",
+    "crop_and_downsample": "stack_io",
+    "AmbiguousDatasetError": "stack_io",
 }
 _SUBMODULES = {"synthetic", "sample_data", "wasserstein", "errors", "progress", "metrics", "images", "modelfile"}
 

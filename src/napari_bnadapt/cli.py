@@ -45,11 +45,13 @@ def _write_tiff(path: str, data: Any, info: Any = None) -> None:
     kwargs: dict[str, Any] = {}
     vs = getattr(info, "voxel_size_nm", None) if info is not None else None
     if vs and all(v for v in vs[-2:]):
-        kwargs["resolution"] = (1.0 / vs[-1], 1.0 / vs[-2])
-        kwargs["metadata"] = {"unit": "nm", "axes": "ZYX"[-arr.ndim:]}
-        if arr.ndim == 3 and vs[0]:
-            kwargs["metadata"]["spacing"] = vs[0]
-        kwargs["imagej"] = arr.dtype != np.uint32
+        if arr.dtype in (np.uint8, np.uint16, np.float32):  # ImageJ hyperstack with its nm unit
+            kwargs.update(imagej=True, resolution=(1.0 / vs[-1], 1.0 / vs[-2]),
+                          metadata={"unit": "nm", "axes": "ZYX"[-arr.ndim:]})
+            if arr.ndim == 3 and vs[0]:
+                kwargs["metadata"]["spacing"] = vs[0]
+        else:  # ImageJ cannot hold this type: plain TIFF resolution in pixels per centimetre
+            kwargs.update(resolution=(1e7 / vs[-1], 1e7 / vs[-2]), resolutionunit="CENTIMETER")
     tifffile.imwrite(path, arr, compression="zlib" if arr.dtype != np.float32 else None, **kwargs)
 
 

@@ -20,17 +20,21 @@ _FULL_CHECK_BYTES = 256 * 2**20
 _SAMPLE_SLICES = 8
 
 
-def layer_data(obj: Any) -> Any:
+def layer_data(obj: Any, kind: str | None = "image") -> Any:
     """Return the array behind a napari layer (level 0 of a multiscale one), or ``obj`` itself.
 
-    Duck-typed, so this core module never imports napari.
+    Parameters
+    ----------
+    obj : napari layer or array-like
+    kind : str or None, default "image"
+        The layer type expected ("image", "labels"); None accepts any layer.
+        Duck-typed, so this core module never imports napari.
     """
     if hasattr(obj, "data") and hasattr(obj, "_type_string"):
-        kind = obj._type_string
-        if kind != "image":
+        if kind is not None and obj._type_string != kind:
             raise BNAdaptError(
-                f"the layer {getattr(obj, 'name', '')!r} is a {kind} layer; choose an image layer "
-                "(the greyscale EM stack)"
+                f"the layer {getattr(obj, 'name', '')!r} is a {obj._type_string} layer; choose "
+                + ("an image layer (the greyscale EM stack)" if kind == "image" else f"a {kind} layer")
             )
         if getattr(obj, "rgb", False):
             raise BNAdaptError(

@@ -12,7 +12,7 @@ from .images import layer_data
 
 def _counts(pred: Any, truth: Any) -> tuple[int, int, int]:
     """(intersection, |pred|, |truth|) of the foreground (> 0), slice by slice for big volumes."""
-    p, t = layer_data(pred), layer_data(truth)
+    p, t = layer_data(pred, kind=None), layer_data(truth, kind=None)
     if tuple(p.shape) != tuple(t.shape):
         raise BNAdaptError(f"prediction {tuple(p.shape)} and ground truth {tuple(t.shape)} differ in shape")
     inter = np_ = nt = 0

@@ -228,7 +228,10 @@ class GaussianMoments:
             self, for chaining.
         """
         if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(np.asarray(x))
+            a = np.asarray(x)
+            if not a.flags.writeable:  # torch warns on read-only arrays; it only reads them here
+                a = a.copy()
+            x = torch.as_tensor(a)
         if x.ndim < 2:
             raise BNAdaptError(f"activations must be (N, C, ...) or (m, C); got shape {tuple(x.shape)}")
         if x.shape[1] != self.dim:

@@ -22,7 +22,9 @@ from .progress import Progress, Result, run_to_end
 
 
 def _labels_view(labels: Any, shape: tuple[int, ...]) -> Any:
-    view = check_stack(labels, what="training labels")
+    from .images import layer_data
+
+    view = check_stack(layer_data(labels, kind="labels"), what="training labels")
     if tuple(view.data.shape) != shape:
         raise BNAdaptError(f"the labels {tuple(view.data.shape)} and the images {shape} differ in shape")
     if view.dtype.kind == "f":
@@ -69,6 +71,8 @@ def train_iter(
     name: str | None = None,
     data_description: str = "",
     augment: bool = True,
+    source_statistics: bool = True,
+    statistics_patches: int | None = 256,
 ) -> Iterator[Progress | Result[Any]]:
     """Generator form of :func:`train`: yields :class:`Progress`, finally ``Result(model)``."""
     import torch
@@ -176,6 +180,18 @@ def train_iter(
             "software": {"torch": torch.__version__, "python": platform.python_version()},
         },
     }
+    if source_statistics:
+        # the source side of the reliability check travels with the model (a sample of training patches)
+        from .source_statistics import compute_source_statistics_iter
+
+        few = statistics_patches is None or nz * h * w <= statistics_patches * ph * pw
+        for item in compute_source_statistics_iter(
+            model, images, n_patches=None if few else statistics_patches, patch_size=patch_size,
+            batch_size=batch_size, seed=seed, device=dev, intensity_range=(norm.in_low, norm.in_high), in_place=True,
+        ):
+            if isinstance(item, Progress):
+                yield item
+        model.meta["training"]["seconds"] = round(time.perf_counter() - t0, 1)
     yield Result(model)
 
 
@@ -217,6 +233,14 @@ def train(images: Any, labels: Any, **kwargs: Any) -> Any:
         Stored in the model card.
     augment : bool, default True
         Random 90-degree rotations and flips.
+    source_statistics : bool, default True
+        After training, measure the latent Gaussians and output signals of the
+        model on a sample of the training patches and store them in the model
+        card (``meta["source_statistics"]``), for the reliability check; see
+        :func:`~napari_bnadapt.source_statistics.compute_source_statistics`.
+    statistics_patches : int or None, default 256
+        Number of random training patches (of ``patch_size``) measured for them
+        (all of a smaller stack; None: up to 64 x 256 x 256 voxels).
 
     Returns
     -------

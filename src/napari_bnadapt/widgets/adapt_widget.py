@@ -19,6 +19,7 @@ from magicgui.widgets import (
 
 from ..errors import BNAdaptError
 from .layers import layers_of, transform_kwargs, unique_name
+from .loading import StackLoader
 from .runner import Runner, unwrap
 
 if TYPE_CHECKING:
@@ -93,8 +94,9 @@ class AdaptSegmentWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, max=1)
         self.status = Label(label="status", value="choose an image and click 'Adapt & segment'")
         self.runner = Runner(self.progress, self.status, self.cancel, [self.run_adapt, self.run_plain])
+        self.loader = StackLoader(viewer, on_loaded=self._select_image, say=self.runner.say)
 
-        self.extend([self.image, self.model, self.browse, self.card, self.device, self.truth, self.add_probabilities,
+        self.extend([self.loader, self.image, self.model, self.browse, self.card, self.device, self.truth, self.add_probabilities,
                      self.advanced, *self._advanced_widgets, self.run_adapt, self.run_plain, self.cancel,
                      self.save, self.progress, self.status])
         for w in (self.card, self.status):
@@ -103,6 +105,8 @@ class AdaptSegmentWidget(Container):
         self._show_advanced(False)
 
         self.advanced.changed.connect(self._show_advanced)
+        self.image.changed.connect(self.loader.show_voxel_size)
+        self.loader.voxel.native.editingFinished.connect(lambda: self.loader.apply_voxel_size(self.image.value))
         self.model.changed.connect(self._update_card)
         self.browse.changed.connect(self._browse)
         self.run_adapt.changed.connect(lambda: self.start(adapt=True))
@@ -116,6 +120,7 @@ class AdaptSegmentWidget(Container):
         viewer.layers.events.moved.connect(self.reset_choices)
         self.reset_choices()
         self._update_card()
+        self.loader.show_voxel_size(self.image.value)
 
     # --- choices -------------------------------------------------------
     def _image_choices(self, _w: Any = None) -> list[tuple[str, Any]]:
@@ -123,6 +128,10 @@ class AdaptSegmentWidget(Container):
 
     def _truth_choices(self, _w: Any = None) -> list[tuple[str, Any]]:
         return [(NO_TRUTH, None)] + [(layer.name, layer) for layer in layers_of(self.viewer, "labels")]
+
+    def _select_image(self, layer: Any) -> None:
+        self.image.reset_choices()
+        self.image.value = layer
 
     def _show_advanced(self, show: bool) -> None:
         for w in self._advanced_widgets:

@@ -42,3 +42,30 @@ def unique_name(viewer: Any, name: str) -> str:
 def layers_of(viewer: Any, kind: str) -> list[Any]:
     """The viewer's layers of one type ("image", "labels")."""
     return [layer for layer in viewer.layers if layer._type_string == kind]
+
+
+def add_result(viewer: Any, data: Any, like: Any, name: str | None = None, kind: str = "labels", **kwargs: Any) -> Any:
+    """Add ``data`` to ``viewer`` as a new layer lying exactly on the image layer ``like``.
+
+    For the napari console: ``add_result(viewer, nb.segment(adapted, image), like=image)``.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    data : array
+        The result (labels or probabilities), same shape as ``like``.
+    like : napari layer
+        The image it was computed from: its scale, translate and other transforms are copied.
+    name : str, optional
+        Layer name (default: "<image name> result"); made unique, so no layer is replaced.
+    kind : {"labels", "image"}
+    **kwargs
+        Passed to ``viewer.add_labels`` / ``viewer.add_image``.
+
+    Returns
+    -------
+    napari layer
+    """
+    name = unique_name(viewer, name or f"{like.name} result")
+    add = viewer.add_labels if kind == "labels" else viewer.add_image
+    return add(data, name=name, **transform_kwargs(like), **kwargs)

@@ -1,0 +1,187 @@
+"""The reliability report: a clearly good and a clearly failed adaptation, the decision logic, the text."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+import napari_bnadapt as nb
+from napari_bnadapt.errors import BNAdaptError
+from napari_bnadapt.progress import Progress, Result
+from napari_bnadapt.reliability import (
+    DEFAULT_GATE,
+    ReliabilityReport,
+    calibration_curve,
+    decide,
+    reliability,
+    reliability_iter,
+    supervised_distances,
+)
+
+from .conftest import BRIGHT, state_bytes
+
+INVERTED = {"mu0": 138, "sigma0": 18, "mu1": 96, "sigma1": 18}
+
+
+@pytest.fixture(scope="module")
+def bright_small():
+    from napari_bnadapt import synthetic
+
+    return synthetic.generate(32, (64, 64), seed=21, **BRIGHT)
+
+
+@pytest.fixture(scope="module")
+def inverted_small():
+    from napari_bnadapt import synthetic
+
+    return synthetic.generate(32, (64, 64), seed=22, **INVERTED)
+
+
+@pytest.fixture(scope="module")
+def good(toy_model, bright_small):
+    images, truth = bright_small
+    adapted, _ = nb.adapt(toy_model, images, device="cpu")
+    report = reliability(toy_model, adapted, images, device="cpu")
+    return report, nb.iou(nb.segment(adapted, images, device="cpu"), truth)
+
+
+@pytest.fixture(scope="module")
+def failed(toy_model, inverted_small):
+    images, truth = inverted_small
+    adapted, _ = nb.adapt(toy_model, images, device="cpu")
+    report = reliability(toy_model, adapted, images, device="cpu")
+    return report, nb.iou(nb.segment(adapted, images, device="cpu"), truth)
+
+
+def test_bundled_model_is_calibrated(toy_model):
+    cal = toy_model.meta["calibration"]
+    assert cal["validation"]["coverage"] >= 0.9
+    x, y, label = calibration_curve(toy_model)
+    assert np.all(np.diff(y) <= 0) and label.startswith("log(1 + ")
+    assert toy_model.meta["source_statistics"]["layers"]["ls0"]["form"] == "full"
+
+
+def test_clearly_good_adaptation(good):
+    report, true_iou = good
+    assert true_iou > 0.85
+    assert report.verdict != "unreliable"
+    assert report.iou_lower_bound is not None and report.iou_lower_bound <= true_iou
+    assert not report.gate_failures
+    # the gain of adapting is visible: the unadapted model is much further away
+    assert report.calibration_x_source_only > report.calibration_x
+    names = [d.name for d in report.distances]
+    assert names == ["ls0", "ls1", "ls2", "ls3", "ls4", "dec", "out"]
+    assert sum(d.calibrated for d in report.distances) == 1
+    for d in report.distances:
+        assert d.floor > 0 and d.m_eff > 0 and d.dim > 0
+    assert 0.5 < report.signals["foreground_fraction"] / report.signals["source_foreground_fraction"] < 2
+
+
+def test_clearly_failed_adaptation(failed):
+    report, true_iou = failed
+    assert true_iou < 0.1
+    assert report.verdict == "unreliable"
+    assert report.iou_lower_bound is not None and report.iou_lower_bound <= true_iou + 1e-9
+    assert "Do not trust" in report.sentence or "failed" in report.sentence
+
+
+def test_report_text_is_readable(good, failed):
+    for report, _ in (good, failed):
+        text = str(report)
+        assert text.startswith("Reliability of the adaptation: ")
+        assert report.verdict.upper() in text.splitlines()[0]
+        assert report.sentence in text
+        for name in ("ls0", "dec", "floor", "m_eff", "confidence", "mitochondria"):
+            assert name in text
+        assert "nan" not in text.lower().replace("n/a", "")
+        assert max(len(line) for line in text.splitlines()) < 200
+    assert "IoU of the adapted model >=" in str(good[0])
+
+
+def test_generator_form_and_the_models_stay_untouched(toy_model, bright_small):
+    images, _ = bright_small
+    adapted, _ = nb.adapt(toy_model, images[:8], device="cpu")
+    before_s, before_a = state_bytes(toy_model), state_bytes(adapted)
+    meta_before = copy.deepcopy({k: v for k, v in toy_model.meta.items() if k != "arrays"})
+    items = list(reliability_iter(toy_model, adapted, images[:8], device="cpu"))
+    assert all(isinstance(i, Progress) for i in items[:-1]) and isinstance(items[-1], Result)
+    assert isinstance(items[-1].value, ReliabilityReport)
+    assert {p.stage for p in items[:-1]} == {"measuring the adapted model", "measuring the source model"}
+    assert state_bytes(toy_model) == before_s and state_bytes(adapted) == before_a
+    assert {k: v for k, v in toy_model.meta.items() if k != "arrays"} == meta_before
+
+
+def test_without_statistics_it_says_what_to_do(toy_model, bright_small):
+    bare = copy.deepcopy(toy_model)
+    bare.meta = {k: v for k, v in bare.meta.items() if k not in ("source_statistics", "calibration", "arrays")}
+    with pytest.raises(BNAdaptError, match="compute_source_statistics"):
+        reliability(bare, bare, bright_small[0][:4], device="cpu")
+
+
+def test_without_calibration_no_bound_but_the_gate_still_works(toy_model, bright_small, inverted_small):
+    uncal = copy.deepcopy(toy_model)
+    del uncal.meta["calibration"]
+    images = bright_small[0][:16]
+    adapted, _ = nb.adapt(uncal, images, device="cpu")
+    r = reliability(uncal, adapted, images, device="cpu")
+    assert r.iou_lower_bound is None and r.verdict == "uncertain" and r.calibration_x is None
+    assert "no calibration" in r.sentence
+    inv = inverted_small[0][:16]
+    adapted, _ = nb.adapt(uncal, inv, device="cpu")
+    assert reliability(uncal, adapted, inv, device="cpu").verdict == "unreliable"
+
+
+def _cal():
+    return {
+        "feature": {"key": "dec|source|full", "x_label": "log(1 + snW2² of dec)"},
+        "curve": {"x": [0.1, 0.5, 1.0], "y": [0.95, 0.7, 0.3], "quantile": 0.05, "x_min": 0.0},
+        "gate": {"conf_drop": [None, 0.02]},
+        "thresholds": {"reliable": 0.8, "unreliable": 0.5},
+        "floor_reference": 0.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "d, conf_drop, bound, verdict",
+    [
+        (0.05, 0.0, 0.95, "reliable"),
+        (math.expm1(0.3), 0.0, 0.7, "uncertain"),
+        (math.expm1(0.8), 0.0, 0.3, "unreliable"),
+        (math.expm1(3.0), 0.0, 0.0, "unreliable"),  # beyond the calibrated range: nothing promised
+        (0.05, 0.05, 0.0, "unreliable"),  # gate: confidence dropped
+    ],
+)
+def test_decide(d, conf_drop, bound, verdict):
+    out = decide(_cal(), {"dec|source|full": d}, {"conf_drop": conf_drop, "fg_logratio": 0.0})
+    assert out["verdict"] == verdict
+    assert out["bound"] == pytest.approx(bound)
+
+
+def test_decide_adds_back_the_calibration_noise():
+    from napari_bnadapt.wasserstein import Distance
+
+    cal = _cal()
+    cal["floor_reference"] = 0.2
+    quiet = Distance(0.0, 0.01, 1e6, 1e6, 8, "full", "source", True)
+    out = decide(cal, {"dec|source|full": quiet}, {"conf_drop": 0.0})
+    assert out["x"] == pytest.approx(math.log1p(0.19))
+    assert out["bound"] == pytest.approx(0.7)
+    not_meaningful = Distance(0.05, 0.01, 10, 10, 8, "full", "source", False, "too few effective samples")
+    out = decide(cal, {"dec|source|full": not_meaningful}, {"conf_drop": 0.0})
+    assert out["bound"] is None and out["verdict"] == "uncertain" and "too few" in out["reason"]
+
+
+def test_decide_without_calibration_uses_the_default_gate():
+    assert decide(None, {}, {"fg_logratio": 0.0, "conf_drop": 0.0})["verdict"] == "uncertain"
+    assert decide(None, {}, {"fg_logratio": math.log(3.0), "conf_drop": 0.0})["verdict"] == "unreliable"
+    assert set(DEFAULT_GATE) == {"fg_logratio", "conf_drop"}
+
+
+def test_supervised_research_mode(toy_model, bright_small):
+    images = bright_small[0][:8]
+    adapted, _ = nb.adapt(toy_model, images, device="cpu")
+    rows = supervised_distances(adapted, adapted, images, device="cpu")
+    assert [r.name for r in rows][:2] == ["ls0", "ls1"]
+    for r in rows:  # a model against itself on the same images: distance 0
+        assert r.value == pytest.approx(0.0, abs=1e-8)
