@@ -152,3 +152,13 @@ def test_input_not_modified(toy_model, bright_stack):
     images = bright_stack[0].copy()
     nb.adapt(toy_model, images, device="cpu")
     np.testing.assert_array_equal(images, bright_stack[0])
+
+
+def test_suspended_generators_leave_grad_mode_alone(toy_model, bright_stack):
+    """A cancelled run stops at a yield; torch's thread-local modes must not leak from there."""
+    for gen in (nb.adapt_iter(toy_model, bright_stack[0], device="cpu"),
+                nb.predict_iter(toy_model, bright_stack[0], device="cpu", batch_size=2)):
+        next(gen)
+        next(gen)
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        gen.close()

@@ -23,6 +23,17 @@ from napari_bnadapt.calibration import (
 from napari_bnadapt.errors import BNAdaptError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: on a shared 2-core machine two threads run these small passes several times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _draw(rng, n):
     """IoU-like data whose 5 % quantile falls with x (true lower edge 1 - x / 4)."""
     x = rng.uniform(0, 4, n)
@@ -42,8 +53,9 @@ def test_fit_is_monotone_and_covers():
     fresh = evaluate_bound(b, *_draw(rng, 4000))
     assert fresh["coverage"] >= 0.9
     assert fresh["mean_bound"] > 0.4  # not a trivial bound
-    # a lower quantile gives a lower curve
-    assert np.all(fit_lower_bound(x, y, quantile=0.01)(grid) <= fit_lower_bound(x, y, quantile=0.2)(grid) + 1e-12)
+    # a lower quantile gives a lower curve (same blocks)
+    low, high = (fit_lower_bound(x, y, quantile=q, min_block=40)(grid) for q in (0.01, 0.2))
+    assert np.all(low <= high + 1e-12) and low.mean() < high.mean() - 0.1
 
 
 def test_fit_edge_cases():
@@ -138,18 +150,19 @@ def test_calibrate_end_to_end_tiny(toy_model, tmp_path):
     from napari_bnadapt import synthetic
 
     x, y = synthetic.generate(24, (64, 64), seed=8, mu0=96, sigma0=18, mu1=138, sigma1=18)
-    shifts = toy_grid_shifts(10, seed=1, n_inverted=2, n_faint=0)
-    model = calibrate(toy_model, x, y, shifts=shifts, n_images=8, device="cpu", folds=2, keys=["dec|source|full"])
+    shifts = toy_grid_shifts(12, seed=1, n_inverted=4, n_faint=0)
+    model = calibrate(toy_model, x, y, shifts=shifts, n_images=12, device="cpu", folds=2,
+                      keys=["dec|source|full", "out|source|full"], validation_fraction=0.25)
     assert model is not toy_model
     assert toy_model.meta["calibration"] != model.meta["calibration"]
     cal = model.meta["calibration"]
-    assert cal["feature"]["key"] == "dec|source|full"
-    assert cal["validation"]["n"] == 5 and len(cal["cases"]) == 12
-    assert cal["provenance"]["n_images_per_shift"] == 8
+    assert cal["feature"]["key"] in ("dec|source|full", "out|source|full")
+    assert cal["validation"]["n"] == 4 and len(cal["cases"]) == 16
+    assert cal["provenance"]["n_images_per_shift"] == 12
     inverted = [c for c in cal["cases"] if c["family"] == "inverted"]
     assert all(c["iou"] < 0.2 for c in inverted)
     back = nb.load_model(nb.save_model(model, tmp_path / "cal.safetensors"), device="cpu")
     xs, ys, label = calibration_curve(back)
-    assert np.all(np.diff(ys) <= 0) and "dec" in label
+    assert np.all(np.diff(ys) <= 0) and label == cal["feature"]["x_label"]
     with pytest.raises(BNAdaptError, match="too few"):
         calibrate(toy_model, x, y, shifts=shifts[:3], device="cpu")

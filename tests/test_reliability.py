@@ -24,6 +24,17 @@ from .conftest import BRIGHT, state_bytes
 INVERTED = {"mu0": 138, "sigma0": 18, "mu1": 96, "sigma1": 18}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: on a shared 2-core machine two threads run these small passes several times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def bright_small():
     from napari_bnadapt import synthetic
@@ -91,7 +102,7 @@ def test_report_text_is_readable(good, failed):
         text = str(report)
         assert text.startswith("Reliability of the adaptation: ")
         assert report.verdict.upper() in text.splitlines()[0]
-        assert report.sentence in text
+        assert report.sentence in " ".join(text.split())
         for name in ("ls0", "dec", "floor", "m_eff", "confidence", "mitochondria"):
             assert name in text
         assert "nan" not in text.lower().replace("n/a", "")

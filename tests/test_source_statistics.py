@@ -20,6 +20,17 @@ from napari_bnadapt.source_statistics import (
 from .conftest import state_bytes
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: on a shared 2-core machine two threads run these small passes several times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _bare(model):
     m = copy.deepcopy(model)
     m.meta = {k: v for k, v in m.meta.items() if k not in ("source_statistics", "calibration", "arrays")}

@@ -173,3 +173,22 @@ def test_console_helpers_accept_layers(viewer):
     layer = nb.add_result(viewer, labels, like=image, name="toy source")  # name taken: made unique
     assert layer.name == "toy source (2)"
     np.testing.assert_allclose(layer.scale, image.scale)
+
+
+def test_errors_inside_a_run_end_it_with_a_message(viewer, qtbot, monkeypatch):
+    """A RuntimeError in the worker (as torch raises them) must not leave the widget 'running'."""
+    import napari_bnadapt.inference as inference
+
+    def broken(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("simulated failure in torch")
+
+    monkeypatch.setattr(inference, "predict_iter", broken)
+    viewer.open_sample(PLUGIN, "toy_source")
+    w = _adapt_widget(viewer)
+    w.image.value = viewer.layers["toy source"]
+    n = len(viewer.layers)
+    w.start(adapt=False)
+    _wait(qtbot, w)
+    assert "simulated failure" in w.status.value and w.run_adapt.enabled
+    assert len(viewer.layers) == n

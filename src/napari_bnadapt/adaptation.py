@@ -230,14 +230,16 @@ def adapt_batchnorm_iter(
     half: dict[str, tuple[Any, Any]] | None = None
     seen = 0
     try:
-        with torch.no_grad():
-            yield Progress("adapting BatchNorm", 0, n_batches)
-            for i, x in enumerate(batches):
+        # grad mode is thread-local: never yield inside torch.no_grad(), or a cancelled run
+        # would leave the worker thread without gradients for the next job
+        yield Progress("adapting BatchNorm", 0, n_batches)
+        for i, x in enumerate(batches):
+            with torch.no_grad():
                 model(x)
-                seen += int(x.shape[0])
-                if i + 1 == max(1, n_batches // 2) and n_batches > 1:
-                    half = _current(layers, pooled)
-                yield Progress("adapting BatchNorm", i + 1, n_batches)
+            seen += int(x.shape[0])
+            if i + 1 == max(1, n_batches // 2) and n_batches > 1:
+                half = _current(layers, pooled)
+            yield Progress("adapting BatchNorm", i + 1, n_batches)
         if seen == 0:
             raise BNAdaptError("no target data was given to adapt on")
         target = _current(layers, pooled)

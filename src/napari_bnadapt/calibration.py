@@ -522,6 +522,7 @@ def measure_case(
     patch_size: int = 256,
     batch_size: int = 16,
     seed: int = 0,
+    keys: Sequence[str] | None = None,
 ) -> CalibrationCase:
     """Adapt ``model`` to ``images``, segment, and measure the IoU, the distances and the signals.
 
@@ -536,6 +537,8 @@ def measure_case(
     shift, split : stored in the case.
     device, intensity_range, n_patches, patch_size, batch_size, seed
         As in :func:`adapt` / :func:`reliability` (the same patches serve both).
+    keys : sequence of str, optional
+        Only these distances (``"space|normalize|form"``); default all.
     """
     from .adaptation import adapt
     from .device import get_device
@@ -559,8 +562,8 @@ def measure_case(
     kw = {"device": dev, "intensity_range": intensity_range, "batch_size": batch_size}
     i_ad = iou(segment(adapted, images, **kw), labels)
     i_so = iou(segment(model, images, **kw), labels)
-    vals, floors = _values(distance_table(stats.moments, mt))
-    vals_so, _ = _values(distance_table(stats.moments, ms))
+    vals, floors = _values(distance_table(stats.moments, mt, keys=keys))
+    vals_so, _ = _values(distance_table(stats.moments, ms, keys=keys))
     return CalibrationCase(
         shift=shift or Shift("custom", {}), split=split, iou=float(i_ad), iou_source_only=float(i_so),
         distances=vals, distances_source_only=vals_so, floors=floors,
@@ -987,7 +990,7 @@ def run_calibration_iter(
         xs = apply_shift(x_all[idx], y_all[idx], s, seed=seed * 100003 + i, class_stats=cstats)
         cases.append(measure_case(out_model, stats, xs, y_all[idx], shift=s, split=sp, device=dev,
                                   intensity_range=intensity_range, n_patches=n_patches, patch_size=patch_size,
-                                  batch_size=batch_size, seed=seed + i))
+                                  batch_size=batch_size, seed=seed + i, keys=keys))
         yield Progress(stage, i + 1, len(shift_list))
     yield Progress("calibrating: fitting the bound", 0, 1)
     provenance = {

@@ -113,7 +113,9 @@ def iter_slice_probabilities(
 
     def run_batch(m: torch.nn.Module) -> None:
         x = torch.from_numpy(np.stack([t for *_, t in batch])[:, None]).to(dev)
-        with torch.autocast(dev.type, enabled=use_amp, dtype=torch.bfloat16 if dev.type == "cpu" else torch.float16):
+        with torch.inference_mode(), torch.autocast(
+            dev.type, enabled=use_amp, dtype=torch.bfloat16 if dev.type == "cpu" else torch.float16
+        ):
             logits = m(x)
         prob = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
         for (z, y, xx, _), p in zip(batch, prob):
@@ -125,7 +127,8 @@ def iter_slice_probabilities(
             pending[z] -= 1
         batch.clear()
 
-    with model_on(model, dev) as m, torch.inference_mode():
+    # inference mode is thread-local: it wraps each forward pass only, never a yield
+    with model_on(model, dev) as m:
         for z in range(nz):
             raw = view.read(z)
             if raw.dtype.kind == "f" and not np.isfinite(raw).all():

@@ -131,11 +131,12 @@ def train_iter(
     for step in range(1, steps + 1):
         model.train()
         x, y = crop_batch()
-        logits = model(x)
-        loss = F.cross_entropy(logits, y) + _dice_loss(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with torch.enable_grad():  # also when called from a no_grad context
+            logits = model(x)
+            loss = F.cross_entropy(logits, y) + _dice_loss(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         sched.step()
         if step % eval_every == 0 or step == steps:
             entry = {"step": step, "loss": float(loss.item())}

@@ -29,6 +29,13 @@ def friendly_error(exc: BaseException) -> str:
     return f"unexpected error ({type(exc).__name__}: {exc}); see the napari console for details"
 
 
+class _Failed:
+    """An exception raised by a run, carried as its return value."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
 class Runner:
     """One long run at a time, with a progress bar, a Cancel button and a status line.
 
@@ -71,9 +78,24 @@ class Runner:
 
         if self.running:
             return None
-        worker = create_worker(func, _start_thread=False)
+
+        def guarded() -> Generator[Progress, None, Any]:
+            # superqt's generator workers swallow a RuntimeError (torch raises those) without
+            # emitting errored or finished: catch everything here and hand it over as a value
+            try:
+                return (yield from func())
+            except Exception as exc:  # noqa: BLE001 - shown to the user in words
+                return _Failed(exc)
+
+        def returned(value: Any) -> None:
+            if isinstance(value, _Failed):
+                self.say(friendly_error(value.exc), error=True)
+            else:
+                on_done(value)
+
+        worker = create_worker(guarded, _start_thread=False)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(on_done)
+        worker.returned.connect(returned)
         worker.errored.connect(lambda e: self.say(friendly_error(e), error=True))
         worker.aborted.connect(lambda: self.say("cancelled: nothing was changed"))
         worker.finished.connect(self._on_finished)
