@@ -25,6 +25,7 @@ def header(title: str) -> str:
         f"# date: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}\n"
         f"# machine: {platform.platform()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}\n"
         f"# python {platform.python_version()}, numpy {np.__version__}, {tv}\n"
+        f"# load average at start (other jobs share this machine): {os.getloadavg()[0]:.2f}\n"
     )
 
 

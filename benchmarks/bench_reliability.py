@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari_bnadapt as nb
     from napari_bnadapt import synthetic
     from napari_bnadapt.images import check_stack, resolve_normalization
+    from napari_bnadapt.modelfile import default_meta
     from napari_bnadapt.patches import iter_patch_batches, plan_patches
     from napari_bnadapt.reliability import reliability
     from napari_bnadapt.source_statistics import compute_source_statistics
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             torch.manual_seed(0)
             source = UNet(width=width).eval()
-            source.meta = {"name": f"unet-w{width}"}
+            source.meta = default_meta(source, name=f"unet-w{width}")
             source = compute_source_statistics(source, stack[:2], device="cpu", n_patches=16)
             name = f"U-Net width {width}"
         if "source_statistics" not in source.meta:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import shutil
 
 import pytest
 
 from napari_bnadapt import experiments as E
 from napari_bnadapt.errors import BNAdaptError
 
-TINY = {"image_size": 32, "n_train": 48, "n_test": 8, "width": 4, "steps": 40, "eval_every": 20}
+TINY = {"image_size": 32, "n_train": 40, "n_test": 8, "width": 4, "steps": 30, "eval_every": 30}
 
 
 def _rows(path):
@@ -26,7 +27,7 @@ def _rows(path):
 @pytest.fixture(scope="module")
 def brightness(tmp_path_factory):
     return E.run("brightness", out=tmp_path_factory.mktemp("brightness"), scale=TINY,
-                 only=["b30", "b90", "b150"], figures=True)
+                 only=["b50", "b130"], figures=True)
 
 
 def test_brightness_adaptation_corrects_the_shift(brightness):
@@ -43,7 +44,7 @@ def test_brightness_adaptation_corrects_the_shift(brightness):
 
 def test_results_folder_layout(brightness):
     rows = _rows(brightness.csv)
-    assert len(rows) == 9 == brightness.rows
+    assert len(rows) == 4 == brightness.rows
     r = rows[0]
     for col in ("src_mu0", "tgt_sigma1", "iou_source_only", "iou_adapted", "w2_ls0", "snw2_ls0", "tnw2_ls0",
                 "floor_ls0", "tnw2_dec"):
@@ -65,11 +66,12 @@ def test_distance_hard_to_easy_beats_easy_to_hard(tmp_path):
 
 
 def test_mixed_is_asymmetric(tmp_path):
-    res = E.run("mixed", out=tmp_path, scale=TINY, only=["d126", "b150", "gradient"], figures=False)
+    res = E.run("mixed", out=tmp_path, scale=TINY, only=["b150", "gradient"], figures=False)
     f = res.findings
-    assert res.rows == 9
+    assert res.rows == 4
+    # thesis 5.1.3: swapping source and target changes the result
     assert f["asymmetry_source_only"]["mean_abs_asymmetry"] > 0.05
-    assert set(f["blocks"]) >= {"distance->misc", "misc->brightness"}
+    assert set(f["blocks"]) == {"brightness->brightness", "brightness->misc", "misc->brightness", "misc->misc"}
 
 
 def test_grid800_adaptation_helps_and_resume_recomputes_nothing(tmp_path):
@@ -80,6 +82,7 @@ def test_grid800_adaptation_helps_and_resume_recomputes_nothing(tmp_path):
 
     # a run that stops after its first row (cancelled), in the middle of writing the second
     part = tmp_path / "b"
+    shutil.copytree(tmp_path / "a" / "cache", part / "cache")  # a source model trained earlier
     gen = E.run_iter("grid800", out=part, scale=TINY, only=only, figures=False)
     for item in gen:
         if getattr(item, "stage", "") == "adapting and segmenting targets" and item.done == 1:

@@ -41,6 +41,7 @@ def test_one_click_adaptation_adds_scaled_labels_and_raises_iou(viewer, qtbot):
     image.translate = (0.0, 100.0, 50.0)
     keep = image.data.copy()
     w = _adapt_widget(viewer)
+    _dock, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Reliability")
     w.image.value = image
     w.truth.value = viewer.layers["toy target (brighter) truth"]
     w.add_probabilities.value = True
@@ -56,6 +57,11 @@ def test_one_click_adaptation_adds_scaled_labels_and_raises_iou(viewer, qtbot):
     res = w.last_result
     assert res["iou_before"] < 0.5 and res["iou"] > 0.85, res
     assert "IoU before adaptation" in w.status.value
+    # the reliability panel shows the label-free assessment of this run
+    rep = panel.report
+    assert rep is not None and rep.verdict in ("reliable", "uncertain") and "reliability" in w.status.value
+    assert rep.iou_lower_bound is None or rep.iou_lower_bound <= res["iou"] + 1e-9
+    assert panel.table.rowCount() >= 5 and rep.verdict.upper() in panel.verdict.text()
     np.testing.assert_array_equal(image.data, keep)  # the user's image is untouched
     assert w.save.enabled and w.run_adapt.enabled
     # a second run never replaces the first result

@@ -547,13 +547,14 @@ def measure_case(
     from .metrics import iou
     from .patches import plan_patches
     from .reliability import distance_table, measure_pair_iter, signal_features
+    from .source_statistics import model_normalization
 
     t0 = time.perf_counter()
     dev = get_device(device)
     adapted, _ = adapt(model, images, device=dev, n_patches=n_patches, patch_size=patch_size,
                        batch_size=batch_size, seed=seed, intensity_range=intensity_range)
     view = check_stack(images)
-    norm = resolve_normalization(view, model.meta["normalization"], intensity_range)
+    norm = resolve_normalization(view, model_normalization(model), intensity_range)
     plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
     mt, st, ms, ss = run_to_end(measure_pair_iter(
         model, adapted, view, norm, plan, batch_size=batch_size, device=dev,

@@ -563,7 +563,7 @@ def reliability_iter(
     from .device import get_device
     from .images import check_stack, resolve_normalization
     from .patches import plan_patches
-    from .source_statistics import read_source_statistics
+    from .source_statistics import model_normalization, read_source_statistics
 
     t0 = time.perf_counter()
     stats = read_source_statistics(source_model)
@@ -576,7 +576,7 @@ def reliability_iter(
     if cal is None:
         cal = (getattr(adapted_model, "meta", None) or {}).get("calibration")
     view = check_stack(images)
-    norm = resolve_normalization(view, source_model.meta["normalization"], intensity_range)
+    norm = resolve_normalization(view, model_normalization(source_model), intensity_range)
     plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
     dev = get_device(device)
     full_max = int(stats.provenance.get("full_cov_max_dim", 256))
@@ -722,8 +722,10 @@ def supervised_distances_iter(
     from .patches import plan_patches
 
     view = check_stack(images)
-    norm = resolve_normalization(view, target_model.meta["normalization"], intensity_range)
-    norm_a = resolve_normalization(view, adapted_model.meta["normalization"], intensity_range)
+    from .source_statistics import model_normalization
+
+    norm = resolve_normalization(view, model_normalization(target_model), intensity_range)
+    norm_a = resolve_normalization(view, model_normalization(adapted_model), intensity_range)
     plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
     dev = get_device(device)
     from .patches import iter_patch_batches

@@ -186,6 +186,14 @@ def measure_iter(
     yield Result(({k: collector.moments[k] for k in collector.modules}, signals.values()))
 
 
+def model_normalization(model: Any) -> dict[str, Any]:
+    """The model card's input normalisation (the 8-bit default for a model without one)."""
+    from .modelfile import default_meta
+
+    meta = getattr(model, "meta", None) or {}
+    return meta.get("normalization") or default_meta(model)["normalization"]
+
+
 def _plan(view: Any, n_patches: int | None, patch_size: int, seed: int) -> Any:
     from .patches import plan_patches
 
@@ -313,7 +321,7 @@ def compute_source_statistics_iter(
     t0 = time.perf_counter()
     view = check_stack(images, what="source images")
     meta = getattr(model, "meta", None) or default_meta(model)
-    norm = resolve_normalization(view, meta["normalization"], intensity_range, what="source images")
+    norm = resolve_normalization(view, model_normalization(model), intensity_range, what="source images")
     plan = _plan(view, n_patches, patch_size, seed)
     dev = get_device(device)
     n_batches = -(-len(plan.corners) // batch_size)

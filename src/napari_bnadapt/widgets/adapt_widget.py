@@ -73,6 +73,7 @@ class AdaptSegmentWidget(Container):
         self.device = ComboBox(label="device", choices=["auto", *available_devices()], value="auto")
         self.truth = ComboBox(label="ground truth", choices=self._truth_choices)
         self.add_probabilities = CheckBox(text="also add the probability map", value=False)
+        self.assess = CheckBox(text="assess reliability after adapting (no labels needed)", value=True)
 
         self.advanced = CheckBox(text="show advanced settings", value=False)
         self.mode = ComboBox(label="mode", choices=["cumulative", "ema", "prior"], value="cumulative")
@@ -96,7 +97,7 @@ class AdaptSegmentWidget(Container):
         self.runner = Runner(self.progress, self.status, self.cancel, [self.run_adapt, self.run_plain])
         self.loader = StackLoader(viewer, on_loaded=self._select_image, say=self.runner.say)
 
-        self.extend([self.loader, self.image, self.model, self.browse, self.card, self.device, self.truth, self.add_probabilities,
+        self.extend([self.loader, self.image, self.model, self.browse, self.card, self.device, self.truth, self.add_probabilities, self.assess,
                      self.advanced, *self._advanced_widgets, self.run_adapt, self.run_plain, self.cancel,
                      self.save, self.progress, self.status])
         for w in (self.card, self.status):
@@ -217,6 +218,9 @@ class AdaptSegmentWidget(Container):
         settings = self.adapt_settings()
         opts = {"device": self.device.value, "intensity_range": intensity, "tile_size": int(self.tile_size.value)}
         want_prob = bool(self.add_probabilities.value)
+        from ..source_statistics import read_source_statistics
+
+        assess = adapt and bool(self.assess.value) and read_source_statistics(model) is not None
 
         def job() -> Any:
             from ..adaptation import adapt_iter
@@ -232,6 +236,11 @@ class AdaptSegmentWidget(Container):
                 used, out["report"] = yield from unwrap(
                     adapt_iter(model, data, device=opts["device"], intensity_range=intensity, **settings)
                 )
+            if assess:
+                from ..reliability import reliability_iter
+
+                out["reliability"] = yield from unwrap(reliability_iter(
+                    model, used, data, device=opts["device"], intensity_range=intensity, seed=settings["seed"]))
             prob = yield from unwrap(predict_iter(used, data, **opts))
             out["labels"] = (prob > 0.5).astype(np.uint8)
             out["prob"] = prob if want_prob else None
@@ -257,6 +266,15 @@ class AdaptSegmentWidget(Container):
             rep = out["report"]
             msg.append(f"adapted on {rep.device} in {rep.seconds:.1f} s from {rep.n_patches} patches"
                        + ("" if rep.converged else " (statistics not converged: use more patches)"))
+        if "reliability" in out:
+            from .reliability_widget import publish_report
+
+            rel = out["reliability"]
+            publish_report(rel, self._load_model())
+            bound = f", predicted IoU >= {rel.iou_lower_bound:.2f}" if rel.iou_lower_bound is not None else ""
+            msg.append(f"reliability: {rel.verdict}{bound} (see the Reliability panel)")
+        elif out["adapted"] and self.assess.value:
+            msg.append("reliability not assessed: this model file has no source statistics")
         if "iou" in out:
             msg.append(("IoU before adaptation {:.3f}, after {:.3f}".format(out["iou_before"], out["iou"]))
                        if "iou_before" in out else f"IoU {out['iou']:.3f}")

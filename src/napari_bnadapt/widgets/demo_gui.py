@@ -25,6 +25,7 @@ def build_demo_viewer(show: bool = True) -> tuple[Any, Any]:
     viewer.layers["toy source truth"].visible = False
     viewer.layers["toy target (brighter) truth"].visible = False
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Adapt & segment")
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Reliability", tabify=True)
     widget.image.value = viewer.layers["toy target (brighter)"]
     widget.truth.value = viewer.layers["toy target (brighter) truth"]
     widget.model.value = "toy-perlin"
