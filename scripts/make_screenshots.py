@@ -20,8 +20,13 @@ def _settle(app, seconds: float = 1.0) -> None:
 
 
 def main() -> None:
+    import os
+    import tempfile
+
     import napari
     from qtpy.QtWidgets import QApplication
+
+    os.environ["BNADAPT_MODEL_DIR"] = tempfile.mkdtemp()  # the demo training must not touch your models
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path("docs/images"))
@@ -53,6 +58,13 @@ def main() -> None:
     _d3, t = viewer.window.add_plugin_dock_widget(PLUGIN, "Train a source model", tabify=False)
     _settle(app)
     t.native.grab().save(str(out / "train_widget.png"))
+    t.image.value, t.labels_layer.value = viewer.layers["toy source"], viewer.layers["toy source truth"]
+    t.model_name.value, t.net_width.value, t.steps.value = "screenshot-demo", 8, 100
+    t.start()
+    while t.runner.running:
+        _settle(app, 0.2)
+    _settle(app)
+    t.native.grab().save(str(out / "train_widget_after.png"))
     print(f"screenshots in {out}: {w.status.value}")
     viewer.close()
 

@@ -53,3 +53,21 @@ def test_models_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["segment", "--help"])
     assert "--intensity-range" in capsys.readouterr().out
+
+
+def test_folder_of_unpadded_slices_keeps_order_and_voxel_size(tmp_path, capsys):
+    from napari_bnadapt import read_stack, synthetic
+
+    images, truth = synthetic.generate(11, (64, 64), seed=4, mu0=136, mu1=178)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for i, img in enumerate(images, start=1):  # 1.tif ... 11.tif: text order would be wrong
+        tifffile.imwrite(folder / f"{i}.tif", img, resolution=(1 / 5.0, 1 / 5.0), metadata={"unit": "nm"}, imagej=True)
+    tifffile.imwrite(tmp_path / "truth.tif", truth)
+    out = tmp_path / "labels.tif"
+    assert main(["segment", "--adapt", "--input", str(folder), "--output", str(out), "--truth", str(tmp_path / "truth.tif"),
+                 "--device", "cpu", "--quiet"]) == 0
+    assert float(capsys.readouterr().out.split("IoU after adaptation: ")[1].split()[0]) > 0.8  # right order
+    labels, info = read_stack(out)
+    assert labels.shape == images.shape
+    assert info.voxel_size_nm[-2:] == pytest.approx((5.0, 5.0))
