@@ -71,3 +71,13 @@ def test_folder_of_unpadded_slices_keeps_order_and_voxel_size(tmp_path, capsys):
     labels, info = read_stack(out)
     assert labels.shape == images.shape
     assert info.voxel_size_nm[-2:] == pytest.approx((5.0, 5.0))
+
+
+def test_demo_without_display_falls_back_to_text(monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["demo", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    before = float(out.split("IoU without adaptation: ")[1].split()[0])
+    after = float(out.split("IoU with BatchNorm adaptation: ")[1].split()[0])
+    assert "no display" in out and before < 0.5 and after > 0.9

@@ -190,7 +190,19 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_display() -> bool:
+    import os
+
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if not args.no_gui and not _has_display():
+        print("no display found, so napari cannot open here: running the demo without a window "
+              "(for a screenshot of the napari demo on a headless machine: xvfb-run -a bnadapt demo --screenshot demo.png)\n")
+        args.no_gui = True
     if args.no_gui:
         from .demo import run_text_demo
 
