@@ -39,7 +39,7 @@ _EXPORTS: dict[str, str] = {
     "crop_and_downsample": "stack_io",
     "AmbiguousDatasetError": "stack_io",
 }
-_SUBMODULES = {"synthetic", "sample_data", "wasserstein", "errors", "progress", "metrics", "images", "modelfile"}
+_SUBMODULES = {"adaptation", "synthetic", "sample_data", "wasserstein", "errors", "progress", "metrics", "images", "modelfile"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 

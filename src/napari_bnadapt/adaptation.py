@@ -22,6 +22,7 @@ layers change, and only in a copy of the model. Three estimators
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -76,10 +77,12 @@ class AdaptReport:
         True when the patches covered the whole stack.
     batch_size, seed : sampling settings.
     converged : bool
-        Whether estimates from the first half of the patches agree with the
-        final ones within ``CONVERGENCE_TOLERANCE`` source sigmas in every layer.
+        True when the patches covered the whole stack, or when estimates from the
+        first half of the patches agree with the final ones within
+        ``CONVERGENCE_TOLERANCE`` source sigmas in every layer.
     drift : float
-        The largest such disagreement (in source sigmas); small is good.
+        The largest such disagreement (in source sigmas); small is good. NaN when it
+        cannot be judged (EMA with a single update).
     device : str
         The device the work ran on.
     seconds : float
@@ -109,6 +112,14 @@ class AdaptReport:
         """Plain-JSON form (stored in the adapted model's card)."""
         return asdict(self)
 
+    def _convergence_line(self) -> str:
+        if not math.isfinite(self.drift):
+            return "  converged: unknown (a single update: use more patches to judge convergence)"
+        detail = f"half-sample drift {self.drift:.3f} sigma; tolerance {CONVERGENCE_TOLERANCE}"
+        if self.exhaustive:
+            return f"  converged: the whole stack was used ({detail})"
+        return f"  converged: {'yes' if self.converged else 'NO'} ({detail})"
+
     def __str__(self) -> str:
         shifts = [layer.mean_shift for layer in self.layers]
         lines = [
@@ -120,26 +131,31 @@ class AdaptReport:
             f"= {self.n_voxels:,} voxels" + (" (the whole stack)" if self.exhaustive else " (random sample)"),
             f"  {len(self.layers)} BatchNorm layers; mean shift {np.mean(shifts):.2f} source sigma "
             f"(largest {max(shifts):.2f} in {self.layers[int(np.argmax(shifts))].name})",
-            f"  converged: {'yes' if self.converged else 'NO'} (half-sample drift {self.drift:.3f} sigma; "
-            f"tolerance {CONVERGENCE_TOLERANCE})",
+            self._convergence_line(),
         ]
-        if not self.converged:
+        if not self.converged and math.isfinite(self.drift):
             lines.append("  -> the estimates still move: use more patches (n_patches) or a larger patch_size")
         return "\n".join(lines)
 
 
 class _PooledStats:
-    """Per-channel float64 sums of one BatchNorm layer's input, shifted by a fixed reference."""
+    """Per-channel float64 sums of one BatchNorm layer's input, shifted by a fixed reference.
 
-    def __init__(self, shift: Any) -> None:
+    With ``split=True`` the first half of the samples is also pooled on its own
+    (``self.half``), which tells whether the estimate has converged.
+    """
+
+    def __init__(self, shift: Any, split: bool = False) -> None:
         import torch
 
         self.shift = shift.detach().to(torch.float64)
         self.n = 0
         self.s1 = torch.zeros_like(self.shift)
         self.s2 = torch.zeros_like(self.shift)
+        self.half = _PooledStats(shift) if split else None
 
-    def update(self, x: Any) -> None:
+    def update(self, x: Any, first_half_items: int = 0) -> None:
+        """Add a batch (B, C, ...); its first ``first_half_items`` items also go to the half-sample."""
         import torch
 
         c = x.shape[1]
@@ -147,6 +163,8 @@ class _PooledStats:
         self.n += xs.shape[1]
         self.s1 += xs.sum(1)
         self.s2 += (xs * xs).sum(1)
+        if self.half is not None and first_half_items > 0:
+            self.half.update(x[:first_half_items])
 
     def mean_var(self) -> tuple[Any, Any]:
         m = self.s1 / self.n
@@ -178,6 +196,7 @@ def adapt_batchnorm_iter(
     alpha: float = 0.1,
     prior: float | None = None,
     n_samples: int | None = None,
+    total_items: int | None = None,
 ) -> Iterator[Progress | Result[dict[str, Any]]]:
     """Re-estimate the BatchNorm statistics of ``model`` IN PLACE from ``batches``.
 
@@ -199,6 +218,9 @@ def adapt_batchnorm_iter(
         Source pseudo-count N (``mode="prior"``; default 16).
     n_samples : int or None
         Number of target samples n for ``mode="prior"`` (default: total batch items).
+    total_items : int or None
+        Total number of items in ``batches``; with it, convergence is judged by pooling the
+        first half of the items on its own (else by the estimate after half of the batches).
 
     Yields
     ------
@@ -225,24 +247,31 @@ def adapt_batchnorm_iter(
         if mode == "ema":
             bn.momentum = alpha
         else:
-            pooled[name] = _PooledStats(source[name][0])
-            hooks.append(bn.register_forward_pre_hook(lambda mod, inp, _p=pooled[name]: _p.update(inp[0])))
+            pooled[name] = _PooledStats(source[name][0], split=bool(total_items and total_items >= 2))
+            hooks.append(bn.register_forward_pre_hook(
+                lambda mod, inp, _p=pooled[name]: _p.update(inp[0], state["first_half_items"])))
     half: dict[str, tuple[Any, Any]] | None = None
     seen = 0
+    state = {"first_half_items": 0}
+    split = bool(pooled) and bool(total_items and total_items >= 2)
     try:
         # grad mode is thread-local: never yield inside torch.no_grad(), or a cancelled run
         # would leave the worker thread without gradients for the next job
         yield Progress("adapting BatchNorm", 0, n_batches)
         for i, x in enumerate(batches):
+            if split:
+                state["first_half_items"] = max(0, min(int(x.shape[0]), total_items // 2 - seen))
             with torch.no_grad():
                 model(x)
             seen += int(x.shape[0])
-            if i + 1 == max(1, n_batches // 2) and n_batches > 1:
+            if not split and i + 1 == max(1, n_batches // 2) and n_batches > 1:
                 half = _current(layers, pooled)
             yield Progress("adapting BatchNorm", i + 1, n_batches)
         if seen == 0:
             raise BNAdaptError("no target data was given to adapt on")
         target = _current(layers, pooled)
+        if split:
+            half = {n: pooled[n].half.mean_var() for n, _ in layers}
         if mode == "prior":
             big_n = 16.0 if prior is None else float(prior)
             small_n = float(n_samples or seen)
@@ -261,8 +290,9 @@ def adapt_batchnorm_iter(
             if name in counters:  # a counter PyTorch bumps in train mode; not a statistic
                 bn.num_batches_tracked.copy_(counters[name])
         model.eval()
-    drift = 0.0
+    drift = math.nan  # unknown: a single batch without a split
     if half is not None:
+        drift = 0.0
         for name, _ in layers:
             sd = source[name][1].double().clamp_min(1e-12).sqrt()
             d = ((half[name][0].double() - target[name][0].double()).abs() / sd).mean().item()
@@ -326,7 +356,8 @@ def adapt_iter(
     n_batches = -(-len(plan.corners) // batch_size)
     batches = (torch.from_numpy(b).to(dev) for b in iter_patch_batches(view, plan, norm.apply, batch_size))
     stats = None
-    for item in adapt_batchnorm_iter(adapted, batches, n_batches, mode=mode, alpha=alpha, prior=prior):
+    for item in adapt_batchnorm_iter(adapted, batches, n_batches, mode=mode, alpha=alpha, prior=prior,
+                                     total_items=len(plan.corners)):
         if isinstance(item, Result):
             stats = item.value
         else:
@@ -342,7 +373,8 @@ def adapt_iter(
         exhaustive=plan.exhaustive,
         batch_size=batch_size,
         seed=seed,
-        converged=stats["drift"] <= CONVERGENCE_TOLERANCE,
+        # the whole stack used: there is no more data, the estimate is as good as it gets
+        converged=plan.exhaustive or stats["drift"] <= CONVERGENCE_TOLERANCE,
         drift=stats["drift"],
         device=str(dev),
         seconds=time.perf_counter() - t0,

@@ -333,7 +333,8 @@ class LowerBound:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LowerBound:
-        return cls(np.asarray(d["x"], float), np.asarray(d["y"], float), float(d["quantile"]), float(d.get("x_min", 0.0)))
+        return cls(np.asarray(d["x"], float), np.asarray(d["y"], float), float(d["quantile"]),
+                   float(d.get("x_min", 0.0)))
 
     def curve(self) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) points drawing the step function from ``x_min`` to the last knot."""
@@ -612,7 +613,8 @@ def _xs(cases: Sequence[CalibrationCase], key: str, source_only: bool = False) -
         return np.where(np.isfinite(vals) & (vals >= 0), np.log1p(np.clip(vals, 0, None)), np.nan)
 
 
-def _predict(cases: Sequence[CalibrationCase], key: str, gate: dict[str, list[float]], bound: LowerBound | None) -> np.ndarray:
+def _predict(cases: Sequence[CalibrationCase], key: str, gate: dict[str, list[float]],
+             bound: LowerBound | None) -> np.ndarray:
     """Bound per case as the product computes it: 0 when gated out or not computable."""
     x = _xs(cases, key)
     out = np.zeros(len(cases))
@@ -959,7 +961,9 @@ def run_calibration_iter(
     view = check_stack(images, what="calibration images")
     lab = check_stack(labels, what="calibration labels")
     if tuple(view.data.shape) != tuple(lab.data.shape):
-        raise BNAdaptError(f"the calibration labels {tuple(lab.data.shape)} and images {tuple(view.data.shape)} differ in shape")
+        raise BNAdaptError(
+            f"the calibration labels {tuple(lab.data.shape)} and images {tuple(view.data.shape)} differ in shape"
+        )
     x_all = np.asarray(view.data) if not view.is_2d else np.asarray(view.data)[None]
     y_all = np.asarray(lab.data) if not lab.is_2d else np.asarray(lab.data)[None]
     out_model = copy.deepcopy(model)

@@ -249,8 +249,9 @@ def store_source_statistics(model: Any, stats: SourceStatistics) -> None:
         "signals": {k: float(v) for k, v in stats.signals.items()},
         "provenance": copy.deepcopy(stats.provenance),
         "note": (
-            f"full covariance for latent spaces with at most {stats.provenance.get('full_cov_max_dim', FULL_COV_MAX_DIM)} "
-            "channels, per-channel variances (diagonal) above; see layers[*].form"
+            f"full covariance for latent spaces with at most "
+            f"{stats.provenance.get('full_cov_max_dim', FULL_COV_MAX_DIM)} channels, per-channel variances "
+            "(diagonal) above; see layers[*].form"
         ),
     }
 
