@@ -169,7 +169,8 @@ def draw_figures(run, outdir: Path) -> list[Path]:
     h, lab = axes[0][0].get_legend_handles_labels()
     fig.legend(h, lab, loc="lower center", ncol=6, fontsize=8, frameon=False)
     fig.suptitle("Adapted IoU against the latent distance (source model on source data vs adapted model on target), "
-                 f"full covariance; black: 5 % lower bound fitted on the fit shifts (gate: {', '.join(gate_feats) or 'none'}); "
+                 "full covariance; black: 5 % lower bound fitted on the fit shifts "
+                 f"(gate: {', '.join(gate_feats) or 'none'}); "
                  "red frame: chosen", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     p = outdir / "reliability_scatter.png"
@@ -220,7 +221,8 @@ def draw_figures(run, outdir: Path) -> list[Path]:
                  f"Chosen: {best_key}, gate {', '.join(gate_feats) or 'none'}", fontsize=9)
     ax.legend(fontsize=8, ncol=4, loc="lower right")
     ax.set_ylim(0, 1)
-    fig.text(0.01, 0.005, "Full covariance only: the diagonal forms (and spaces whose full covariance is under-sampled) "
+    fig.text(0.01, 0.005, "Full covariance only: the diagonal forms (and spaces whose full covariance is "
+             "under-sampled) "
              "are excluded, as they sit at or below their noise floor after AdaBN.", fontsize=8)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     p = outdir / "reliability_selection.png"
@@ -247,7 +249,8 @@ def draw_figures(run, outdir: Path) -> list[Path]:
                     ax.axvline(v, color="k", ls=":", lw=1)
     ax.set_xlabel("log(predicted foreground fraction / source's)")
     ax.set_ylabel("confidence drop (source - target)")
-    ax.set_title("Label-free output signals of the adapted model\n(red edge: inverted contrast; all shifts)", fontsize=9)
+    ax.set_title("Label-free output signals of the adapted model\n(red edge: inverted contrast; all shifts)",
+                 fontsize=9)
     fig.tight_layout()
     p = outdir / "reliability_signals.png"
     fig.savefig(p, dpi=90)

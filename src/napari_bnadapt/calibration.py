@@ -581,7 +581,8 @@ GATE_FEATURES: dict[str, str] = {"fg_logratio": "both", "conf_drop": "upper"}
 GATE_MARGIN = 0.25
 
 
-def _gate_from(cases: Sequence[CalibrationCase], features: Sequence[str], success_iou: float) -> dict[str, list[float]]:
+def _gate_from(cases: Sequence[CalibrationCase], features: Sequence[str],
+               success_iou: float) -> dict[str, list[float]]:
     """Ranges of the gate features over the successful cases (IoU >= success_iou), widened by GATE_MARGIN."""
     ok = [c for c in cases if c.iou >= success_iou]
     gate: dict[str, list[float]] = {}

@@ -20,6 +20,12 @@ from .images import StackView, check_stack, resolve_normalization
 from .progress import Progress, Result, run_to_end
 from .unet import SIZE_MULTIPLE
 
+#: Default tile side: a 1024 x 1024 slice is one tile (no overlap work), bigger slices are tiled.
+DEFAULT_TILE = 1024
+#: With ``batch_size=None``, tiles are batched up to this many pixels per forward pass
+#: (2 tiles of 1024 x 1024, or 32 of 256 x 256), which bounds memory whatever the tile size.
+PIXELS_PER_BATCH = 2 * 1024 * 1024
+
 
 def _ceil_to(n: int, m: int) -> int:
     return -(-n // m) * m
@@ -86,9 +92,9 @@ def iter_slice_probabilities(
     view: StackView,
     norm: Any,
     *,
-    tile_size: int = 512,
+    tile_size: int = DEFAULT_TILE,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: Any = "auto",
     amp: bool | None = None,
 ) -> Iterator[Progress | tuple[int, np.ndarray]]:
@@ -103,6 +109,10 @@ def iter_slice_probabilities(
     dev = get_device(device)
     nz, h, w = view.shape3d
     tiler = _SliceTiler(h, w, tile_size, overlap)
+    if batch_size is None:
+        batch_size = max(1, PIXELS_PER_BATCH // (tiler.th * tiler.tw))
+    elif batch_size < 1:
+        raise BNAdaptError(f"batch_size must be at least 1, not {batch_size}")
     total = nz * tiler.per_slice
     use_amp = (dev.type == "cuda") if amp is None else bool(amp)
     acc: dict[int, list[np.ndarray]] = {}
@@ -179,9 +189,9 @@ def predict_iter(
     model: Any,
     images: Any,
     *,
-    tile_size: int = 512,
+    tile_size: int = DEFAULT_TILE,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: Any = "auto",
     intensity_range: tuple[float, float] | str | None = None,
     amp: bool | None = None,
@@ -215,12 +225,12 @@ def predict(model: Any, images: Any, **kwargs: Any) -> Any:
     images : array-like or napari Image layer
         A (Y, X) image or (Z, Y, X) stack (numpy, ``tifffile.memmap``, zarr,
         dask): read one slice at a time.
-    tile_size : int, default 512
+    tile_size : int, default 1024
         Tile side in pixels (multiple of 16).
     overlap : int, default 64
         Overlap of neighbouring tiles in pixels, blended smoothly.
-    batch_size : int, default 4
-        Tiles per forward pass.
+    batch_size : int or None, default None
+        Tiles per forward pass; None: as many as fit in :data:`PIXELS_PER_BATCH` pixels.
     device : str, default "auto"
         "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
     intensity_range : (float, float), "auto" or None

@@ -36,9 +36,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from ..errors import BNAdaptError
 from ..progress import Progress, Result, run_to_end
-from ._common import Dataset, ExperimentResult, UNetScale
+
+if TYPE_CHECKING:  # numpy/torch stay unimported until an experiment runs (a fast CLI start)
+    from ._common import ExperimentResult
 
 __all__ = ["EXPERIMENTS", "ExperimentResult", "Dataset", "UNetScale", "ToyScale", "run", "run_iter",
            "default_scale", "add_experiment_parser", "DEFAULT_OUT"]
@@ -57,11 +61,15 @@ DEFAULT_OUT = Path("bnadapt-experiments")
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("Dataset", "ExperimentResult", "UNetScale"):
+        from . import _common
+
+        return getattr(_common, name)
     if name == "ToyScale":
         from .toy_uda import ToyScale
 
         return ToyScale
-    raise AttributeError(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_name(name: str) -> str:

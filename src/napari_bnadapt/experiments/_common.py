@@ -139,6 +139,8 @@ class UNetScale:
         If set, ``eval_every`` is one epoch divided by it (the thesis validated 5 times per epoch).
     adapt_batch_size : int
         Images per forward pass during BatchNorm adaptation.
+    augment : bool
+        Random 90-degree rotations and flips during training (the thesis had none).
     """
 
     image_size: int = 64
@@ -154,6 +156,7 @@ class UNetScale:
     patience: int = 20
     val_fraction: float = 0.1
     adapt_batch_size: int = 16
+    augment: bool = True
 
     def train_steps(self) -> int:
         if self.epochs is None:
@@ -172,6 +175,8 @@ class UNetScale:
         keep = ("image_size", "n_train", "width", "batch_size", "lr", "patience", "val_fraction")
         d = {k: getattr(self, k) for k in keep}
         d.update(steps=self.train_steps(), eval_every=self.train_eval_every())
+        if not self.augment:  # listed only when off: the default needs no entry
+            d["augment"] = False
         return d
 
 
@@ -271,7 +276,8 @@ def _fmt(v: Any) -> str:
         return str(int(v))
     if isinstance(v, (float, np.floating)):
         v = float(v)
-        return "nan" if math.isnan(v) else repr(v)
+        # 9 significant digits: far below any effect measured here, and half the file size
+        return "nan" if math.isnan(v) else format(v, ".9g")
     return str(v)
 
 
@@ -338,6 +344,7 @@ def train_source_iter(job: TrainJob) -> Iterator[Progress | Result[str]]:
                                patch_size=sc.image_size, lr=sc.lr, val_fraction=sc.val_fraction,
                                eval_every=sc.train_eval_every(), patience=sc.patience,
                                seed=derive_seed("init", job.seed, job.dataset.key), device="cpu",
+                               augment=sc.augment,
                                name=f"{job.experiment}-source-{job.dataset.id}",
                                data_description=f"toy source {job.dataset.key}"):
             if isinstance(item, Result):

@@ -84,7 +84,7 @@ class AdaptSegmentWidget(Container):
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.intensity = ComboBox(label="grey values", choices=list(INTENSITY_CHOICES))
-        self.tile_size = SpinBox(label="tile size (px)", value=512, min=16, max=8192, step=16)
+        self.tile_size = SpinBox(label="tile size (px)", value=1024, min=16, max=8192, step=16)
         self._advanced_widgets = [self.mode, self.alpha, self.prior, self.n_patches, self.patch_size,
                                   self.batch_size, self.seed, self.intensity, self.tile_size]
 
