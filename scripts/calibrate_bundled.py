@@ -151,13 +151,16 @@ def draw_figures(run, outdir: Path) -> list[Path]:
                     bx, by = bound.curve()
                     ax.plot(bx, by, "k-", lw=1.5)
                 r = [rr for rr in run.table if rr["key"] == key and rr.get("gate") == gate_feats]
-                if r and not r[0].get("excluded"):
+                excl = [rr["excluded"] for rr in run.table if rr["key"] == key and rr.get("excluded")]
+                if excl:
+                    why = excl[0] if ok.all() else f"meaningful in {ok.mean():.0%} of the shifts only"
+                    ax.set_title(f"{distance_label(space, norm, 'full')}\nexcluded: {why}", fontsize=8)
+                elif r:
                     ax.set_title(f"{distance_label(space, norm, 'full')}\nCV cover {r[0]['coverage']:.2f}, "
                                  f"mean bound {r[0]['mean_bound']:.2f}", fontsize=8,
                                  color="darkred" if key == best_key else "black")
                 else:
-                    ax.set_title(f"{distance_label(space, norm, 'full')}\nmeaningful in {ok.mean():.0%} of the "
-                                 "shifts only", fontsize=8)
+                    ax.set_title(f"{distance_label(space, norm, 'full')}", fontsize=8)
             if key == best_key:
                 for sp in ax.spines.values():
                     sp.set_edgecolor("darkred")

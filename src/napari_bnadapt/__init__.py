@@ -34,12 +34,18 @@ _EXPORTS: dict[str, str] = {
     "CancelledError": "errors",
     "UNet": "unet",
     "add_result": "widgets.layers",
+    "reliability": "reliability",
+    "reliability_iter": "reliability",
+    "ReliabilityReport": "reliability",
+    "calibrate": "calibration",
+    "calibrate_iter": "calibration",
+    "compute_source_statistics": "source_statistics",
     "read_stack": "stack_io",
     "StackInfo": "stack_io",
     "crop_and_downsample": "stack_io",
     "AmbiguousDatasetError": "stack_io",
 }
-_SUBMODULES = {"adaptation", "synthetic", "sample_data", "wasserstein", "errors", "progress", "metrics", "images", "modelfile"}
+_SUBMODULES = {"adaptation", "calibration", "source_statistics", "synthetic", "sample_data", "wasserstein", "errors", "progress", "metrics", "images", "modelfile"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 

@@ -271,7 +271,8 @@ class AdaptSegmentWidget(Container):
 
             rel = out["reliability"]
             publish_report(rel, self._load_model())
-            bound = f", predicted IoU >= {rel.iou_lower_bound:.2f}" if rel.iou_lower_bound is not None else ""
+            bound = (f", predicted IoU >= {rel.iou_lower_bound:.2f}"
+                     if rel.iou_lower_bound is not None and not rel.gate_failures else "")
             msg.append(f"reliability: {rel.verdict}{bound} (see the Reliability panel)")
         elif out["adapted"] and self.assess.value:
             msg.append("reliability not assessed: this model file has no source statistics")

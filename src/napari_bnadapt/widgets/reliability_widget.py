@@ -75,7 +75,10 @@ class ReliabilityWidget(QWidget):
         colour = VERDICT_COLOURS.get(report.verdict, "#cccccc")
         self.verdict.setText(f"<b style='font-size:15pt; color:{colour}'>{report.verdict.upper()}</b>")
         self.sentence.setText(report.sentence)
-        if report.iou_lower_bound is None:
+        if getattr(report, "gate_failures", None):
+            self.bound.setText("predicted IoU: <b>no lower bound</b> can be given for this image "
+                               "(a label-free signal is outside the range the bound was calibrated on)")
+        elif report.iou_lower_bound is None:
             self.bound.setText("predicted IoU: no calibrated bound for this model")
         else:
             cal = report.calibration or {}
