@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_bnadapt.images import check_stack, resolve_normalization
     from napari_bnadapt.modelfile import default_meta
     from napari_bnadapt.patches import iter_patch_batches, plan_patches
-    from napari_bnadapt.reliability import reliability
+    from napari_bnadapt.reliability_bound import reliability
     from napari_bnadapt.source_statistics import compute_source_statistics
     from napari_bnadapt.unet import UNet
 

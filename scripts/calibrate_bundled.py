@@ -119,7 +119,7 @@ def draw_figures(run, outdir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from napari_bnadapt.calibration import SPACES, _fit, _in_gate, _xs
-    from napari_bnadapt.reliability import distance_label, parse_key
+    from napari_bnadapt.reliability_bound import distance_label, parse_key
 
     outdir.mkdir(parents=True, exist_ok=True)
     cases = run.cases

@@ -13,3 +13,10 @@ def test_public_api_names():
     for name in ["list_models", "load_model", "save_model", "adapt", "predict", "segment", "train", "iou", "dice"]:
         assert callable(getattr(nb, name))
     assert callable(nb.synthetic.generate)
+
+
+def test_reliability_stays_a_function_after_internal_imports():
+    import napari_bnadapt as nb
+    import napari_bnadapt.calibration  # noqa: F401  (imports the reliability module internally)
+
+    assert callable(nb.reliability) and nb.reliability.__name__ == "reliability"

@@ -9,7 +9,7 @@ import pytest
 import napari_bnadapt as nb
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.progress import Progress, Result
-from napari_bnadapt.reliability import (
+from napari_bnadapt.reliability_bound import (
     DEFAULT_GATE,
     ReliabilityReport,
     calibration_curve,

@@ -474,7 +474,7 @@ class CalibrationCase:
     floors : dict of key to float
         Noise floors of ``distances``.
     features, features_source_only : dict
-        :func:`~napari_bnadapt.reliability.signal_features`.
+        :func:`~napari_bnadapt.reliability_bound.signal_features`.
     seconds : float
     """
 
@@ -547,7 +547,7 @@ def measure_case(
     from .inference import segment
     from .metrics import iou
     from .patches import plan_patches
-    from .reliability import distance_table, measure_pair_iter, signal_features
+    from .reliability_bound import distance_table, measure_pair_iter, signal_features
     from .source_statistics import model_normalization
 
     t0 = time.perf_counter()
@@ -810,7 +810,7 @@ def _case_distance(c: CalibrationCase, key: str, source_only: bool = False) -> d
 
 
 def _verdict_table(cases: Sequence[CalibrationCase], calibration: dict[str, Any]) -> dict[str, Any]:
-    from .reliability import decide
+    from .reliability_bound import decide
 
     key = calibration["feature"]["key"]
     out: dict[str, Any] = {}
@@ -839,7 +839,7 @@ def finish_calibration(
     provenance: dict[str, Any] | None = None,
 ) -> CalibrationRun:
     """Select, fit and validate from measured cases (their ``split`` decides fit vs validation)."""
-    from .reliability import decide, distance_label, parse_key
+    from .reliability_bound import decide, distance_label, parse_key
 
     fit_cases = [c for c in cases if c.split == "fit"]
     val_cases = [c for c in cases if c.split == "validation"]
@@ -1090,6 +1090,6 @@ def calibrate(model: Any, images: Any, labels: Any, **kwargs: Any) -> Any:
 
 def calibration_curve(model: Any) -> tuple[np.ndarray, np.ndarray, str] | None:
     """(x, lower-bound IoU, x-axis label) of a model's calibration for plotting, or None."""
-    from .reliability import calibration_curve as _cc
+    from .reliability_bound import calibration_curve as _cc
 
     return _cc(model)

@@ -1,6 +1,6 @@
 """Source statistics: the latent Gaussians of a model on its own training data, kept in the model file.
 
-The reliability check (:mod:`napari_bnadapt.reliability`) compares the latent
+The reliability check (:mod:`napari_bnadapt.reliability_bound`) compares the latent
 Gaussians of the ADAPTED model on the target with those of the SOURCE model on
 the SOURCE images (science.md section 3). Users do not have the source images
 at adaptation time, so the source side travels with the model: :func:`train`

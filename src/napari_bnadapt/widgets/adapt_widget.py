@@ -237,7 +237,7 @@ class AdaptSegmentWidget(Container):
                     adapt_iter(model, data, device=opts["device"], intensity_range=intensity, **settings)
                 )
             if assess:
-                from ..reliability import reliability_iter
+                from ..reliability_bound import reliability_iter
 
                 out["reliability"] = yield from unwrap(reliability_iter(
                     model, used, data, device=opts["device"], intensity_range=intensity, seed=settings["seed"]))

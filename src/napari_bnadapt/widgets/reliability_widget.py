@@ -70,7 +70,7 @@ class ReliabilityWidget(QWidget):
             self.show_report(_LAST["report"], _LAST["model"])
 
     def show_report(self, report: Any, model: Any) -> None:
-        """Display ``report`` (a :class:`~napari_bnadapt.reliability.ReliabilityReport`)."""
+        """Display ``report`` (a :class:`~napari_bnadapt.reliability_bound.ReliabilityReport`)."""
         self.report = report
         colour = VERDICT_COLOURS.get(report.verdict, "#cccccc")
         self.verdict.setText(f"<b style='font-size:15pt; color:{colour}'>{report.verdict.upper()}</b>")
@@ -99,7 +99,7 @@ class ReliabilityWidget(QWidget):
         self._plot(report, model)
 
     def _plot(self, report: Any, model: Any) -> None:
-        from ..reliability import calibration_curve
+        from ..reliability_bound import calibration_curve
 
         self.figure.clear()
         ax = self.figure.add_subplot(111)
