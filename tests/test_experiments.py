@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import math
 import shutil
 
@@ -16,6 +17,8 @@ import pytest
 from napari_bnadapt import experiments as E
 from napari_bnadapt.errors import BNAdaptError
 
+#: the figures need matplotlib (the napari extra); everything else runs without it
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 TINY = {"image_size": 32, "n_train": 40, "n_test": 8, "width": 4, "steps": 30, "eval_every": 30}
 
 
@@ -27,7 +30,7 @@ def _rows(path):
 @pytest.fixture(scope="module")
 def brightness(tmp_path_factory):
     return E.run("brightness", out=tmp_path_factory.mktemp("brightness"), scale=TINY,
-                 only=["b50", "b130"], figures=True)
+                 only=["b50", "b130"], figures=HAVE_MPL)
 
 
 def test_brightness_adaptation_corrects_the_shift(brightness):
@@ -50,10 +53,11 @@ def test_results_folder_layout(brightness):
                 "floor_ls0", "tnw2_dec"):
         assert col in r
     assert all(math.isfinite(float(r["tnw2_ls0"])) and float(r["tnw2_ls0"]) >= 0 for r in rows)
-    names = sorted(p.name for p in brightness.figures)
-    assert names == ["exp_brightness_iou.png", "exp_brightness_scatter.png"]
-    assert all(p.stat().st_size > 10_000 for p in brightness.figures)
     assert (brightness.folder / "summary.json").exists()
+    if HAVE_MPL:
+        names = sorted(p.name for p in brightness.figures)
+        assert names == ["exp_brightness_iou.png", "exp_brightness_scatter.png"]
+        assert all(p.stat().st_size > 10_000 for p in brightness.figures)
 
 
 def test_distance_hard_to_easy_beats_easy_to_hard(tmp_path):
@@ -109,14 +113,15 @@ def test_shapes_runs_and_adaptation_does_not_hurt_on_average(tmp_path):
 
 def test_toy_uda_loglinear_direction(tmp_path):
     res = E.run("toy-uda", out=tmp_path, scale={"n_train": 2000, "steps": 400, "n_targets": 40, "n_test": 4000},
-                figures=True)
+                figures=HAVE_MPL)
     f = res.findings
     assert res.rows == 40
     assert f["boundary_target"]["acc_adapted"] > f["boundary_target"]["acc_source_only"] + 0.2
     # the larger the target-normalised W2 between true and estimated statistics, the larger the loss
     assert f["loglinear"]["pearson_log1p_tnw2_vs_loss"] > 0.5
     assert f["loglinear"]["spearman_tnw2_vs_rel_perf"] < -0.5
-    assert sorted(p.name for p in res.figures) == ["exp_toy_uda_boundary.png", "exp_toy_uda_relation.png"]
+    if HAVE_MPL:
+        assert sorted(p.name for p in res.figures) == ["exp_toy_uda_boundary.png", "exp_toy_uda_relation.png"]
 
 
 def test_cli_parser_and_refusal_to_overwrite(tmp_path, capsys):
