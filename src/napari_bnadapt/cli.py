@@ -312,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the installed models and their cards")
     p.set_defaults(func=_cmd_models)
 
+    from .experiments import add_experiment_parser
+
+    add_experiment_parser(sub)
+
     p = sub.add_parser("demo", help="napari with a brightness-shifted toy stack, adapted and segmented in one click")
     p.add_argument("--screenshot", metavar="FILE", help="run without a user: save the window to FILE (PNG) and quit")
     p.add_argument("--no-gui", action="store_true", help="no window: print the IoU before and after adaptation")
