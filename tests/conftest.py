@@ -36,6 +36,17 @@ def state_bytes(model) -> dict[str, bytes]:
     return {k: v.detach().cpu().numpy().tobytes() for k, v in model.state_dict().items()}
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread: on a shared 2-core machine two threads run small passes several times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

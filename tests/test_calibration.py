@@ -23,15 +23,7 @@ from napari_bnadapt.calibration import (
 from napari_bnadapt.errors import BNAdaptError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on a shared 2-core machine two threads run these small passes several times slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _draw(rng, n):

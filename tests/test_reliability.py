@@ -24,15 +24,7 @@ from .conftest import BRIGHT, state_bytes
 INVERTED = {"mu0": 138, "sigma0": 18, "mu1": 96, "sigma1": 18}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on a shared 2-core machine two threads run these small passes several times slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,7 @@ from napari_bnadapt.source_statistics import (
 from .conftest import state_bytes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on a shared 2-core machine two threads run these small passes several times slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _bare(model):
