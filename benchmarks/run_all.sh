@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Rerun every benchmark; each writes benchmarks/results/<name>.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+for b in bench_unet_width bench_adapt_segment bench_generate bench_wasserstein bench_reliability bench_open_big_tiff; do
+  echo "== $b"; "$PY" "benchmarks/$b.py"
+done
+if [ -n "${DISPLAY:-}" ]; then
+  echo "== bench_gui_responsiveness"; "$PY" benchmarks/bench_gui_responsiveness.py
+else
+  echo "(no display: skipped bench_gui_responsiveness; run this script under xvfb-run -a)"
+fi
