@@ -97,3 +97,20 @@ def test_cuda_matches_cpu(toy_model, toy_image):
 def test_bad_threshold(toy_model, toy_image):
     with pytest.raises(BNAdaptError, match="threshold"):
         nb.segment(toy_model, toy_image, threshold=1.5)
+
+
+def test_zarr_and_dask_inputs_and_zarr_output(tmp_path, toy_model, source_stack):
+    """Lazy inputs are read slice by slice; the result can go straight into a zarr array."""
+    zarr = pytest.importorskip("zarr")
+    da = pytest.importorskip("dask.array")
+    images = source_stack[0][:6]
+    expected = nb.segment(toy_model, images, device="cpu")
+    z = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=images.shape, chunks=(1, 64, 64), dtype="u1")
+    z[:] = images
+    np.testing.assert_array_equal(nb.segment(toy_model, z, device="cpu"), expected)
+    lazy = da.from_array(images, chunks=(2, 64, 64))
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="w", shape=images.shape, chunks=(1, 64, 64), dtype="u1")
+    assert nb.segment(toy_model, lazy, device="cpu", out=out) is out
+    np.testing.assert_array_equal(out[:], expected)
+    adapted, report = nb.adapt(toy_model, lazy, device="cpu")
+    assert report.n_voxels == images.size
