@@ -227,7 +227,10 @@ class AdaptSegmentWidget(Container):
             from ..inference import predict_iter
             from ..metrics import iou
 
-            out: dict[str, Any] = {"adapted": adapt, "layer": layer, "model_name": model.meta.get("name")}
+            from ..device import get_device
+
+            out: dict[str, Any] = {"adapted": adapt, "layer": layer, "model_name": model.meta.get("name"),
+                                   "device": str(get_device(opts["device"])), "source_model": model}
             if truth is not None and adapt:
                 before = yield from unwrap(predict_iter(model, data, **opts))
                 out["iou_before"] = iou(before > 0.5, truth)
@@ -259,7 +262,7 @@ class AdaptSegmentWidget(Container):
         if out["prob"] is not None:
             self.viewer.add_image(out["prob"], name=unique_name(self.viewer, f"{layer.name} [{tag} probability]"),
                                   colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", **kw)
-        msg = []
+        msg = [] if out["adapted"] else [f"segmented on {out['device']}"]
         if out["adapted"]:
             self.adapted_model = out["model"]
             self.save.enabled = True
@@ -270,7 +273,7 @@ class AdaptSegmentWidget(Container):
             from .reliability_widget import publish_report
 
             rel = out["reliability"]
-            publish_report(rel, self._load_model())
+            publish_report(rel, out["source_model"])
             bound = (f", predicted IoU >= {rel.iou_lower_bound:.2f}"
                      if rel.iou_lower_bound is not None and not rel.gate_failures else "")
             msg.append(f"reliability: {rel.verdict}{bound} (see the Reliability panel)")
@@ -280,7 +283,7 @@ class AdaptSegmentWidget(Container):
             msg.append(("IoU before adaptation {:.3f}, after {:.3f}".format(out["iou_before"], out["iou"]))
                        if "iou_before" in out else f"IoU {out['iou']:.3f}")
         self.last_result = out
-        self.runner.say("; ".join(msg) or "done")
+        self.runner.say("; ".join(msg))
 
     # --- saving ------------------------------------------------------------
     def save_adapted_model(self, path: str | Path, overwrite: bool = False) -> Path | None:
