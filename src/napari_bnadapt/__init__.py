@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "CancelledError": "errors",
     "UNet": "unet",
     "add_result": "widgets.layers",
+    "predict_dask": "lazy",
+    "segment_dask": "lazy",
     "reliability": "reliability_bound",
     "reliability_iter": "reliability_bound",
     "ReliabilityReport": "reliability_bound",
