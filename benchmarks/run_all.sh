@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-for b in bench_unet_width bench_adapt_segment bench_generate bench_wasserstein bench_reliability bench_open_big_tiff; do
+for b in bench_unet_width bench_adapt_segment bench_adapt_scaling bench_generate bench_wasserstein bench_reliability bench_open_big_tiff; do
   echo "== $b"; "$PY" "benchmarks/$b.py"
 done
 if [ -n "${DISPLAY:-}" ]; then

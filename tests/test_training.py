@@ -42,3 +42,12 @@ def test_bad_training_input(small_data):
         nb.train(images, masks.astype(np.float32))
     with pytest.raises(BNAdaptError, match="val_fraction"):
         nb.train(images, masks, val_fraction=1.5)
+
+
+def test_thesis_optimizer_option(small_data):
+    images, masks = small_data
+    m = nb.train(images, masks, width=4, steps=5, batch_size=4, patch_size=32, eval_every=5, seed=0, device="cpu",
+                 optimizer="rmsprop", lr=1e-5)
+    assert m.meta["training"]["recipe"]["optimizer"] == "rmsprop"
+    with pytest.raises(BNAdaptError, match="optimizer"):
+        nb.train(images, masks, steps=1, optimizer="sgd")

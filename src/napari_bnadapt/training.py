@@ -71,6 +71,7 @@ def train_iter(
     name: str | None = None,
     data_description: str = "",
     augment: bool = True,
+    optimizer: str = "adam",
     source_statistics: bool = True,
     statistics_patches: int | None = 256,
 ) -> Iterator[Progress | Result[Any]]:
@@ -98,8 +99,14 @@ def train_iter(
     norm = Normalization(base.low, base.high, float(x01.mean()), float(max(x01.std(), 1e-3)), base.in_low, base.in_high)
     dev = get_device(device)
     model = UNet(width=width, bilinear=bilinear).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
+    if optimizer == "adam":
+        opt: Any = torch.optim.Adam(model.parameters(), lr=lr)
+        sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
+    elif optimizer == "rmsprop":  # the thesis' recipe: RMSprop, momentum 0.999, gradients clipped at 1
+        opt = torch.optim.RMSprop(model.parameters(), lr=lr, momentum=0.999, weight_decay=1e-8)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+    else:
+        raise BNAdaptError(f"optimizer must be 'adam' or 'rmsprop', not {optimizer!r}")
     ph, pw = min(patch_size, h) // 16 * 16, min(patch_size, w) // 16 * 16
     if ph < 16 or pw < 16:
         raise BNAdaptError(f"patch_size must be at least 16, not {patch_size}")
@@ -136,6 +143,8 @@ def train_iter(
             loss = F.cross_entropy(logits, y) + _dice_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if optimizer == "rmsprop":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
         sched.step()
         if step % eval_every == 0 or step == steps:
@@ -170,7 +179,8 @@ def train_iter(
         "training": {
             "data": {"shape": list(view.data.shape), "dtype": str(view.dtype), "description": data_description,
                      "train_slices": len(tr_idx), "intensity_range": [norm.in_low, norm.in_high]},
-            "recipe": {"loss": "cross-entropy + Dice", "optimizer": "Adam", "lr": lr, "schedule": "cosine",
+            "recipe": {"loss": "cross-entropy + Dice", "optimizer": optimizer, "lr": lr,
+                       "schedule": "cosine" if optimizer == "adam" else "constant",
                        "steps": steps, "batch_size": batch_size, "patch_size": [ph, pw], "augment": augment,
                        "val_fraction": val_fraction, "eval_every": eval_every, "patience": patience, "seed": seed,
                        "width": width, "bilinear": bilinear, "parameters": count_parameters(model)},
@@ -234,6 +244,9 @@ def train(images: Any, labels: Any, **kwargs: Any) -> Any:
         Stored in the model card.
     augment : bool, default True
         Random 90-degree rotations and flips.
+    optimizer : {"adam", "rmsprop"}, default "adam"
+        Adam with cosine decay (CPU-practical), or the thesis' RMSprop (momentum 0.999,
+        weight decay 1e-8, gradient norm clipped at 1, constant rate; the thesis used lr 1e-5).
     source_statistics : bool, default True
         After training, measure the latent Gaussians and output signals of the
         model on a sample of the training patches and store them in the model

@@ -141,6 +141,8 @@ class UNetScale:
         Images per forward pass during BatchNorm adaptation.
     augment : bool
         Random 90-degree rotations and flips during training (the thesis had none).
+    optimizer : str
+        "adam" (cosine decay) or "rmsprop" (the thesis' recipe; see :func:`napari_bnadapt.train`).
     """
 
     image_size: int = 64
@@ -157,6 +159,7 @@ class UNetScale:
     val_fraction: float = 0.1
     adapt_batch_size: int = 16
     augment: bool = True
+    optimizer: str = "adam"
 
     def train_steps(self) -> int:
         if self.epochs is None:
@@ -177,6 +180,8 @@ class UNetScale:
         d.update(steps=self.train_steps(), eval_every=self.train_eval_every())
         if not self.augment:  # listed only when off: the default needs no entry
             d["augment"] = False
+        if self.optimizer != "adam":
+            d["optimizer"] = self.optimizer
         return d
 
 
@@ -344,7 +349,7 @@ def train_source_iter(job: TrainJob) -> Iterator[Progress | Result[str]]:
                                patch_size=sc.image_size, lr=sc.lr, val_fraction=sc.val_fraction,
                                eval_every=sc.train_eval_every(), patience=sc.patience,
                                seed=derive_seed("init", job.seed, job.dataset.key), device="cpu",
-                               augment=sc.augment,
+                               augment=sc.augment, optimizer=sc.optimizer,
                                name=f"{job.experiment}-source-{job.dataset.id}",
                                data_description=f"toy source {job.dataset.key}"):
             if isinstance(item, Result):

@@ -55,6 +55,6 @@ def spec(name: str) -> UNetSpec:
 DEFAULT = UNetScale(image_size=64, n_train=512, n_test=16, width=8, steps=500, batch_size=8, lr=3e-3,
                     eval_every=50, patience=20)
 #: The thesis' numbers: 5000 source images, 1000 test images per target, width 64,
-#: batch size 1, 5 epochs, no augmentation (optimiser: see matrix.FULL).
-FULL = UNetScale(image_size=64, n_train=5000, n_test=1000, width=64, epochs=5, batch_size=1, lr=1e-4,
-                 evals_per_epoch=5, patience=5, adapt_batch_size=8, augment=False)
+#: batch size 1, 5 epochs, no augmentation, RMSprop lr 1e-5 momentum 0.999.
+FULL = UNetScale(image_size=64, n_train=5000, n_test=1000, width=64, epochs=5, batch_size=1, lr=1e-5,
+                 evals_per_epoch=5, patience=5, adapt_batch_size=8, augment=False, optimizer="rmsprop")

@@ -76,7 +76,6 @@ DEFAULT = UNetScale(image_size=64, n_train=256, n_test=32, width=8, steps=300, b
                     eval_every=50, patience=20)
 #: The thesis' numbers: 5000 source images (10 % validation), 500 test images,
 #: 64 x 64, width-64 U-Net, batch size 1, 5 epochs, 5 validations per epoch,
-#: early stopping with patience 5, no augmentation. (Optimiser: this package's Adam +
-#: cosine decay, not the thesis' RMSprop; see docs/experiments.md.)
-FULL = UNetScale(image_size=64, n_train=5000, n_test=500, width=64, epochs=5, batch_size=1, lr=1e-4,
-                 evals_per_epoch=5, patience=5, adapt_batch_size=8, augment=False)
+#: early stopping with patience 5, no augmentation, RMSprop lr 1e-5 momentum 0.999.
+FULL = UNetScale(image_size=64, n_train=5000, n_test=500, width=64, epochs=5, batch_size=1, lr=1e-5,
+                 evals_per_epoch=5, patience=5, adapt_batch_size=8, augment=False, optimizer="rmsprop")

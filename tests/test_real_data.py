@@ -1,0 +1,88 @@
+"""Real EM data (../shared/data/real): I/O and a short adaptation on real 8-bit EM.
+
+The EM models are not bundled yet (issue 7), so nothing is trained here: the
+test checks that the real volumes read with the right shapes and dtypes, and that
+adaptation plus the reliability check run end to end on a real VNC crop (with the
+bundled toy model, whose numbers mean nothing on EM: only that nothing breaks).
+Skipped when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import state_bytes
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+LUCCHI = REAL / "lucchi_pp_fibsem"
+VNC = REAL / "vnc_drosophila_sstem"
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def real():
+    if not (LUCCHI / "train_image.tif").exists() or not (VNC / "image.tif").exists():
+        pytest.skip(f"real EM data not found under {REAL}")
+    return REAL
+
+
+@pytest.mark.parametrize(
+    "rel, shape",
+    [
+        ("lucchi_pp_fibsem/train_image.tif", (42, 768, 1024)),
+        ("lucchi_pp_fibsem/test_image.tif", (42, 768, 1024)),
+        ("vnc_drosophila_sstem/image.tif", (20, 1024, 1024)),
+    ],
+)
+def test_read_stack_real_volumes(real, rel, shape):
+    from napari_bnadapt import read_stack
+
+    arr, info = read_stack(real / rel)  # lazy: nothing is read beyond what is indexed
+    assert tuple(arr.shape) == shape
+    assert arr.dtype == np.uint8
+    crop = np.asarray(arr[0, :64, :64])
+    assert crop.dtype == np.uint8 and crop.shape == (64, 64)
+    assert crop.std() > 1.0  # real EM texture, not an empty or constant slice
+
+
+@pytest.mark.parametrize(
+    "rel, shape",
+    [
+        ("lucchi_pp_fibsem/train_labels.tif", (42, 768, 1024)),
+        ("vnc_drosophila_sstem/labels.tif", (20, 1024, 1024)),
+    ],
+)
+def test_real_labels_are_binary(real, rel, shape):
+    import tifffile
+
+    with tifffile.TiffFile(real / rel) as tf:
+        assert tuple(tf.series[0].shape) == shape
+        first = tf.pages[0].asarray()
+    assert first.dtype == np.uint8
+    assert set(np.unique(first).tolist()) <= {0, 1}
+    assert 0.0 < first.mean() < 0.5  # some mitochondria, mostly background
+
+
+def test_adapt_and_reliability_on_real_vnc_crop(real, toy_model, one_torch_thread):
+    import tifffile
+
+    import napari_bnadapt as nb
+
+    images = np.ascontiguousarray(tifffile.memmap(VNC / "image.tif")[:4, 384:640, 384:640])
+    assert images.dtype == np.uint8 and images.shape == (4, 256, 256)
+    before = state_bytes(toy_model)
+    adapted, report = nb.adapt(toy_model, images, device="cpu")
+    assert report.n_patches > 0 and np.isfinite(report.drift)
+    assert report.layers  # per-layer shifts were measured
+    rel = nb.reliability(toy_model, adapted, images, device="cpu")
+    assert rel.verdict in {"reliable", "uncertain", "unreliable"}
+    assert rel.sentence
+    assert rel.iou_lower_bound is None or 0.0 <= rel.iou_lower_bound <= 1.0
+    assert any(np.isfinite(d.value) for d in rel.distances)
+    seg = nb.segment(adapted, images, device="cpu")
+    assert seg.shape == images.shape
+    assert state_bytes(toy_model) == before  # the source model is never changed
