@@ -112,7 +112,7 @@ def _family_scatter(ax, xs, ys, cases, alpha=0.8, size=18):
                    linewidths=0.8, label=f"{fam} (held out)")
 
 
-def draw_figures(run, outdir: Path) -> list[Path]:
+def draw_figures(run, outdir: Path, prefix: str = "reliability", holdout_title: str = "out-of-family hold-out: grey-value shifts") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,7 +176,7 @@ def draw_figures(run, outdir: Path) -> list[Path]:
                  f"(gate: {', '.join(gate_feats) or 'none'}); "
                  "red frame: chosen", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    p = outdir / "reliability_scatter.png"
+    p = outdir / f"{prefix}_scatter.png"
     fig.savefig(p, dpi=90)
     plt.close(fig)
     paths.append(p)
@@ -192,7 +192,7 @@ def draw_figures(run, outdir: Path) -> list[Path]:
     aucs, auc_inv = [], []
     for k in keys:
         xk = _xs(fit_cases, k)
-        good, bad, inv = xk[yf >= 0.8], xk[yf < 0.5], xk[fam == "inverted"]
+        good, bad, inv = xk[yf >= 0.8], xk[yf < 0.5], xk[np.char.find(fam.astype(str), "inverted") >= 0]
         aucs.append(mannwhitneyu(bad, good).statistic / (len(bad) * len(good)) if len(bad) and len(good) else np.nan)
         auc_inv.append(mannwhitneyu(inv, good).statistic / (len(inv) * len(good)) if len(inv) and len(good) else np.nan)
     pos = np.arange(len(keys))
@@ -228,7 +228,7 @@ def draw_figures(run, outdir: Path) -> list[Path]:
              "under-sampled) "
              "are excluded, as they sit at or below their noise floor after AdaBN.", fontsize=8)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    p = outdir / "reliability_selection.png"
+    p = outdir / f"{prefix}_selection.png"
     fig.savefig(p, dpi=90)
     plt.close(fig)
     paths.append(p)
@@ -255,7 +255,7 @@ def draw_figures(run, outdir: Path) -> list[Path]:
     ax.set_title("Label-free output signals of the adapted model\n(red edge: inverted contrast; all shifts)",
                  fontsize=9)
     fig.tight_layout()
-    p = outdir / "reliability_signals.png"
+    p = outdir / f"{prefix}_signals.png"
     fig.savefig(p, dpi=90)
     plt.close(fig)
     paths.append(p)
@@ -265,7 +265,7 @@ def draw_figures(run, outdir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1, 1, 0.8]})
     bx, by = run.bound.curve()
     for ax, split, title in ((axes[0], ("validation",), "held-out shifts of the fitted kinds"),
-                             (axes[1], ("holdout",), "out-of-family hold-out: grey-value shifts")):
+                             (axes[1], ("holdout",), holdout_title)):
         cs = [c for c in cases if c.split in split]
         if not cs:
             continue
@@ -308,7 +308,7 @@ def draw_figures(run, outdir: Path) -> list[Path]:
     ax.set_xlabel(run.calibration["feature"]["x_label"])
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    p = outdir / "reliability_curve.png"
+    p = outdir / f"{prefix}_curve.png"
     fig.savefig(p, dpi=90)
     plt.close(fig)
     paths.append(p)

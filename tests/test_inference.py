@@ -6,6 +6,7 @@ import napari_bnadapt as nb
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.images import Normalization
 from napari_bnadapt.inference import tile_starts
+from napari_bnadapt.progress import Progress
 
 
 def _direct(model, img):
@@ -114,3 +115,37 @@ def test_zarr_and_dask_inputs_and_zarr_output(tmp_path, toy_model, source_stack)
     np.testing.assert_array_equal(out[:], expected)
     adapted, report = nb.adapt(toy_model, lazy, device="cpu")
     assert report.n_voxels == images.size
+
+
+class _Picky(torch.nn.Module):
+    """A model that runs out of memory for batches > 1 or tiles wider than ``max_side`` (as a small GPU would)."""
+
+    def __init__(self, inner, max_side):
+        super().__init__()
+        self.inner, self.max_side, self.meta, self.calls = inner, max_side, inner.meta, []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        if x.shape[0] > 1 or x.shape[-1] > self.max_side:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def test_out_of_memory_backs_off_to_smaller_batches_then_tiles(toy_model):
+    rng = np.random.default_rng(0)
+    stack = rng.integers(60, 200, size=(3, 512, 512), dtype=np.uint8)
+    picky = _Picky(toy_model, max_side=256)
+    items = list(nb.predict_iter(picky, stack, device="cpu"))
+    got = items[-1].value
+    stages = [i.stage for i in items if isinstance(i, Progress)]
+    assert any("out of memory" in s and "tiles of 256" in s for s in stages)
+    batches = [c[0] for c in picky.calls]
+    assert batches[:3] == [3, 1, 1] and picky.calls[-1] == (1, 1, 256, 256)  # all 3 tiles, then 1, then smaller tiles
+    ref = nb.predict(toy_model, stack, device="cpu", tile_size=256, batch_size=1)
+    np.testing.assert_allclose(got, ref, atol=1e-5)  # the same tiling as asked for directly
+
+
+def test_out_of_memory_for_the_smallest_tile_is_a_clear_message(toy_model):
+    picky = _Picky(toy_model, max_side=64)
+    with pytest.raises(BNAdaptError, match="out of memory on cpu even for one tile of 128 x 128"):
+        nb.predict(picky, np.full((1, 300, 300), 120, np.uint8), device="cpu")

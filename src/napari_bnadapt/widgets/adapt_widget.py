@@ -70,6 +70,8 @@ class AdaptSegmentWidget(Container):
         self.model = ComboBox(label="model", choices=lambda _w: list_models() + self._extra_models)
         self.browse = PushButton(text="Browse for a model file...")
         self.card = Label(label="model card")
+        self.scale_note = Label(label="pixel size", value="")
+        self.rescale = PushButton(text="Rescale the image to the model's pixel size (new layer)", visible=False)
         self.device = ComboBox(label="device", choices=["auto", *available_devices()], value="auto")
         self.truth = ComboBox(label="ground truth", choices=self._truth_choices)
         self.add_probabilities = CheckBox(text="also add the probability map", value=False)
@@ -97,18 +99,20 @@ class AdaptSegmentWidget(Container):
         self.runner = Runner(self.progress, self.status, self.cancel, [self.run_adapt, self.run_plain])
         self.loader = StackLoader(viewer, on_loaded=self._select_image, say=self.runner.say)
 
-        self.extend([self.loader, self.image, self.model, self.browse, self.card, self.device, self.truth, self.add_probabilities, self.assess,
+        self.extend([self.loader, self.image, self.model, self.browse, self.card, self.scale_note, self.rescale, self.device, self.truth, self.add_probabilities, self.assess,
                      self.advanced, *self._advanced_widgets, self.run_adapt, self.run_plain, self.cancel,
                      self.save, self.progress, self.status])
-        for w in (self.card, self.status):
+        for w in (self.card, self.scale_note, self.status):
             w.native.setWordWrap(True)
         self.status.native.setMinimumHeight(64)
         self._show_advanced(False)
 
         self.advanced.changed.connect(self._show_advanced)
         self.image.changed.connect(self.loader.show_voxel_size)
-        self.loader.voxel.native.editingFinished.connect(lambda: self.loader.apply_voxel_size(self.image.value))
+        self.image.changed.connect(self.check_pixel_size)
+        self.loader.voxel.native.editingFinished.connect(self._apply_voxel_size)
         self.model.changed.connect(self._update_card)
+        self.rescale.changed.connect(self.rescale_to_model)
         self.browse.changed.connect(self._browse)
         self.run_adapt.changed.connect(lambda: self.start(adapt=True))
         self.run_plain.changed.connect(lambda: self.start(adapt=False))
@@ -163,6 +167,74 @@ class AdaptSegmentWidget(Container):
             self.card.value = describe_card(model_card(self.model.value))
         except BNAdaptError as exc:
             self.card.value = f"cannot use this model: {exc}"
+        self.check_pixel_size()
+
+    # --- pixel size ----------------------------------------------------------
+    def _apply_voxel_size(self) -> None:
+        self.loader.apply_voxel_size(self.image.value)
+        self.check_pixel_size()
+
+    def _pixel_sizes(self) -> tuple[Any, Any]:
+        """(image pixel size in nm or None, model pixel size in nm or None)."""
+        from ..modelfile import model_card
+        from ..pixel_size import pixel_size_nm
+
+        layer = self.image.value
+        image_nm = None if layer is None else pixel_size_nm(layer.scale, getattr(layer, "units", None))
+        try:
+            model_nm = model_card(self.model.value).get("pixel_size_nm") if self.model.value else None
+        except BNAdaptError:
+            model_nm = None
+        return image_nm, model_nm
+
+    def check_pixel_size(self, *_: Any) -> str | None:
+        """Compare the image's pixel size with the model's; warn and offer to rescale if they differ > 25 %."""
+        from ..pixel_size import mismatch_message
+
+        image_nm, model_nm = self._pixel_sizes()
+        msg = mismatch_message(image_nm, model_nm)
+        if msg:
+            self.scale_note.value = msg
+        elif model_nm and not image_nm:
+            self.scale_note.value = (f"the model was trained at {' x '.join(f'{v:g}' for v in model_nm)} nm; "
+                                     "this image's pixel size is unknown (enter its voxel size above to check it)")
+        elif model_nm:
+            self.scale_note.value = "matches the model's pixel size"
+        else:
+            self.scale_note.value = "the model's pixel size is unknown"
+        self.rescale.visible = msg is not None
+        return msg
+
+    def rescale_to_model(self) -> Any:
+        """Resample the chosen image to the model's pixel size as a NEW layer (the original is kept)."""
+        from ..pixel_size import rescale_iter, size_ratio
+
+        layer = self.image.value
+        image_nm, model_nm = self._pixel_sizes()
+        if layer is None or size_ratio(image_nm, model_nm) is None or self.runner.running:
+            return None
+        factor = (image_nm[0] / model_nm[0], image_nm[1] / model_nm[1])
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+        def job() -> Any:
+            return (yield from unwrap(rescale_iter(data, factor)))
+
+        def done(arr: Any) -> None:
+            kw = transform_kwargs(layer)
+            old = tuple(float(v) for v in layer.scale)
+            new_yx = (old[-2] / factor[0], old[-1] / factor[1])  # the model's pixel size, in the layer's units
+            kw["scale"] = (*old[:-2], *new_yx)
+            # pixel centres: new pixel 0 covers the same physical edge as the old pixel 0
+            t = tuple(float(v) for v in layer.translate)
+            kw["translate"] = (*t[:-2], t[-2] + 0.5 * (new_yx[0] - old[-2]), t[-1] + 0.5 * (new_yx[1] - old[-1]))
+            name = unique_name(self.viewer, f"{layer.name} [{model_nm[1]:g} nm]")
+            new = self.viewer.add_image(arr, name=name, **kw)
+            self.image.reset_choices()
+            self.image.value = new
+            self.runner.say(f"rescaled {layer.name!r} by {factor[1]:.3f} to {model_nm[1]:g} nm pixels as {name!r} "
+                            f"{tuple(arr.shape)}; the original layer is unchanged")
+
+        return self.runner.start(job, done, "rescaling to the model's pixel size")
 
     def _load_model(self) -> Any:
         from ..modelfile import load_model, resolve_model_path

@@ -120,18 +120,21 @@ class Runner:
         if not isinstance(p, Progress):
             return
         total = max(p.total, 1)
+        # a local reference: updating the bar can process events, and a fast job may finish
+        # (and close the bar) in between
+        pbr = self._pbr
         if p.stage != self._stage:
             self._stage = p.stage
             self.say(f"{p.stage}...")
-            if self._pbr is not None:
-                self._pbr.set_description(p.stage)
-                self._pbr.total = total
-                self._pbr.n = 0
+            if pbr is not None:
+                pbr.set_description(p.stage)
+                pbr.total = total
+                pbr.n = 0
         self.progress.max = total
         self.progress.value = min(p.done, total)
         self.progress.label = p.stage
-        if self._pbr is not None:
-            self._pbr.update(p.done - self._pbr.n)
+        if pbr is not None and self._pbr is pbr:
+            pbr.update(p.done - pbr.n)
 
     def _on_finished(self) -> None:
         if self._pbr is not None:

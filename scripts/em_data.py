@@ -1,0 +1,87 @@
+"""The real EM data of ``../shared/data/real/`` as the project's EM scripts and benchmarks use it.
+
+Which files, which slices train and which test, and the model-card facts of each
+dataset. Nothing here is part of the installed package: the data is not shipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "real"
+BUNDLED = REPO / "src" / "napari_bnadapt" / "models"
+
+#: dataset -> where its files are, which slices train and test, and its model card
+RECIPES: dict[str, dict[str, Any]] = {
+    "lucchi": {
+        "folder": "lucchi_pp_fibsem",
+        "train": ("train_image.tif", "train_labels.tif", slice(None)),
+        "test": ("test_image.tif", "test_labels.tif", slice(None)),
+        "name": "lucchi-pp",
+        "label": "Lucchi++",
+        "pixel_size_nm": (5.0, 5.0),
+        "steps": 5000,
+        "description": "Lucchi++ FIB-SEM, mouse hippocampus CA1 (EPFL; Casser et al. 2020 labels), "
+        "train volume 42 x 768 x 1024 (every 4th slice), ~5 nm isotropic",
+    },
+    "vnc": {
+        "folder": "vnc_drosophila_sstem",
+        "train": ("image.tif", "labels.tif", slice(0, 14)),
+        "test": ("image.tif", "labels.tif", slice(14, 20)),
+        "name": "vnc",
+        "label": "VNC",
+        "pixel_size_nm": (4.6, 4.6),
+        "steps": 4000,
+        "description": "VNC ssTEM, Drosophila larva ventral nerve cord (Gerhard et al. 2013, CC BY-NC-SA 3.0), "
+        "slices 0-13 of 20 x 1024 x 1024, 4.6 x 4.6 nm, 45-50 nm sections",
+    },
+}
+
+
+def available(data: Path = DATA) -> bool:
+    """Whether every file of both datasets is there."""
+    return all((data / r["folder"] / f).exists() for r in RECIPES.values() for f in r["train"][:2] + r["test"][:2])
+
+
+def load_split(dataset: str, split: str, data: Path = DATA) -> tuple[Any, np.ndarray]:
+    """(images, labels) of one split: a lazy memmap view of the images, the labels in memory."""
+    import tifffile
+
+    r = RECIPES[dataset]
+    image_file, label_file, z = r[split]
+    folder = data / r["folder"]
+    return tifffile.memmap(folder / image_file, mode="r")[z], tifffile.imread(folder / label_file)[z]
+
+
+def split_description(dataset: str, split: str) -> str:
+    """``folder/file slices a-b`` for a model card or a table."""
+    r = RECIPES[dataset]
+    z = r[split][2]
+    n = 42 if dataset == "lucchi" else 20
+    return f"{r['folder']}/{r[split][0]} slices {z.start or 0}-{(z.stop or n) - 1}"
+
+
+def tiles(images: Any, labels: np.ndarray, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Cut every slice into non-overlapping ``size`` x ``size`` tiles: (N, size, size) images and labels."""
+    x = np.asarray(images)
+    nz, h, w = x.shape
+    ty, tx = h // size, w // size
+    cut = (slice(None), slice(0, ty * size), slice(0, tx * size))
+
+    def split(a: np.ndarray) -> np.ndarray:
+        a = a[cut].reshape(nz, ty, size, tx, size).transpose(0, 1, 3, 2, 4)
+        return np.ascontiguousarray(a.reshape(nz * ty * tx, size, size))
+
+    return split(x), split(labels)
+
+
+def test_iou(model: Any, dataset: str, data: Path = DATA) -> float:
+    """Foreground IoU of ``model`` on the dataset's held-out test slices (threshold 0.5, whole slices)."""
+    import napari_bnadapt as nb
+
+    images, labels = load_split(dataset, "test", data)
+    return nb.iou(nb.segment(model, images) > 0, labels > 0)
