@@ -124,6 +124,8 @@ class AdaptSegmentWidget(Container):
         viewer.layers.events.removed.connect(self.reset_choices)
         viewer.layers.events.moved.connect(self.reset_choices)
         self.reset_choices()
+        if "toy-perlin" in self.model.choices:  # the demo's model; the EM models are one click away
+            self.model.value = "toy-perlin"
         self._update_card()
         self.loader.show_voxel_size(self.image.value)
 
