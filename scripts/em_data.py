@@ -59,9 +59,11 @@ def load_split(dataset: str, split: str, data: Path = DATA) -> tuple[Any, np.nda
 
 def split_description(dataset: str, split: str) -> str:
     """``folder/file slices a-b`` for a model card or a table."""
+    import tifffile
+
     r = RECIPES[dataset]
     z = r[split][2]
-    n = 42 if dataset == "lucchi" else 20
+    n = tifffile.memmap(DATA / r["folder"] / r[split][0], mode="r").shape[0]
     return f"{r['folder']}/{r[split][0]} slices {z.start or 0}-{(z.stop or n) - 1}"
 
 

@@ -24,6 +24,7 @@ def test_folded_copy_matches_the_model(bilinear, one_torch_thread):
     before = state_bytes(model)
     fast = inference_copy(model, torch.device("cpu"))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert not any(isinstance(m, nb.unet.Up) for m in fast.modules())  # concatenations split
     assert model.training and state_bytes(model) == before
     x = torch.rand(2, 1, 64, 48)
     with torch.inference_mode():

@@ -5,7 +5,7 @@ import torch
 import napari_bnadapt as nb
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.images import Normalization
-from napari_bnadapt.inference import tile_starts
+from napari_bnadapt.inference import cpu_defaults, tile_grid, tile_starts
 from napari_bnadapt.progress import Progress
 
 
@@ -47,6 +47,27 @@ def test_tile_starts_cover_everything():
         for s in starts:
             covered[s : s + tile] = True
         assert covered.all() and starts[-1] + tile == max(length, tile)
+
+
+@pytest.mark.parametrize("length, tile, ov, n", [(1024, 576, 64, 2), (1024, 512, 64, 3), (768, 576, 64, 2),
+                                                 (100, 576, 64, 1), (4000, 1024, 64, 5), (577, 576, 64, 2)])
+def test_tile_grid_is_balanced_and_covers_everything(length, tile, ov, n):
+    side, starts = tile_grid(length, tile, ov)
+    assert len(starts) == n and side % 16 == 0 and side <= tile
+    if n == 1:
+        assert starts == [0] and side >= length
+        return
+    assert starts[0] == 0 and starts[-1] + side == length  # inside the image, to its far edge
+    assert all(a + side - b >= ov for a, b in zip(starts, starts[1:]))  # neighbours overlap enough
+    if n > 1:  # the fewest tiles: one fewer could not cover the length with that overlap
+        assert (n - 1) * tile - (n - 2) * ov < length
+
+
+def test_cpu_defaults_keep_a_full_resolution_activation_within_32_mib():
+    assert cpu_defaults(8) == cpu_defaults(16) == (576, 576 * 576)  # the bundled models
+    side, pixels = cpu_defaults(64)  # the papers' width
+    assert side == 352 and pixels * 64 * 4 <= 32 * 2**20
+    assert cpu_defaults(4096)[0] == 256  # never below 256 px
 
 
 def test_stack_2d_and_one_slice_shapes(toy_model, source_stack):
@@ -135,12 +156,12 @@ def test_out_of_memory_backs_off_to_smaller_batches_then_tiles(toy_model):
     rng = np.random.default_rng(0)
     stack = rng.integers(60, 200, size=(3, 512, 512), dtype=np.uint8)
     picky = _Picky(toy_model, max_side=256)
-    items = list(nb.predict_iter(picky, stack, device="cpu"))
+    items = list(nb.predict_iter(picky, stack, device="cpu", tile_size=512, batch_size=3))
     got = items[-1].value
     stages = [i.stage for i in items if isinstance(i, Progress)]
     assert any("out of memory" in s and "tiles of 256" in s for s in stages)
     batches = [c[0] for c in picky.calls]
-    assert batches[:3] == [3, 1, 1] and picky.calls[-1] == (1, 1, 256, 256)  # all 3 tiles, then 1, then smaller tiles
+    assert batches[:3] == [3, 1, 1] and picky.calls[-1] == (1, 1, 224, 224)  # 3 tiles, 1, then tiles of <= 256 (3 x 3 of 224)
     ref = nb.predict(toy_model, stack, device="cpu", tile_size=256, batch_size=1)
     np.testing.assert_allclose(got, ref, atol=1e-5)  # the same tiling as asked for directly
 

@@ -271,9 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", help="also write the float32 foreground probability to this TIFF")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     p.add_argument("--instances", action="store_true", help="one label per object instead of 0/1")
-    p.add_argument("--tile-size", type=int, default=1024, help="tile side in pixels, multiple of 16 (default 1024)")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="largest tile side in pixels, multiple of 16 (default: 576 on CPU, 1024 on GPU)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
-    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: up to 2 Mpixel per pass)")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: one 576 px tile per pass on CPU, "
+                   "up to 2 Mpixel on GPU)")
     _add_adapt_options(p)
     _add_common(p)
     p.set_defaults(func=_cmd_segment)

@@ -40,8 +40,18 @@ def get_device(device: "str | torch.device | None" = "auto") -> "torch.device":
     Returns
     -------
     torch.device
-        The device to compute on.
+        The device to compute on. When it is the CPU, glibc's allocator is tuned
+        for forward passes first (:func:`napari_bnadapt.allocator.tune_cpu_allocator`).
     """
+    dev = _resolve(device)
+    if dev.type == "cpu":
+        from .allocator import tune_cpu_allocator
+
+        tune_cpu_allocator()
+    return dev
+
+
+def _resolve(device: "str | torch.device | None") -> "torch.device":
     import torch
 
     if device is None or (isinstance(device, str) and device.lower() == "auto"):
