@@ -23,7 +23,7 @@ from .unet import SIZE_MULTIPLE
 
 #: Default tile side on GPUs: a 1024 x 1024 slice is one tile (no overlap work), bigger slices are tiled.
 DEFAULT_TILE = 1024
-#: Largest tile side on CPUs. Tiles of 384-640 px run 1.3-1.4x faster per pixel than
+#: Largest tile side on CPUs. Tiles of 384-640 px run 1.3-1.7x faster per pixel than
 #: whole 1024 x 1024 slices (``benchmarks/bench_cpu_throughput.py``), whose activations
 #: no longer fit in the blocks glibc reuses (:mod:`napari_bnadapt.allocator`) nor in the
 #: caches; 576 cuts a 1024 x 1024 slice into 2 x 2 tiles of 544 px.
