@@ -35,7 +35,8 @@ def main() -> None:
     _d, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Adapt & segment")
     w.loader.crop.value = "14:20, :, :"
     image = w.loader.load(vnc / "image.tif")
-    image.scale = (50.0, 4.6, 4.6)
+    w.loader.voxel.value = "50 4.6 4.6"  # what the user types (the file does not record it), then Enter
+    w.loader.apply_voxel_size(image)
     truth = tifffile.imread(vnc / "labels.tif")[14:20]
     viewer.add_labels(truth, name="VNC truth", scale=image.scale, visible=False)
     w.reset_choices()
@@ -48,13 +49,15 @@ def main() -> None:
         _settle(app, 0.2)
     _settle(app)
     viewer.dims.set_current_step(0, 2)
+    viewer.reset_view()
     _settle(app)
     viewer.screenshot(str(out / "real_vnc_adapted.png"), canvas_only=False, flash=False)
     print(w.status.value)
 
     w.loader.downsample.value = 2
     small = w.loader.load(vnc / "image.tif")
-    small.scale = (50.0, 9.2, 9.2)
+    w.loader.voxel.value = "100 9.2 9.2"
+    w.loader.apply_voxel_size(small)
     w.image.value = small
     w.check_pixel_size()
     _settle(app)
