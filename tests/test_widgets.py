@@ -229,3 +229,25 @@ def test_pixel_size_mismatch_is_said_and_rescaling_adds_a_new_layer(viewer, qtbo
     image.scale = (1.0, 1.0, 1.0)  # unknown pixel size: no warning, a hint instead
     w.check_pixel_size()
     assert "unknown" in w.scale_note.value and w.rescale.native.isHidden()
+
+
+@pytest.mark.parametrize("shown, passed", [(0, None), (256, 256)])
+def test_tile_size_auto_passes_none_and_a_set_size_passes_it(viewer, qtbot, monkeypatch, shown, passed):
+    import napari_bnadapt.inference as inference
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        yield from ()
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(inference, "predict_iter", record)
+    viewer.open_sample(PLUGIN, "toy_source")
+    w = _adapt_widget(viewer)
+    assert w.tile_size.value == 0 and "0 = auto" in w.tile_size.label  # the default
+    w.tile_size.value = shown
+    w.image.value = viewer.layers["toy source"]
+    w.start(adapt=False)
+    _wait(qtbot, w)
+    assert seen["tile_size"] == passed

@@ -10,8 +10,8 @@ the layout oneDNN (CPU) and cuDNN (GPU) convolutions prefer.
 The decoder's concatenation is removed too: a convolution of ``cat([skip, up])`` is
 the sum of two convolutions, one over ``skip`` with the first half of the kernel's
 input channels and one over ``up`` with the second half. In channels-last layout the
-concatenation interleaves every pixel's channels, a full memory pass that cost 15 %
-of a forward pass of the width-8 toy model; the split form is about 10 % faster
+concatenation interleaves every pixel's channels, a full memory pass (15 % of a
+forward pass of the width-8 toy model in a profile); the split form is 4-14 % faster
 (``benchmarks/bench_cpu_throughput.py``, variant ``folded+cl+split``).
 
 The copy is for inference only: it has no BatchNorm left, so it must never be

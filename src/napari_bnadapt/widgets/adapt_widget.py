@@ -86,9 +86,8 @@ class AdaptSegmentWidget(Container):
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.intensity = ComboBox(label="grey values", choices=list(INTENSITY_CHOICES))
-        self.tile_size = SpinBox(label="tile size (px)", value=0, min=0, max=8192, step=16,
+        self.tile_size = SpinBox(label="tile size (px, 0 = auto)", value=0, min=0, max=8192, step=16,
                                  tooltip="largest tile side; auto: 576 px on CPU (bundled models), 1024 px on GPU")
-        self.tile_size.native.setSpecialValueText("auto")
         self._advanced_widgets = [self.mode, self.alpha, self.prior, self.n_patches, self.patch_size,
                                   self.batch_size, self.seed, self.intensity, self.tile_size]
 
