@@ -134,7 +134,6 @@ def draw_figures(run, outdir: Path, prefix: str = "reliability", holdout_title: 
     norms = ("source", "target", "plain")
     fig, axes = plt.subplots(len(norms), len(SPACES), figsize=(3.0 * len(SPACES), 2.7 * len(norms)),
                              sharey=True, squeeze=False)
-    rows = {r["key"]: r for r in run.table}
     for i, norm in enumerate(norms):
         for j, space in enumerate(SPACES):
             ax = axes[i][j]
