@@ -144,10 +144,10 @@ def segment_rate(model, stack, repeats: int, **kw):
     return stack.size / _median_seconds(run, repeats) / 1e6, out["labels"]
 
 
-def end_to_end(model, stack, repeats: int, **kw):
-    """Median Mpixel/s of ``nb.segment``, and the median of its GFLOP/s over the oneDNN matmul rate
-    measured just before each run (the two share the machine's state of the moment), and the labels."""
-    fpp = conv_flops_per_pixel(model)
+def end_to_end(model, fpp: float, stack, repeats: int, **kw):
+    """Median Mpixel/s of ``nb.segment``, and the median of its GFLOP/s (``fpp`` FLOP per pixel) over the
+    oneDNN matmul rate measured just before each run (the two share the machine's state of the moment),
+    and the labels."""
     rates, shares = [], []
     for _ in range(repeats):
         mm = onednn_matmul_gflops(5)
@@ -241,19 +241,20 @@ def main() -> None:
         lines.append(f"\nmodel {name}: width {model.width}, bilinear {model.bilinear}, "
                      f"{fpp / 1e3:.1f} kFLOP per pixel (convolutions)")
         lines.append(f"  {'forward':<34}{'Mpixel/s':>10}{'GFLOP/s':>10}{'of matmul':>11}")
-        for vname, (module, cl) in variants(model).items():
+        ways = variants(model)
+        for vname, (module, cl) in ways.items():
             for batch, size in [(2, 1024), (1, 544)]:
                 rate = forward_rate(module, cl, args.repeats, batch, size)
                 lines.append(row(f"{vname}, {batch} x {size}^2", rate, fpp))
-        fast = variants(model)["folded+cl+split"][0]
+        fast = ways["folded+cl+split"][0]
         lines.append("  tile side (folded+cl+split, one tile per pass):")
         for size in [256, 384, 448, 512, 576, 640, 768, 1024]:
             lines.append(row(f"  {size} x {size}", forward_rate(fast, True, args.repeats, 1, size), fpp))
         lines.append("  end to end, nb.segment of 8 x 1024^2 uint8 (share: median of the ratios to a oneDNN matmul")
         lines.append(f"  rate measured just before each of {args.repeats} runs):")
-        rate, share, auto = end_to_end(model, stack, args.repeats)
+        rate, share, auto = end_to_end(model, fpp, stack, args.repeats)
         lines.append(row("nb.segment, defaults", rate, fpp, share=share))
-        rate, share, whole = end_to_end(model, stack, args.repeats, tile_size=1024)
+        rate, share, whole = end_to_end(model, fpp, stack, args.repeats, tile_size=1024)
         lines.append(row("nb.segment, tile_size=1024", rate, fpp, share=share,
                          extra=f"   (labels differ from the defaults' on {np.mean(auto != whole):.1e} of the pixels)"))
         rate = untuned_end_to_end(name, args.repeats)

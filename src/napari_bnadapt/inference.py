@@ -180,9 +180,12 @@ def iter_slice_probabilities(
 
     dev = get_device(device)
     nz, h, w = view.shape3d
-    cpu_tile, cpu_pixels = cpu_defaults(getattr(model, "width", 16))
+    if dev.type == "cpu":
+        default_tile, budget = cpu_defaults(getattr(model, "width", 16))
+    else:
+        default_tile, budget = DEFAULT_TILE, PIXELS_PER_BATCH
     if tile_size is None:
-        tile_size = cpu_tile if dev.type == "cpu" else DEFAULT_TILE
+        tile_size = default_tile
     tiler = _SliceTiler(h, w, tile_size, overlap)  # checks the settings before any work
     if batch_size is not None and batch_size < 1:
         raise BNAdaptError(f"batch_size must be at least 1, not {batch_size}")
@@ -195,7 +198,6 @@ def iter_slice_probabilities(
             from .fusion import inference_copy
 
             m = inference_copy(m, dev)
-        budget = cpu_pixels if dev.type == "cpu" else PIXELS_PER_BATCH
         while True:
             bs = batch_size or max(1, budget // (tiler.th * tiler.tw))
             # progress in tiles of the current geometry (a retry restarts at the first unfinished slice)
