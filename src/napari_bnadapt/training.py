@@ -267,8 +267,9 @@ def train(images: Any, labels: Any, **kwargs: Any) -> Any:
         (all of a smaller stack; None: up to 64 x 256 x 256 voxels).
     precision : {"float32", "bfloat16"}, default "float32"
         ``"bfloat16"``: mixed precision (autocast) for the forward pass; weights,
-        BatchNorm statistics, loss and optimiser stay float32. About 1.5x faster on
-        CPUs with AVX-512 BF16 / AMX and on recent GPUs; the saved model is float32.
+        BatchNorm statistics, loss and optimiser stay float32. Faster on CPUs with
+        AVX-512 BF16 / AMX and on recent GPUs (no committed benchmark measures by how
+        much); the saved model is float32.
 
     Returns
     -------
