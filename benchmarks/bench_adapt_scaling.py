@@ -72,7 +72,7 @@ def reference_adapt(model, images):
 
     import torch
 
-    from napari_bnadapt.images import Normalization
+    from napari_bnadapt.io.stack_view import Normalization
 
     m = copy.deepcopy(model)
     norm = Normalization.from_meta(m.meta["normalization"])

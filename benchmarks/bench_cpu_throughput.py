@@ -104,7 +104,7 @@ def variants(model):
 
     import torch
 
-    from napari_bnadapt.fusion import fold_batchnorm, inference_copy
+    from napari_bnadapt.segmentation.fusion import fold_batchnorm, inference_copy
 
     plain = model.eval()
     cl = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
@@ -218,10 +218,10 @@ def main() -> None:
     import torch
 
     import napari_bnadapt as nb
-    from napari_bnadapt.allocator import tune_cpu_allocator
+    from napari_bnadapt.segmentation.allocator import tune_cpu_allocator
 
     lines = [header("segmentation throughput vs the machine's fp32 matmul rate (CPU)")]
-    lines.append(f"glibc allocator tuned (napari_bnadapt.allocator): {tune_cpu_allocator()}")
+    lines.append(f"glibc allocator tuned (napari_bnadapt.segmentation.allocator): {tune_cpu_allocator()}")
     rates = matmul_gflops(args.repeats)
     mm = max(rates.values())
     lines.append(f"fp32 matmul 2048^3 ({torch.get_num_threads()} threads), median GFLOP/s: "

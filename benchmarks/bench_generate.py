@@ -1,6 +1,6 @@
 """Benchmark: vectorised toy-data generator vs a per-image reference.
 
-Times ``napari_bnadapt.synthetic.generate(10_000)`` (64 x 64 Perlin pairs)
+Times ``napari_bnadapt.synthetic.generator.generate(10_000)`` (64 x 64 Perlin pairs)
 against a straightforward per-image implementation written below, the way
 the thesis generated its data (one image at a time: a 96 x 96 Perlin field
 with a 3 x 3 lattice built with numpy, a random 64 x 64 crop, threshold,

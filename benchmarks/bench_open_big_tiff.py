@@ -46,7 +46,7 @@ MANIFEST = {
         "commands": [{
             "id": "bnadapt-bench.read_stack",
             "title": "Open an EM stack",
-            "python_name": "napari_bnadapt.napari_reader:get_reader",
+            "python_name": "napari_bnadapt.gui.reader:get_reader",
         }],
         "readers": [{
             "command": "bnadapt-bench.read_stack",
@@ -146,8 +146,8 @@ def child(path: str, mode: str) -> dict:
         import napari
 
         out["napari_version"] = napari.__version__
-    from napari_bnadapt.napari_reader import get_reader
-    from napari_bnadapt.stack_io import read_stack
+    from napari_bnadapt.gui.reader import get_reader
+    from napari_bnadapt.io.read import read_stack
 
     viewer = None
     plugin = None

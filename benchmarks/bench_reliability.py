@@ -50,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari_bnadapt as nb
     from napari_bnadapt import synthetic
-    from napari_bnadapt.images import check_stack, resolve_normalization
-    from napari_bnadapt.modelfile import default_meta
-    from napari_bnadapt.patches import iter_patch_batches, plan_patches
-    from napari_bnadapt.reliability_bound import reliability
-    from napari_bnadapt.source_statistics import compute_source_statistics
-    from napari_bnadapt.unet import UNet
+    from napari_bnadapt.io.stack_view import check_stack, resolve_normalization
+    from napari_bnadapt.model.files import default_meta
+    from napari_bnadapt.adabn.patches import iter_patch_batches, plan_patches
+    from napari_bnadapt.bound.assess import reliability
+    from napari_bnadapt.stats.source_statistics import compute_source_statistics
+    from napari_bnadapt.model.unet import UNet
 
     t = time.perf_counter()
     stack, _ = synthetic.generate(20, (1024, 1024), seed=3, mu0=120, sigma0=20, mu1=165, sigma1=20, cell_size=32)

@@ -75,7 +75,7 @@ def main() -> None:
         "output zarr (chunks 1 x 1024 x 1024)",
         f"footprint with torch and the model loaded: {r['footprint_mib']:.0f} MiB",
         f"adapting (64 patches): peak {r['adapt_peak_mib']:.0f} MiB, RSS after {r['after_adapt_mib']:.0f} MiB "
-        "(freed memory kept for reuse: napari_bnadapt.allocator)",
+        "(freed memory kept for reuse: napari_bnadapt.segmentation.allocator)",
         f"peak RSS while segmenting (VmHWM reset after adapting): {r['peak_mib']:.0f} MiB",
         f"peak above the footprint:        {r['extra_mib']:.0f} MiB (target < 1024 MiB)",
         f"RSS at the end:                  {r['rss_end_mib']:.0f} MiB",

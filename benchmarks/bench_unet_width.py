@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import header, write  # noqa: E402
 
-from napari_bnadapt.unet import UNet, count_parameters  # noqa: E402
+from napari_bnadapt.model.unet import UNet, count_parameters  # noqa: E402
 
 REPEATS = 5
 BATCH, SIZE = 4, 256

@@ -1,4 +1,4 @@
-"""Benchmark: napari_bnadapt.wasserstein.w2_squared against scipy sqrtm(S1 @ S2).
+"""Benchmark: napari_bnadapt.stats.wasserstein.w2_squared against scipy sqrtm(S1 @ S2).
 
 The pytorch-fid way of computing W2^2 (the Frechet distance) is
 ``tr(S1 + S2 - 2 sqrtm(S1 @ S2))`` with ``scipy.linalg.sqrtm``. This script times
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from scipy import linalg as sla
 
     sys.path.insert(0, str(HERE.parent / "src"))
-    from napari_bnadapt.wasserstein import w2_squared
+    from napari_bnadapt.stats.wasserstein import w2_squared
 
     def fid_sqrtm(m1, s1, m2, s2):
         covmean = sla.sqrtm(s1 @ s2)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(s)
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    out("W2^2 benchmark: scipy.linalg.sqrtm(S1 @ S2) (pytorch-fid) vs napari_bnadapt.wasserstein.w2_squared")
+    out("W2^2 benchmark: scipy.linalg.sqrtm(S1 @ S2) (pytorch-fid) vs napari_bnadapt.stats.wasserstein.w2_squared")
     out(f"date      {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
     out(f"platform  {platform.platform()} ({platform.machine()}), python {platform.python_version()}")
     out(f"cpu count {os.cpu_count()}; BLAS threads: {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}")

@@ -10,7 +10,7 @@ What it does (deterministic: every random choice is seeded):
 2. Source statistics: unless the model already carries them (``train`` stores
    them), measures them on 512 of its training images (``synthetic.generate(512,
    seed=1)``: the first 512 of the 2000 it was trained on).
-3. Calibration (:func:`napari_bnadapt.calibration.run_calibration_iter`) on a
+3. Calibration (:func:`napari_bnadapt.bound.calibration.run_calibration_iter`) on a
    held-out pool of 1024 labelled source images (seed 5), 24 per target:
    160 targets of the thesis' 1-800 grid + 16 inverted-contrast + 16 faint
    targets, split 60/40 into fit and validation (seeded, stratified by family);
@@ -60,7 +60,7 @@ def weights_bytes(path: Path) -> dict[str, bytes]:
 
 
 def make_shifts(args: argparse.Namespace):
-    from napari_bnadapt.calibration import em_shifts, toy_grid_shifts
+    from napari_bnadapt.bound.shifts import em_shifts, toy_grid_shifts
 
     fit_val = toy_grid_shifts(args.n_grid, seed=args.seed, n_inverted=args.n_inverted, n_faint=args.n_faint)
     holdout = em_shifts(args.n_em, seed=args.seed + 1, n_inverted=args.n_em_inverted)
@@ -71,9 +71,9 @@ def calibrate_toy(model, args: argparse.Namespace, progress=None):
     """Statistics (if missing) and calibration; returns (model copy, CalibrationRun, seconds)."""
     import napari_bnadapt as nb  # noqa: F401
     from napari_bnadapt import synthetic
-    from napari_bnadapt.calibration import run_calibration_iter
+    from napari_bnadapt.bound.calibration import run_calibration_iter
     from napari_bnadapt.progress import run_to_end
-    from napari_bnadapt.source_statistics import compute_source_statistics, has_source_statistics
+    from napari_bnadapt.stats.source_statistics import compute_source_statistics, has_source_statistics
 
     t0 = time.perf_counter()
     if not has_source_statistics(model) or args.restats:
@@ -118,8 +118,9 @@ def draw_figures(run, outdir: Path, prefix: str = "reliability", holdout_title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from napari_bnadapt.calibration import SPACES, _fit, _in_gate, _xs
-    from napari_bnadapt.reliability_bound import distance_label, parse_key
+    from napari_bnadapt.bound.names import SPACES
+    from napari_bnadapt.bound.selection import _fit, _in_gate, _xs
+    from napari_bnadapt.bound.names import distance_label, parse_key
 
     outdir.mkdir(parents=True, exist_ok=True)
     cases = run.cases
@@ -378,11 +379,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     import napari_bnadapt as nb
-    from napari_bnadapt.modelfile import BUNDLED_DIR
+    from napari_bnadapt.model.files import BUNDLED_DIR
     from napari_bnadapt.progress import tqdm_callback
 
     if args.from_cases:
-        from napari_bnadapt.calibration import CalibrationCase, finish_calibration
+        from napari_bnadapt.bound.cases import CalibrationCase
+        from napari_bnadapt.bound.calibration import finish_calibration
 
         cases = [CalibrationCase.from_dict(d) for d in json.loads(args.from_cases.read_text())]
         run = finish_calibration(cases, quantile=0.05, seed=args.seed)

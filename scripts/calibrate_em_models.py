@@ -10,8 +10,8 @@ What it does (deterministic: every random choice is seeded):
    statistics measured on its training patches).
 2. Cuts the dataset's held-out TEST slices (never trained on) into 256 x 256 tiles:
    the labelled calibration pool.
-3. Calibration (:func:`napari_bnadapt.calibration.run_calibration_iter`) with grey-value
-   shifts of real EM (:func:`~napari_bnadapt.calibration.em_shifts`: offset, gain, gamma,
+3. Calibration (:func:`napari_bnadapt.bound.calibration.run_calibration_iter`) with grey-value
+   shifts of real EM (:func:`~napari_bnadapt.bound.shifts.em_shifts`: offset, gain, gamma,
    noise, blur, alone and combined, plus inverted contrast), ``K`` random tiles per
    shifted target; 60 % of the shifts fit the bound, 40 % validate it.
 4. Saves the model with the calibration in its card; the weights are checked to be
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import napari_bnadapt as nb
-    from napari_bnadapt.calibration import em_shifts, run_calibration_iter
+    from napari_bnadapt.bound.shifts import em_shifts
+    from napari_bnadapt.bound.calibration import run_calibration_iter
     from napari_bnadapt.progress import run_to_end, tqdm_callback
 
     torch.set_num_threads(args.threads)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import napari_bnadapt as nb
 from napari_bnadapt import synthetic
-from napari_bnadapt.modelfile import BUNDLED_DIR
+from napari_bnadapt.model.files import BUNDLED_DIR
 from napari_bnadapt.progress import run_to_end, tqdm_callback
 
 TOY_SOURCE = {"mu0": 96, "sigma0": 18, "mu1": 138, "sigma1": 18}

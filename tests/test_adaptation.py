@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import napari_bnadapt as nb
-from napari_bnadapt.adaptation import adapt_batchnorm_iter
+from napari_bnadapt.adabn.adaptation import CONVERGENCE_TOLERANCE, adapt_batchnorm_iter
 from napari_bnadapt.errors import BNAdaptError
+from napari_bnadapt.io.stack_view import Normalization
+from napari_bnadapt.model.unet import batchnorm_layers
 from napari_bnadapt.progress import Progress, Result, run_to_end
-from napari_bnadapt.unet import batchnorm_layers
 
 from .conftest import state_bytes
 
@@ -55,7 +56,7 @@ def test_cumulative_matches_exact_pooled_statistics(toy_model):
     from napari_bnadapt import synthetic
 
     images = synthetic.generate(16, (256, 256), seed=12, cell_size=32, mu0=136, sigma0=18, mu1=178, sigma1=18)[0]
-    norm = nb.images.Normalization.from_meta(toy_model.meta["normalization"])
+    norm = Normalization.from_meta(toy_model.meta["normalization"])
     x = torch.from_numpy(norm.apply(images)[:, None])
     batches = list(x.split(4))
     exact = _exact_pooled_statistics(toy_model, batches)
@@ -111,7 +112,7 @@ def test_modes_and_reproducibility(toy_model, bright_stack):
     a2, _ = nb.adapt(toy_model, images, device="cpu", n_patches=12, patch_size=64, seed=3)
     assert state_bytes(a1) == state_bytes(a2)
     assert not r1.exhaustive and r1.n_patches == 12
-    assert np.isfinite(r1.drift) and r1.converged == (r1.drift <= nb.adaptation.CONVERGENCE_TOLERANCE)
+    assert np.isfinite(r1.drift) and r1.converged == (r1.drift <= CONVERGENCE_TOLERANCE)
     ema, _ = nb.adapt(toy_model, images, device="cpu", mode="ema", alpha=0.1, batch_size=4)
     prior, rp = nb.adapt(toy_model, images, device="cpu", mode="prior", prior=16)
     # EMA and prior keep part of the source statistics: in between source and cumulative

@@ -10,7 +10,7 @@ CHECK = """
 import resource, sys
 import numpy as np
 import napari_bnadapt as nb
-from napari_bnadapt import allocator
+from napari_bnadapt.segmentation import allocator
 m = nb.load_model("toy-perlin", device="cpu")
 stack = np.full((12, 544, 544), 120, np.uint8)
 nb.segment(m, stack, device="cpu", tile_size=544)

@@ -6,22 +6,16 @@ import numpy as np
 import pytest
 
 import napari_bnadapt as nb
-from napari_bnadapt.calibration import (
-    CalibrationCase,
+from napari_bnadapt.bound.calibration import calibrate, finish_calibration, split_cases
+from napari_bnadapt.bound.cases import CalibrationCase
+from napari_bnadapt.bound.curve import (
     LowerBound,
-    Shift,
-    apply_shift,
-    calibrate,
     calibration_curve,
-    em_shifts,
     evaluate_bound,
-    finish_calibration,
     fit_lower_bound,
-    split_cases,
-    toy_grid_shifts,
 )
+from napari_bnadapt.bound.shifts import Shift, apply_shift, em_shifts, toy_grid_shifts
 from napari_bnadapt.errors import BNAdaptError
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import napari_bnadapt as nb
-from napari_bnadapt.fusion import fold_batchnorm, inference_copy
+from napari_bnadapt.model.unet import Up
+from napari_bnadapt.segmentation.fusion import fold_batchnorm, inference_copy
 
 from .conftest import state_bytes
 
@@ -24,7 +25,7 @@ def test_folded_copy_matches_the_model(bilinear, one_torch_thread):
     before = state_bytes(model)
     fast = inference_copy(model, torch.device("cpu"))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
-    assert not any(isinstance(m, nb.unet.Up) for m in fast.modules())  # concatenations split
+    assert not any(isinstance(m, Up) for m in fast.modules())  # concatenations split
     assert model.training and state_bytes(model) == before
     x = torch.rand(2, 1, 64, 48)
     with torch.inference_mode():
@@ -34,9 +35,9 @@ def test_folded_copy_matches_the_model(bilinear, one_torch_thread):
 
 
 def test_predict_is_the_same_with_and_without_fusion(toy_model, one_torch_thread):
-    from napari_bnadapt.images import check_stack, resolve_normalization
-    from napari_bnadapt.inference import iter_slice_probabilities
-    from napari_bnadapt.source_statistics import model_normalization
+    from napari_bnadapt.io.stack_view import check_stack, resolve_normalization
+    from napari_bnadapt.segmentation.engine import iter_slice_probabilities
+    from napari_bnadapt.stats.source_statistics import model_normalization
 
     rng = np.random.default_rng(1)
     stack = rng.integers(60, 200, size=(2, 96, 80), dtype=np.uint8)

@@ -4,9 +4,10 @@ import torch
 
 import napari_bnadapt as nb
 from napari_bnadapt.errors import BNAdaptError
-from napari_bnadapt.images import Normalization
-from napari_bnadapt.inference import cpu_defaults, tile_grid, tile_starts
+from napari_bnadapt.io.stack_view import Normalization
 from napari_bnadapt.progress import Progress
+from napari_bnadapt.segmentation.engine import cpu_defaults
+from napari_bnadapt.segmentation.tiling import tile_grid, tile_starts
 
 
 def _direct(model, img):

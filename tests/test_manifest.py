@@ -31,7 +31,7 @@ def test_manifest_and_model_in_built_wheel(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         assert "napari_bnadapt/napari.yaml" in names
-        assert "napari_bnadapt/models/toy-perlin.safetensors" in names
+        assert "napari_bnadapt/model/bundled/toy-perlin.safetensors" in names
         ep = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
         assert "napari.manifest" in ep and "napari_bnadapt:napari.yaml" in ep
         zf.extractall(tmp_path / "site")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_bnadapt.images import check_stack
-from napari_bnadapt.memmap_pages import release
+from napari_bnadapt.io.memmap_pages import release
+from napari_bnadapt.io.stack_view import check_stack
 
 
 def _rss_file_mib() -> float:

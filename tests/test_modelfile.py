@@ -8,7 +8,8 @@ import torch
 
 import napari_bnadapt as nb
 from napari_bnadapt.errors import BNAdaptError, ModelFileError
-from napari_bnadapt.unet import UNet
+from napari_bnadapt.model.files import resolve_model_path
+from napari_bnadapt.model.unet import UNet
 
 from .conftest import state_bytes
 
@@ -73,7 +74,7 @@ def test_plain_state_dict_import(tmp_path, toy_model):
 
 
 def test_truncated_and_foreign_files(tmp_path):
-    good = nb.modelfile.resolve_model_path("toy-perlin").read_bytes()
+    good = resolve_model_path("toy-perlin").read_bytes()
     cases = {
         "truncated.safetensors": good[: len(good) // 2],
         "header_cut.safetensors": good[:40],

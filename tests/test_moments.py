@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from napari_bnadapt.errors import BNAdaptError
-from napari_bnadapt.moments import (
-    GaussianMoments,
+from napari_bnadapt.progress import Progress, Result, run_to_end
+from napari_bnadapt.stats.latent_moments import (
     LatentMoments,
     collect_latent_moments,
     collect_latent_moments_iter,
 )
-from napari_bnadapt.progress import Progress, Result, run_to_end
+from napari_bnadapt.stats.moments import GaussianMoments
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
@@ -100,7 +100,7 @@ def test_shapes_5d_and_diagonal():
 
 
 def test_large_images_are_chunked(monkeypatch):
-    import napari_bnadapt.moments as mm
+    import napari_bnadapt.stats.moments as mm
 
     monkeypatch.setattr(mm, "_CHUNK_ELEMENTS", 50)  # force the per-image pixel-chunk path
     rng = np.random.default_rng(4)
@@ -218,7 +218,7 @@ def test_generator_progress_and_diagonal_switch():
 
 
 def test_latent_moments_context_manager_and_distance():
-    from napari_bnadapt.wasserstein import distance
+    from napari_bnadapt.stats.wasserstein import distance
 
     model = _toy_model().eval()
     with LatentMoments({"bn": model[1]}) as lm, torch.inference_mode():
@@ -238,7 +238,7 @@ def test_latent_moments_context_manager_and_distance():
 def test_floor_with_effective_count_matches_clustered_samples():
     """Two independent sets of correlated images of one distribution land near (below) the
     floor computed from the effective counts, far above the floor of the raw pixel counts."""
-    from napari_bnadapt.wasserstein import distance, noise_floor
+    from napari_bnadapt.stats.wasserstein import distance, noise_floor
 
     rng = np.random.default_rng(10)
     n, k, h, icc = 3, 60, 8, 0.5

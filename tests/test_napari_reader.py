@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_bnadapt.napari_reader import get_reader, layer_data, read_layers
-from napari_bnadapt.stack_io import StackInfo, read_stack
+from napari_bnadapt.gui.reader import get_reader, layer_data, read_layers
+from napari_bnadapt.io.read import read_stack
+from napari_bnadapt.io.stack_info import StackInfo
 
 VOXEL = (30.0, 6.0, 5.0)
 
@@ -21,7 +22,7 @@ contributions:
   commands:
     - id: {name}.read_stack
       title: Open an EM stack (TIFF, MRC, HDF5, zarr, folder of slices)
-      python_name: napari_bnadapt.napari_reader:get_reader
+      python_name: napari_bnadapt.gui.reader:get_reader
   readers:
     - command: {name}.read_stack
       accepts_directories: true
@@ -207,11 +208,11 @@ def test_manifest_snippet_is_valid():
     mf = npe2.PluginManifest(**body)
     reader = mf.contributions.readers[0]
     assert reader.accepts_directories
-    from napari_bnadapt.napari_reader import READER_SUFFIXES
+    from napari_bnadapt.gui.reader import READER_SUFFIXES
 
     assert sorted(p[1:] for p in reader.filename_patterns) == sorted(READER_SUFFIXES)
     cmd = mf.contributions.commands[0]
-    assert cmd.python_name == "napari_bnadapt.napari_reader:get_reader"
+    assert cmd.python_name == "napari_bnadapt.gui.reader:get_reader"
 
 
 def test_packaged_manifest_declares_the_reader():
@@ -226,8 +227,8 @@ def test_packaged_manifest_declares_the_reader():
     if not readers:
         pytest.skip("napari.yaml has no readers section yet")
     cmds = {c["id"]: c for c in contrib.get("commands", [])}
-    ours = [r for r in readers if cmds.get(r["command"], {}).get("python_name") == "napari_bnadapt.napari_reader:get_reader"]
-    assert ours, "napari.yaml declares no reader pointing at napari_bnadapt.napari_reader:get_reader"
+    ours = [r for r in readers if cmds.get(r["command"], {}).get("python_name") == "napari_bnadapt.gui.reader:get_reader"]
+    assert ours, "napari.yaml declares no reader pointing at napari_bnadapt.gui.reader:get_reader"
     assert ours[0].get("accepts_directories") is True
     for pat in ("*.tif", "*.tiff", "*.mrc", "*.rec", "*.map", "*.h5", "*.hdf5", "*.zarr"):
         assert pat in ours[0]["filename_patterns"], pat

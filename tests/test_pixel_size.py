@@ -5,7 +5,7 @@ import pytest
 
 import napari_bnadapt as nb
 from napari_bnadapt.errors import BNAdaptError
-from napari_bnadapt.pixel_size import mismatch_message, pixel_size_nm, size_ratio
+from napari_bnadapt.io.pixel_size import mismatch_message, pixel_size_nm, size_ratio
 
 
 @pytest.mark.parametrize(

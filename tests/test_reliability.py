@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 
 import napari_bnadapt as nb
-from napari_bnadapt.errors import BNAdaptError
-from napari_bnadapt.progress import Progress, Result
-from napari_bnadapt.reliability_bound import (
-    DEFAULT_GATE,
-    ReliabilityReport,
-    calibration_curve,
-    decide,
+from napari_bnadapt.bound.assess import (
     reliability,
     reliability_iter,
     supervised_distances,
 )
+from napari_bnadapt.bound.curve import calibration_curve
+from napari_bnadapt.bound.decision import DEFAULT_GATE, decide
+from napari_bnadapt.bound.report import ReliabilityReport
+from napari_bnadapt.errors import BNAdaptError
+from napari_bnadapt.progress import Progress, Result
 
 from .conftest import BRIGHT, state_bytes
 
@@ -162,7 +161,7 @@ def test_decide(d, conf_drop, bound, verdict):
 
 
 def test_decide_adds_back_the_calibration_noise():
-    from napari_bnadapt.wasserstein import Distance
+    from napari_bnadapt.stats.wasserstein import Distance
 
     cal = _cal()
     cal["floor_reference"] = 0.2

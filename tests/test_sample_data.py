@@ -1,4 +1,4 @@
-"""Tests of the toy sample data (napari_bnadapt.sample_data)."""
+"""Tests of the toy sample data (napari_bnadapt.synthetic.samples)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_bnadapt import sample_data
+from napari_bnadapt.synthetic import samples as sample_data
 
 
 @pytest.mark.parametrize("name", sorted(sample_data.SAMPLES))
@@ -65,7 +65,7 @@ def test_stack_3d_is_coherent():
 def test_import_is_light():
     """Importing the sample data pulls in neither napari, Qt nor torch."""
     code = (
-        "import sys, napari_bnadapt.sample_data, napari_bnadapt.synthetic;"
+        "import sys, napari_bnadapt.synthetic.samples, napari_bnadapt.synthetic;"
         "bad = [m for m in ('napari', 'torch', 'qtpy', 'PyQt5', 'PyQt6', 'scipy') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -8,7 +8,7 @@ import pytest
 import napari_bnadapt as nb
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.progress import Progress, Result
-from napari_bnadapt.source_statistics import (
+from napari_bnadapt.stats.source_statistics import (
     ARRAY_PREFIX,
     SIGNAL_NAMES,
     compute_source_statistics,
@@ -18,7 +18,6 @@ from napari_bnadapt.source_statistics import (
 )
 
 from .conftest import state_bytes
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

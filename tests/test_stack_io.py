@@ -19,16 +19,12 @@ import pytest
 import tifffile
 
 from napari_bnadapt.errors import BNAdaptError
-from napari_bnadapt.stack_io import (
-    AmbiguousDatasetError,
-    LazyStack,
-    StackInfo,
-    crop_and_downsample,
-    detect_format,
-    natural_sort_key,
-    read_stack,
-    unit_to_nm,
-)
+from napari_bnadapt.io.crop import crop_and_downsample
+from napari_bnadapt.io.detect import detect_format
+from napari_bnadapt.io.lazy_stack import LazyStack, natural_sort_key
+from napari_bnadapt.io.read import read_stack
+from napari_bnadapt.io.stack_info import AmbiguousDatasetError, StackInfo
+from napari_bnadapt.io.units import unit_to_nm
 
 VOXEL = (30.0, 6.0, 5.0)  # z, y, x in nm
 SHAPE = (12, 20, 24)
@@ -274,7 +270,7 @@ def test_tiff_slice_folder_natural_order(tmp_path, dtype):
 
 
 def test_slice_folder_reads_no_pixels_to_open(tmp_path, monkeypatch):
-    import napari_bnadapt.stack_io as sio
+    import napari_bnadapt.io.slices as sio
 
     vol = make_volume(np.uint16)
     write_slices_tiff(tmp_path / "s", vol)
@@ -526,7 +522,7 @@ def test_crop_and_downsample_every_array_type(tmp_path):
 
 
 def test_crop_is_lazy(tmp_path, monkeypatch):
-    import napari_bnadapt.stack_io as sio
+    import napari_bnadapt.io.slices as sio
 
     vol = make_volume(np.uint8)
     write_slices_tiff(tmp_path / "s", vol)
@@ -762,7 +758,7 @@ def test_detect_format(tmp_path):
 
 def test_core_module_imports_no_gui_or_optional_libs():
     code = (
-        "import sys, napari_bnadapt.stack_io, napari_bnadapt.napari_reader\n"
+        "import sys, napari_bnadapt.io.read, napari_bnadapt.gui.reader\n"
         "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'torch', 'h5py', 'zarr', 'dask', 'mrcfile', 'PIL')"
         " if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -774,13 +770,11 @@ def test_core_module_imports_no_gui_or_optional_libs():
 def test_public_api_from_package():
     """napari_bnadapt.read_stack is the issue's entry point (lazy export in __init__)."""
     import napari_bnadapt
-    from napari_bnadapt import stack_io
+    from napari_bnadapt.io import crop, read, stack_info
 
-    try:
-        fn = napari_bnadapt.read_stack
-    except AttributeError:
-        pytest.skip("napari_bnadapt/__init__.py does not export read_stack yet")
-    assert fn is stack_io.read_stack
-    for name in ("StackInfo", "crop_and_downsample", "AmbiguousDatasetError"):
-        if name in napari_bnadapt.__all__:
-            assert getattr(napari_bnadapt, name) is getattr(stack_io, name)
+    assert napari_bnadapt.read_stack is read.read_stack
+    assert napari_bnadapt.StackInfo is stack_info.StackInfo
+    assert napari_bnadapt.AmbiguousDatasetError is stack_info.AmbiguousDatasetError
+    assert napari_bnadapt.crop_and_downsample is crop.crop_and_downsample
+    for name in ("read_stack", "StackInfo", "crop_and_downsample", "AmbiguousDatasetError"):
+        assert name in napari_bnadapt.__all__

@@ -10,7 +10,7 @@ import pytest
 
 from napari_bnadapt import synthetic as syn
 from napari_bnadapt.errors import BNAdaptError
-
+from napari_bnadapt.synthetic import perlin, shapes
 
 # ---------------------------------------------------------------- basics
 
@@ -84,10 +84,10 @@ def _naive_perlin(angles, offset, shape, cell):
 def test_matrix_perlin_matches_naive(shape):
     rng = np.random.default_rng(0)
     cell = (shape[0] / 2, shape[1] / 2)
-    ny, nx = syn._n_nodes(shape[0], cell[0]), syn._n_nodes(shape[1], cell[1])
+    ny, nx = perlin._n_nodes(shape[0], cell[0]), perlin._n_nodes(shape[1], cell[1])
     angles = rng.random((2, ny, nx)) * 2 * np.pi
     offsets = np.array([[0, 0], [math.ceil(cell[0]) - 1, math.ceil(cell[1]) - 1]])
-    fast = syn._perlin_2d_from(angles, offsets, shape, cell)
+    fast = perlin._perlin_2d_from(angles, offsets, shape, cell)
     for k in range(2):
         np.testing.assert_allclose(fast[k], _naive_perlin(angles[k], offsets[k], shape, cell), atol=2e-6)
 
@@ -118,7 +118,7 @@ def test_crop_shift_puts_objects_on_lattice_nodes():
     # control: without the shift, the node pixels are never foreground
     rng = np.random.default_rng(0)
     angles = rng.random((200, 4, 4)) * 2 * np.pi
-    unshifted = np.abs(syn._perlin_2d_from(angles, np.zeros((200, 2), int), (64, 64), (32.0, 32.0))) > 0.4
+    unshifted = np.abs(perlin._perlin_2d_from(angles, np.zeros((200, 2), int), (64, 64), (32.0, 32.0))) > 0.4
     assert not unshifted[:, ::32, ::32].any()
 
 
@@ -246,13 +246,13 @@ def test_distractors_are_bright_but_not_labelled(shapes):
 def test_single_circle_and_triangle_areas():
     # one object in the centre of a 256 x 256 image, reference length 256
     u_circle = np.array([[0.0, 0.5, 0.5, 0.5]])
-    circle = syn._render_shapes("circles", u_circle, 1, 1, 256.0, 0.0, (256, 256))[0]
-    r = (syn._CIRCLE_RADIUS[0] + 0.5 * (syn._CIRCLE_RADIUS[1] - syn._CIRCLE_RADIUS[0])) * 256
+    circle = shapes._render_shapes("circles", u_circle, 1, 1, 256.0, 0.0, (256, 256))[0]
+    r = (shapes._CIRCLE_RADIUS[0] + 0.5 * (shapes._CIRCLE_RADIUS[1] - shapes._CIRCLE_RADIUS[0])) * 256
     assert circle.sum() == pytest.approx(math.pi * r * r, rel=0.02)
     # equilateral (no jitter: u = 0.5; full radius: u = 1), any rotation
     u_tri = np.array([[0.0, 0.5, 0.5, 0.5, 0.3, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0]])
-    tri = syn._render_shapes("triangles", u_tri, 1, 1, 256.0, 0.0, (256, 256))[0]
-    big_r = (syn._TRIANGLE_RADIUS[0] + 0.5 * (syn._TRIANGLE_RADIUS[1] - syn._TRIANGLE_RADIUS[0])) * 256
+    tri = shapes._render_shapes("triangles", u_tri, 1, 1, 256.0, 0.0, (256, 256))[0]
+    big_r = (shapes._TRIANGLE_RADIUS[0] + 0.5 * (shapes._TRIANGLE_RADIUS[1] - shapes._TRIANGLE_RADIUS[0])) * 256
     assert tri.sum() == pytest.approx(3 * math.sqrt(3) / 4 * big_r**2, rel=0.02)
     assert tri[128, 128] and circle[128, 128]
 
@@ -344,8 +344,8 @@ def test_errors_are_value_errors():
 def test_dense_and_sparse_shape_rendering_agree(kind, width):
     rng = np.random.default_rng(0)
     u = rng.random((5, 1 + 8 * width))
-    dense = syn._render_shapes(kind, u, 2, 8, 40.0, 10.0, (48, 64), dense=True)
-    sparse = syn._render_shapes(kind, u, 2, 8, 40.0, 10.0, (48, 64), dense=False)
+    dense = shapes._render_shapes(kind, u, 2, 8, 40.0, 10.0, (48, 64), dense=True)
+    sparse = shapes._render_shapes(kind, u, 2, 8, 40.0, 10.0, (48, 64), dense=False)
     assert dense.any() and np.array_equal(dense, sparse)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from napari_bnadapt.unet import UNet, batchnorm_layers, count_parameters
+from napari_bnadapt.model.unet import UNet, batchnorm_layers, count_parameters
 
 
 @pytest.mark.parametrize("bilinear", [False, True])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_bnadapt.errors import BNAdaptError
-from napari_bnadapt.wasserstein import (
+from napari_bnadapt.stats.wasserstein import (
     Distance,
     distance,
     noise_floor,
@@ -158,7 +158,7 @@ def test_identical_rank_deficient_is_zero_not_negative(n, rank):
 
 
 def test_fast_and_svd_routes_agree_on_ill_conditioned_input(monkeypatch):
-    import napari_bnadapt.wasserstein as w
+    import napari_bnadapt.stats.wasserstein as w
 
     rng = np.random.default_rng(11)
     n = 96
@@ -256,7 +256,7 @@ def test_bad_input_raises_user_error():
 def test_import_does_not_import_torch():
     code = (
         "import sys, numpy as np\n"
-        "import napari_bnadapt.wasserstein as w\n"
+        "import napari_bnadapt.stats.wasserstein as w\n"
         "w.w2_squared(np.zeros(3), np.eye(3), np.ones(3), 2 * np.eye(3), 'target')\n"
         "w.noise_floor(3, 100, 100)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

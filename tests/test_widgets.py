@@ -183,7 +183,7 @@ def test_console_helpers_accept_layers(viewer):
 
 def test_errors_inside_a_run_end_it_with_a_message(viewer, qtbot, monkeypatch):
     """A RuntimeError in the worker (as torch raises them) must not leave the widget 'running'."""
-    import napari_bnadapt.inference as inference
+    import napari_bnadapt.segmentation.predict as inference
 
     def broken(*args, **kwargs):
         yield from ()
@@ -233,7 +233,7 @@ def test_pixel_size_mismatch_is_said_and_rescaling_adds_a_new_layer(viewer, qtbo
 
 @pytest.mark.parametrize("shown, passed", [(0, None), (256, 256)])
 def test_tile_size_auto_passes_none_and_a_set_size_passes_it(viewer, qtbot, monkeypatch, shown, passed):
-    import napari_bnadapt.inference as inference
+    import napari_bnadapt.segmentation.predict as inference
 
     seen = {}
 

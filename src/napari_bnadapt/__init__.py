@@ -13,43 +13,52 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    "list_models": "modelfile",
-    "load_model": "modelfile",
-    "save_model": "modelfile",
-    "model_card": "modelfile",
-    "adapt": "adaptation",
-    "adapt_iter": "adaptation",
-    "AdaptReport": "adaptation",
-    "predict": "inference",
-    "predict_iter": "inference",
-    "segment": "inference",
-    "segment_iter": "inference",
-    "train": "training",
-    "train_iter": "training",
+    "list_models": "model.files",
+    "load_model": "model.files",
+    "save_model": "model.files",
+    "model_card": "model.files",
+    "adapt": "adabn.adaptation",
+    "adapt_iter": "adabn.adaptation",
+    "AdaptReport": "adabn.adaptation",
+    "predict": "segmentation.predict",
+    "predict_iter": "segmentation.predict",
+    "segment": "segmentation.predict",
+    "segment_iter": "segmentation.predict",
+    "train": "model.training",
+    "train_iter": "model.training",
     "iou": "metrics",
     "dice": "metrics",
     "run_to_end": "progress",
     "BNAdaptError": "errors",
     "ModelFileError": "errors",
     "CancelledError": "errors",
-    "UNet": "unet",
-    "add_result": "widgets.layers",
-    "predict_dask": "lazy",
-    "segment_dask": "lazy",
-    "reliability": "reliability_bound",
-    "reliability_iter": "reliability_bound",
-    "ReliabilityReport": "reliability_bound",
-    "calibrate": "calibration",
-    "calibrate_iter": "calibration",
-    "compute_source_statistics": "source_statistics",
-    "read_stack": "stack_io",
-    "StackInfo": "stack_io",
-    "crop_and_downsample": "stack_io",
-    "AmbiguousDatasetError": "stack_io",
-    "rescale": "pixel_size",
-    "pixel_size_nm": "pixel_size",
+    "UNet": "model.unet",
+    "add_result": "gui.layers",
+    "predict_dask": "segmentation.dask_arrays",
+    "segment_dask": "segmentation.dask_arrays",
+    "reliability": "bound.assess",
+    "reliability_iter": "bound.assess",
+    "ReliabilityReport": "bound.report",
+    "calibrate": "bound.calibration",
+    "calibrate_iter": "bound.calibration",
+    "compute_source_statistics": "stats.source_statistics",
+    "read_stack": "io.read",
+    "StackInfo": "io.stack_info",
+    "crop_and_downsample": "io.crop",
+    "AmbiguousDatasetError": "io.stack_info",
+    "rescale": "io.pixel_size",
+    "pixel_size_nm": "io.pixel_size",
 }
-_SUBMODULES = {"adaptation", "calibration", "source_statistics", "synthetic", "sample_data", "wasserstein", "errors", "progress", "metrics", "images", "modelfile"}
+# public submodules reachable as attributes (``nb.synthetic``, ``nb.sample_data``, ...) -> their module
+_SUBMODULES: dict[str, str] = {
+    "synthetic": "synthetic",
+    "sample_data": "synthetic.samples",
+    "errors": "errors",
+    "progress": "progress",
+    "metrics": "metrics",
+    "workflow": "workflow",
+    "settings": "settings",
+}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
@@ -61,7 +70,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

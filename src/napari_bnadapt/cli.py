@@ -23,7 +23,7 @@ EPILOG = """examples:
 
 
 def _read(path: str, what: str) -> tuple[Any, Any]:
-    from .stack_io import read_stack
+    from .io.read import read_stack
 
     if not Path(path).exists():
         raise BNAdaptError(f"the {what} {path!r} does not exist")
@@ -57,7 +57,7 @@ def _write_tiff(path: str, data: Any, info: Any = None) -> None:
 
 def _warn_pixel_size(model: Any, info: Any) -> None:
     """Print a warning when the file's pixel size differs from the model's by more than 25 %."""
-    from .pixel_size import mismatch_message
+    from .io.pixel_size import mismatch_message
 
     vs = getattr(info, "voxel_size_nm", None)
     image_nm = tuple(vs[-2:]) if vs and all(vs[-2:]) else None
@@ -94,7 +94,7 @@ def _adapt_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .modelfile import list_models, model_card, user_model_dir
+    from .model.files import list_models, model_card, user_model_dir
 
     names = list_models()
     if not names:
@@ -127,9 +127,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .modelfile import save_model
+    from .model.files import save_model
+    from .model.training import train_iter
     from .progress import run_to_end
-    from .training import train_iter
 
     _check_output(args.output, args.overwrite)
     images, info = _read(args.images, "image file")
@@ -152,8 +152,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
-    from .adaptation import adapt_iter
-    from .modelfile import load_model, save_model
+    from .adabn.adaptation import adapt_iter
+    from .model.files import load_model, save_model
     from .progress import run_to_end
 
     _check_output(args.output, args.overwrite)
@@ -171,11 +171,11 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .adaptation import adapt_iter
-    from .inference import predict_iter, segment_iter
+    from .adabn.adaptation import adapt_iter
     from .metrics import iou
-    from .modelfile import load_model
+    from .model.files import load_model
     from .progress import run_to_end
+    from .segmentation.predict import predict_iter, segment_iter
 
     for out in (args.output, args.probabilities):
         _check_output(out, args.overwrite)
@@ -221,7 +221,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         return run_text_demo(quiet=args.quiet)
     try:
-        from .widgets.demo_gui import run_gui_demo
+        from .gui.demo import run_gui_demo
     except ImportError as exc:
         raise BNAdaptError(f"the GUI demo needs napari ({exc}); install napari-bnadapt[napari] or use --no-gui") from None
     return run_gui_demo(args.screenshot)

@@ -23,7 +23,7 @@ class DemoResult:
 
 def demo_data() -> tuple[Any, Any]:
     """The demo target (the brightness-shifted toy sample, 8 x 256 x 256) and its ground truth."""
-    from .sample_data import toy_brightness_target
+    from .synthetic.samples import toy_brightness_target
 
     return toy_brightness_target()
 
@@ -41,11 +41,11 @@ def run_demo(callback: Any = None, device: str = "auto") -> DemoResult:
     -------
     DemoResult
     """
-    from .adaptation import adapt_iter
-    from .inference import segment_iter
+    from .adabn.adaptation import adapt_iter
     from .metrics import iou
-    from .modelfile import load_model
+    from .model.files import load_model
     from .progress import run_to_end
+    from .segmentation.predict import segment_iter
 
     images, truth = demo_data()
     model = load_model(DEMO_MODEL, device=device)
@@ -58,8 +58,7 @@ def run_demo(callback: Any = None, device: str = "auto") -> DemoResult:
 def run_text_demo(quiet: bool = False) -> int:
     """Print the demo's outcome (the README's main command without a GUI)."""
     from .progress import tqdm_callback
-
-    from .sample_data import BRIGHTNESS_PARAMETERS as target
+    from .synthetic.samples import BRIGHTNESS_PARAMETERS as target
 
     print(
         f"Demo: model {DEMO_MODEL!r} (trained on toy images with background 96, mitochondria 138) "

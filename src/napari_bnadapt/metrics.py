@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BNAdaptError
-from .images import layer_data
+from .io.stack_view import layer_data
 
 
 def _counts(pred: Any, truth: Any) -> tuple[int, int, int]:

@@ -40,7 +40,7 @@ from ..errors import BNAdaptError
 from ..progress import Progress, Result, run_to_end
 
 if TYPE_CHECKING:  # numpy/torch stay unimported until an experiment runs (a fast CLI start)
-    from ._common import ExperimentResult
+    from .results import ExperimentResult
 
 __all__ = ["EXPERIMENTS", "ExperimentResult", "Dataset", "UNetScale", "ToyScale", "run", "run_iter",
            "default_scale", "add_experiment_parser", "DEFAULT_OUT"]
@@ -128,7 +128,7 @@ def run_iter(
     if scale is None:
         sc = base
     elif isinstance(scale, dict):
-        from ._common import apply_overrides
+        from .datasets import apply_overrides
 
         sc = apply_overrides(base, scale)
     elif isinstance(scale, type(base)):
@@ -143,7 +143,7 @@ def run_iter(
             raise BNAdaptError("only= selects datasets of the U-Net experiments; toy-uda has none "
                                "(use scale={'n_targets': ...})")
         return toy_run(sc, folder, resume=resume, seed=seed, figures_=figures)
-    from ._common import run_unet_iter
+    from .unet_runner import run_unet_iter
 
     if sc.image_size % 16 or sc.image_size < 16:
         raise BNAdaptError(f"image_size must be a multiple of 16 (the U-Net halves it 4 times), not {sc.image_size}")
@@ -230,7 +230,7 @@ def add_experiment_parser(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     """The ``bnadapt experiment`` command."""
-    from ._common import CONFIG_NAME, CSV_NAME
+    from .results import CONFIG_NAME, CSV_NAME
 
     folder = Path(args.out) if args.out else DEFAULT_OUT / args.name
     overrides: dict[str, str] = {}

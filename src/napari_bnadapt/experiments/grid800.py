@@ -14,7 +14,8 @@ does not say which shape was labelled: our choice).
 
 from __future__ import annotations
 
-from ._common import Dataset, UNetScale, UNetSpec
+from .datasets import Dataset, UNetScale
+from .unet_runner import UNetSpec
 
 SOURCE = (96, 18, 138, 18)
 MU0 = (64, 80, 96, 112, 128, 144, 160)

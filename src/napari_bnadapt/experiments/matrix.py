@@ -23,7 +23,8 @@ the numbers are kept as published and the clipped fraction is in the CSV.
 
 from __future__ import annotations
 
-from ._common import Dataset, UNetScale, UNetSpec
+from .datasets import Dataset, UNetScale
+from .unet_runner import UNetSpec
 
 DISTANCES = (10, 14, 22, 30, 44, 62, 90, 126, 180, 254)
 #: The thesis' (mu0, mu1) pairs of experiment #1 (centred on 128; the last is (1, 255)).

@@ -43,8 +43,17 @@ from typing import Any
 import numpy as np
 
 from ..progress import Progress, Result
-from ._common import (CSV_NAME, SUMMARY_NAME, ExperimentResult, ResultsCSV, _json_default, _torch_threads,
-                      check_config, derive_seed, read_csv)
+from .datasets import derive_seed
+from .jobs import _torch_threads
+from .results import (
+    CSV_NAME,
+    SUMMARY_NAME,
+    ExperimentResult,
+    ResultsCSV,
+    _json_default,
+    check_config,
+    read_csv,
+)
 
 RADIUS = math.sqrt(2.0 * math.log(2.0))  # P(|x| < r) = 1/2 for x ~ N(0, I_2)
 #: The classic-UDA target of the decision-boundary figure: moved by (3, 2), scaled by (1.5, 0.8).
@@ -128,7 +137,7 @@ def _adapted(net: Any, x: np.ndarray, batch_size: int) -> Any:
     """A copy of ``net`` with BatchNorm statistics re-estimated on ``x`` (the package's AdaBN engine)."""
     import torch
 
-    from ..adaptation import adapt_batchnorm_iter
+    from ..adabn.adaptation import adapt_batchnorm_iter
     from ..progress import run_to_end
 
     out = copy.deepcopy(net)
@@ -177,14 +186,14 @@ def _target(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _bn1_moments(net: Any, x: np.ndarray) -> Any:
-    from ..moments import collect_latent_moments
+    from ..stats.latent_moments import collect_latent_moments
 
     return collect_latent_moments(net, [x.astype(np.float32)], {"ls0": net[1]})["ls0"]
 
 
 def evaluate_target(net: Any, k: int, scale: ToyScale, seed: int, ref: dict[str, Any]) -> dict[str, Any]:
     """One row: classic UDA on N_k, and the estimated-statistics question with N1 as the true target."""
-    from ..wasserstein import w2_squared, w2_squared_diag
+    from ..stats.wasserstein import w2_squared, w2_squared_diag
 
     tg = _target(np.random.default_rng(derive_seed("toy-target", seed, k)))
     rng = np.random.default_rng(derive_seed("toy-target-data", seed, k))
@@ -258,7 +267,6 @@ def figures(net: Any, rows: list[dict[str, Any]], scale: ToyScale, seed: int, fo
             findings: dict[str, Any]) -> list[Path]:
     """The decision boundary before/after adaptation, and relative performance vs tnW2 (log x)."""
     import torch
-
     from matplotlib.patches import Ellipse
 
     from ._figures import figure, save

@@ -1,0 +1,368 @@
+"""Did adaptation work? A label-free reliability check with a calibrated lower bound on the IoU.
+
+Source side: the SOURCE model on the SOURCE images (the statistics stored in
+the model file, :mod:`napari_bnadapt.stats.source_statistics`). Target side: the
+ADAPTED model on the TARGET images. For every latent space (ls0..ls4, the
+decoder's last BatchNorm ``dec``, the output logits ``out``) the report gives
+the W2^2 distance between the two Gaussians with its sampling-noise floor and
+effective sample size, and the same distance for the source model WITHOUT
+adaptation (source model on the target images), so the gain of adapting shows.
+
+With a calibration in the model file (:func:`napari_bnadapt.bound.calibration.calibrate`)
+the distance in the calibrated space is turned into a lower bound on the IoU of
+the adapted model, and a verdict:
+
+* ``unreliable``: a label-free output signal lies outside the range seen on
+  successful calibration shifts (the predicted foreground fraction or the
+  confidence moved too far: e.g. inverted contrast), so no bound is claimed; or
+  the bound is below ``UNRELIABLE_BELOW`` (0.5);
+* ``reliable``: the bound is at least ``RELIABLE_AT`` (0.8);
+* ``uncertain``: anything in between, or no calibration, or too few samples.
+
+The paper's supervised variant (adapted model vs a model trained on target
+labels) is :func:`supervised_distances` (research mode).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ..errors import BNAdaptError
+from ..progress import Progress, Result, run_to_end
+from .decision import decide, signal_features
+from .names import _NORM_ARG, candidate_key, parse_key
+from .report import LatentDistance, ReliabilityReport, _sentence
+
+
+# ================================================================ numbers
+def distance_table(
+    source_moments: Mapping[str, Any],
+    target_moments: Mapping[str, Any],
+    *,
+    spaces: Any = None,
+    normalizations: Any = ("source", "target", "plain"),
+    forms: Any = ("full", "diagonal"),
+    keys: Any = None,
+    min_samples_per_dim: float = 10.0,
+) -> dict[str, Any]:
+    """W2^2 distances (with floors) for every space x normalisation x form.
+
+    Parameters
+    ----------
+    source_moments, target_moments : mapping of str to GaussianMoments
+        The source Gaussians (reference, first) and the target ones (second).
+    spaces, normalizations, forms : sequences
+        What to compute; normalisations ``"source"``, ``"target"``, ``"plain"``.
+
+    keys : sequence of str, optional
+        Compute only these ``"space|normalize|form"`` keys.
+    min_samples_per_dim : float, default 10
+        A full form needs an effective sample size of at least this times the
+        dimension in both Gaussians; otherwise it is not computed at all (value
+        nan, ``meaningful`` False: under-sampled covariances are expensive to
+        handle and their value is noise).
+
+    Returns
+    -------
+    dict of str to wasserstein.Distance
+        Keyed ``"space|normalize|form"``; no fallback from the full to the
+        diagonal form (a full form that is not meaningful stays flagged).
+    """
+    from ..stats.wasserstein import Distance, distance, noise_floor
+
+    wanted = None if keys is None else set(keys)
+    out = {}
+    for space in spaces or [s for s in source_moments if s in target_moments]:
+        if space not in source_moments or space not in target_moments:
+            continue
+        a, b = source_moments[space], target_moments[space]
+        for norm in normalizations:
+            for form in forms:
+                key = candidate_key(space, norm, form)
+                if wanted is not None and key not in wanted:
+                    continue
+                ea, eb, n = float(a.effective_count), float(b.effective_count), int(a.dim)
+                full_stored = a.full_covariance and b.full_covariance
+                if form == "full" and full_stored and min(ea, eb) < min_samples_per_dim * n:
+                    cov = 0.5 * (a.cov + b.cov) if norm == "plain" else None
+                    floor = noise_floor(n, ea, eb, _NORM_ARG[norm], form="full", cov=cov)
+                    out[key] = Distance(
+                        math.nan, floor, ea, eb, n, "full", _NORM_ARG[norm], False,
+                        f"too few effective samples for a {n}-dimensional covariance "
+                        f"(m_eff {min(ea, eb):,.0f} < {min_samples_per_dim:g} n = {min_samples_per_dim * n:,.0f})",
+                    )
+                    continue
+                out[key] = distance(a, b, _NORM_ARG[norm], form=form, fallback=False,
+                                    min_samples_per_dim=min_samples_per_dim)
+    return out
+
+
+# ================================================================ running
+def measure_pair_iter(
+    source_model: Any,
+    adapted_model: Any,
+    view: Any,
+    norm: Any,
+    plan: Any,
+    *,
+    batch_size: int,
+    device: Any,
+    full_cov_max_dim: int,
+) -> Iterator[Progress | Result[tuple[Any, Any, Any, Any]]]:
+    """Moments and output signals of the adapted and of the source model on the same target patches.
+
+    Yields Progress, then Result((moments_adapted, signals_adapted, moments_source_only, signals_source_only)).
+    """
+    from ..adabn.patches import iter_patch_batches
+    from ..stats.source_statistics import measure_iter
+
+    n_batches = -(-len(plan.corners) // batch_size)
+    results = []
+    for model, stage in ((adapted_model, "measuring the adapted model"), (source_model, "measuring the source model")):
+        batches = iter_patch_batches(view, plan, norm.apply, batch_size)
+        for item in measure_iter(model, batches, n_batches, device=device, full_cov_max_dim=full_cov_max_dim,
+                                 stage=stage):
+            if isinstance(item, Result):
+                results.append(item.value)
+            else:
+                yield item
+    (mt, st), (ms, ss) = results
+    yield Result((mt, st, ms, ss))
+
+
+def reliability_iter(
+    source_model: Any,
+    adapted_model: Any,
+    images: Any,
+    *,
+    device: Any = "auto",
+    intensity_range: tuple[float, float] | str | None = None,
+    n_patches: int | None = None,
+    patch_size: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    reliable_at: float | None = None,
+    unreliable_below: float | None = None,
+) -> Iterator[Progress | Result[ReliabilityReport]]:
+    """Generator form of :func:`reliability`: yields Progress, finally ``Result(ReliabilityReport)``."""
+    from ..adabn.patches import plan_patches
+    from ..io.stack_view import check_stack, resolve_normalization
+    from ..model.device import get_device
+    from ..stats.source_statistics import model_normalization, read_source_statistics
+
+    t0 = time.perf_counter()
+    stats = read_source_statistics(source_model)
+    if stats is None:
+        raise BNAdaptError(
+            "this model file carries no source statistics, so its latent spaces cannot be compared with the "
+            "training data; add them with compute_source_statistics(model, training_images) and save the model"
+        )
+    cal = (getattr(source_model, "meta", None) or {}).get("calibration")
+    if cal is None:
+        cal = (getattr(adapted_model, "meta", None) or {}).get("calibration")
+    view = check_stack(images)
+    norm = resolve_normalization(view, model_normalization(source_model), intensity_range)
+    plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
+    dev = get_device(device)
+    full_max = int(stats.provenance.get("full_cov_max_dim", 256))
+    out = None
+    for item in measure_pair_iter(source_model, adapted_model, view, norm, plan, batch_size=batch_size,
+                                  device=dev, full_cov_max_dim=full_max):
+        if isinstance(item, Result):
+            out = item.value
+        else:
+            yield item
+    assert out is not None
+    mt, st, ms, ss = out
+    if cal is not None:
+        _, norm_c, form_c = parse_key(cal["feature"]["key"])
+    else:
+        norm_c, form_c = "source", None
+    forms = (form_c,) if form_c else ("full", "diagonal")
+    tab = distance_table(stats.moments, mt, normalizations=(norm_c,), forms=forms)
+    tab_so = distance_table(stats.moments, ms, normalizations=(norm_c,), forms=forms)
+    feats = signal_features(stats.signals, st)
+    feats_so = signal_features(stats.signals, ss)
+    dec = decide(cal, tab, feats, reliable_at=reliable_at, unreliable_below=unreliable_below)
+    dec_so = decide(cal, tab_so, feats_so)
+    rows = []
+    for space in stats.moments:
+        if space not in mt:
+            continue
+        if form_c:
+            key = candidate_key(space, norm_c, form_c)
+        else:  # no calibration: full where stored and meaningful, else diagonal
+            kf = candidate_key(space, norm_c, "full")
+            key = kf if tab[kf].meaningful else candidate_key(space, norm_c, "diagonal")
+        d, dso = tab[key], tab_so[key]
+        rows.append(LatentDistance(space, float(d.value), float(dso.value), float(d.floor), float(d.m_eff_other),
+                                   int(d.dim), d.form, norm_c, bool(d.meaningful), d.reason,
+                                   calibrated=cal is not None and key == cal["feature"]["key"]))
+    signals = dict(feats)
+    for k, v in feats_so.items():
+        signals[f"{k}_source_only"] = v
+    signals["source_foreground_fraction"] = float(stats.signals["foreground_fraction"])
+    signals["source_confidence"] = float(stats.signals["confidence"])
+    notes = []
+    if dec["beyond_calibration"]:
+        notes.append("the distance is beyond the largest one seen in the calibration: no bound is claimed")
+    if cal is not None and not dec["meaningful"] and not dec["gate_failures"]:
+        notes.append(f"the calibrated distance is not meaningful here: {dec['reason']}")
+    cal_summary = {}
+    x_label = None
+    bound_so = None
+    if cal is not None:
+        x_label = cal["feature"]["x_label"]
+        val = cal.get("validation", {})
+        cal_summary = {
+            "key": cal["feature"]["key"],
+            "quantile": cal["curve"]["quantile"],
+            "validation_coverage": val.get("coverage"),
+            "validation_median_gap": val.get("median_gap"),
+            "validation_n": val.get("n"),
+        }
+        from .curve import LowerBound
+
+        if dec_so["x"] is not None and math.isfinite(dec_so["x"]):
+            bound_so = float(LowerBound.from_dict(cal["curve"])(dec_so["x"]))
+    report = ReliabilityReport(
+        iou_lower_bound=dec["bound"],
+        verdict=dec["verdict"],
+        sentence=_sentence(dec, feats, stats.signals, cal is not None, cal_summary.get("validation_coverage")),
+        distances=rows,
+        signals=signals,
+        calibration_x=dec["x"] if cal is not None else None,
+        calibration_x_source_only=dec_so["x"] if cal is not None else None,
+        x_label=x_label,
+        bound_source_only=bound_so,
+        gate_failures=dec["gate_failures"],
+        calibration=cal_summary,
+        n_patches=len(plan.corners),
+        n_voxels=plan.n_voxels,
+        device=str(dev),
+        seconds=time.perf_counter() - t0,
+        notes=notes,
+    )
+    yield Result(report)
+
+
+def reliability(source_model: Any, adapted_model: Any, images: Any, **kwargs: Any) -> ReliabilityReport:
+    """Check, without labels, whether adapting ``source_model`` to ``images`` worked.
+
+    Parameters
+    ----------
+    source_model : UNet
+        The model before adaptation, with source statistics (and ideally a
+        calibration) in its model file.
+    adapted_model : UNet
+        The result of :func:`adapt` on these (or similar) images.
+    images : array-like or napari Image layer
+        The target (Y, X) image or (Z, Y, X) stack; only sampled patches are read.
+    device : str, default "auto"
+    intensity_range : (float, float), "auto" or None
+        Grey-value mapping, as given to :func:`adapt`.
+    n_patches : int or None, default None
+        Random patches to measure (None: the whole stack when small, else
+        64 x 256 x 256 voxels in random patches).
+    patch_size : int, default 256
+    batch_size : int, default 8
+    seed : int, default 0
+        Seed of the patch positions.
+    reliable_at, unreliable_below : float, optional
+        Override the calibration's verdict thresholds on the bound (0.8, 0.5).
+
+    Returns
+    -------
+    ReliabilityReport
+        ``iou_lower_bound``, ``verdict``, ``sentence``, per-space distances
+        (adapted and unadapted) with floors and sample sizes, the output
+        signals; ``print(report)`` gives a readable summary.
+
+    Raises
+    ------
+    BNAdaptError
+        The source model has no source statistics (see
+        :func:`~napari_bnadapt.stats.source_statistics.compute_source_statistics`).
+    """
+    return run_to_end(reliability_iter(source_model, adapted_model, images, **kwargs))
+
+
+# ========================================================== research mode
+def supervised_distances_iter(
+    adapted_model: Any,
+    target_model: Any,
+    images: Any,
+    *,
+    device: Any = "auto",
+    intensity_range: tuple[float, float] | str | None = None,
+    n_patches: int | None = None,
+    patch_size: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    normalize: str = "source",
+) -> Iterator[Progress | Result[list[LatentDistance]]]:
+    """Generator form of :func:`supervised_distances`."""
+    from ..adabn.patches import plan_patches
+    from ..io.stack_view import check_stack, resolve_normalization
+    from ..model.device import get_device
+
+    view = check_stack(images)
+    from ..stats.source_statistics import model_normalization
+
+    norm = resolve_normalization(view, model_normalization(target_model), intensity_range)
+    norm_a = resolve_normalization(view, model_normalization(adapted_model), intensity_range)
+    plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
+    dev = get_device(device)
+    from ..adabn.patches import iter_patch_batches
+    from ..stats.source_statistics import measure_iter
+
+    n_batches = -(-len(plan.corners) // batch_size)
+    res = []
+    for model, nz, stage in ((target_model, norm, "measuring the target-trained model"),
+                             (adapted_model, norm_a, "measuring the adapted model")):
+        for item in measure_iter(model, iter_patch_batches(view, plan, nz.apply, batch_size), n_batches,
+                                 device=dev, stage=stage):
+            if isinstance(item, Result):
+                res.append(item.value)
+            else:
+                yield item
+    (m_ref, _), (m_ad, _) = res
+    tab = distance_table(m_ref, m_ad, normalizations=(normalize,), forms=("full", "diagonal"))
+    rows = []
+    for space in m_ref:
+        kf = candidate_key(space, normalize, "full")
+        key = kf if tab[kf].meaningful else candidate_key(space, normalize, "diagonal")
+        d = tab[key]
+        rows.append(LatentDistance(space, float(d.value), math.nan, float(d.floor), float(d.m_eff_other), int(d.dim),
+                                   d.form, normalize, bool(d.meaningful), d.reason))
+    yield Result(rows)
+
+
+def supervised_distances(adapted_model: Any, target_model: Any, images: Any, **kwargs: Any) -> list[LatentDistance]:
+    """Research mode (the paper's variant): distances between the adapted model and a target-trained model.
+
+    Both models run on the same (target) images; the reference Gaussian is the
+    target-trained model's. Needs a model trained on TARGET labels, so it is a
+    validation tool, not something a user without labels can run. Note that
+    the two models have different weights, so their latent coordinates only
+    correspond if they were trained alike (the paper's setting).
+
+    Parameters
+    ----------
+    adapted_model, target_model : UNet
+    images : array-like
+        Target images.
+    normalize : {"source", "target", "plain"}, default "source"
+        "source" here means whitened by the target-trained model's Gaussian.
+    device, intensity_range, n_patches, patch_size, batch_size, seed
+        As in :func:`reliability`.
+
+    Returns
+    -------
+    list of LatentDistance
+        ``value_source_only`` is nan.
+    """
+    return run_to_end(supervised_distances_iter(adapted_model, target_model, images, **kwargs))

@@ -1,0 +1,237 @@
+"""TODO docstring (bound.report)."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .names import _NORM_LABEL, distance_label
+
+_FEATURE_TEXT = {
+    "fg_logratio": "predicted foreground fraction",
+    "conf_drop": "prediction confidence",
+    "unc_logratio": "share of uncertain pixels",
+    "ent_logratio": "prediction entropy",
+}
+
+
+# ================================================================ report
+@dataclass
+class LatentDistance:
+    """One latent space of the report.
+
+    Attributes
+    ----------
+    name : str
+        ``ls0``..``ls4``, ``dec`` or ``out``.
+    value : float
+        W2^2 between the source Gaussian and the ADAPTED model on the target (nan if not computable).
+    value_source_only : float
+        The same for the SOURCE model on the target (no adaptation).
+    floor : float
+        Sampling-noise floor of ``value`` (values near it are indistinguishable from 0).
+    m_eff : float
+        Effective sample size of the target statistics (adapted model).
+    dim : int
+        Channels.
+    form : str
+        "full" or "diagonal".
+    normalize : str
+        "source", "target" or "plain".
+    meaningful : bool
+        False when the value must not be used; ``reason`` says why.
+    reason : str
+    calibrated : bool
+        True for the space/normalisation the calibration uses.
+    """
+
+    name: str
+    value: float
+    value_source_only: float
+    floor: float
+    m_eff: float
+    dim: int
+    form: str
+    normalize: str
+    meaningful: bool
+    reason: str = ""
+    calibrated: bool = False
+
+    @property
+    def label(self) -> str:
+        return distance_label(self.name, self.normalize, self.form)
+
+
+@dataclass
+class ReliabilityReport:
+    """What :func:`reliability` found.
+
+    Attributes
+    ----------
+    iou_lower_bound : float or None
+        Calibrated lower bound on the IoU of the adapted model (about 95 % of
+        calibration shifts at this distance reached it); 0.0 when a gate signal
+        says the bound does not apply; None without calibration or when the
+        calibrated distance is not meaningful.
+    verdict : str
+        "reliable", "uncertain" or "unreliable".
+    sentence : str
+        One sentence for a biologist.
+    distances : list of LatentDistance
+        Per latent space, in the calibrated normalisation and form (snW2²,
+        full covariance where stored, without calibration).
+    signals : dict of str to float
+        The label-free output signals (see :func:`signal_features`), for the
+        adapted model; ``*_source_only`` for the source model on the target;
+        ``source_foreground_fraction`` and ``source_confidence`` from the model file.
+    calibration_x : float or None
+        The target's position on the calibration curve's x axis (adapted model).
+    calibration_x_source_only : float or None
+        The same for the source model without adaptation.
+    x_label : str or None
+        The x axis of the calibration curve.
+    bound_source_only : float or None
+        The curve read at ``calibration_x_source_only`` (for comparison only:
+        the curve was fitted on adapted models).
+    gate_failures : list
+        (signal, value, (low, high)) of the signals outside their calibrated range.
+    calibration : dict
+        Summary of the calibration (validated coverage and median gap, quantile).
+    n_patches, n_voxels, device, seconds
+        What was measured, where, how long.
+    notes : list of str
+        Caveats (beyond the calibrated range, too few samples, ...).
+    """
+
+    iou_lower_bound: float | None
+    verdict: str
+    sentence: str
+    distances: list[LatentDistance]
+    signals: dict[str, float]
+    calibration_x: float | None
+    calibration_x_source_only: float | None
+    x_label: str | None = None
+    bound_source_only: float | None = None
+    gate_failures: list[Any] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    n_patches: int = 0
+    n_voxels: int = 0
+    device: str = ""
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        d = asdict(self)
+        return d
+
+    def __str__(self) -> str:
+        head = {"reliable": "RELIABLE", "uncertain": "UNCERTAIN", "unreliable": "UNRELIABLE"}[self.verdict]
+        lines = [f"Reliability of the adaptation: {head}",
+                 textwrap.fill(self.sentence, width=110, initial_indent="  ", subsequent_indent="  ")]
+        if self.gate_failures:
+            lines.append("  predicted IoU of the adapted model: no lower bound can be given (bound 0)")
+        elif self.iou_lower_bound is not None:
+            cal = self.calibration
+            extra = ""
+            if cal.get("validation_coverage") is not None:
+                extra = (f" (calibrated bound: {cal['validation_coverage']:.0%} of held-out test shifts reached it, "
+                         f"median gap {cal['validation_median_gap']:.2f})")
+            lines.append(f"  predicted IoU of the adapted model >= {self.iou_lower_bound:.2f}{extra}")
+        if self.calibration_x is not None and self.x_label:
+            so = (f"; without adaptation {self.calibration_x_source_only:.2f}"
+                  if self.calibration_x_source_only is not None else "")
+            lines.append(f"  {self.x_label}: {self.calibration_x:.2f}{so}")
+        s = self.signals
+        if "foreground_fraction" in s and "source_foreground_fraction" in s:
+            lines.append(
+                f"  predicted mitochondria: {s['foreground_fraction']:.1%} of the pixels "
+                f"(training data {s['source_foreground_fraction']:.1%}; without adaptation "
+                f"{s.get('foreground_fraction_source_only', math.nan):.1%})"
+            )
+            lines.append(
+                f"  confidence: {s['confidence']:.3f} (training data {s['source_confidence']:.3f}; "
+                f"without adaptation {s.get('confidence_source_only', math.nan):.3f})"
+            )
+        lines.append("  latent distances, source model on source data vs (adapted | unadapted) model on this data:")
+        for d in self.distances:
+            mark = "*" if d.calibrated else " "
+            val = _fmt(d.value)
+            lines.append(
+                f"   {mark}{d.name:<4} {_NORM_LABEL[d.normalize]}{' diag' if d.form == 'diagonal' else ''}: "
+                f"{val:>9} | {_fmt(d.value_source_only):>9}   floor {_fmt(d.floor)}, m_eff {d.m_eff:,.0f}, n {d.dim}"
+                + ("" if d.meaningful else f"  [not meaningful: {d.reason}]")
+            )
+        if any(d.calibrated for d in self.distances):
+            lines.append("   (* the space the calibration uses)")
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        lines.append(f"  measured on {self.n_patches} patches ({self.n_voxels:,} voxels) on {self.device} "
+                     f"in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _fmt(v: float) -> str:
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def _sentence(dec: dict[str, Any], features: Mapping[str, float], source_signals: Mapping[str, float],
+              calibrated: bool, coverage: float | None = None) -> str:
+    if dec["gate_failures"]:
+        name, v, _ = dec["gate_failures"][0]
+        if name == "fg_logratio":
+            return (
+                f"Do not trust this result: the adapted model marks {features['foreground_fraction']:.0%} of the "
+                f"image as mitochondria against {source_signals['foreground_fraction']:.0%} on its training data, "
+                "so it sees this data very differently (for example with inverted contrast); check by eye or "
+                "annotate a few slices."
+            )
+        if name == "conf_drop":
+            return (
+                f"Do not trust this result: the adapted model is far less sure of itself than on its training data "
+                f"(confidence {features['confidence']:.3f} against {source_signals['confidence']:.3f}), a sign of "
+                "failed segmentation (for example too faint or inverted contrast); check by eye."
+            )
+        return (
+            f"Do not trust this result: the {_FEATURE_TEXT.get(name, name)} is outside the range seen when the "
+            "model was calibrated; check by eye."
+        )
+    b = dec["bound"]
+    if not calibrated:
+        return (
+            "No verdict possible: this model file has no calibration, so the distances cannot be turned into "
+            "an expected quality; inspect the segmentation by eye (or calibrate the model)."
+        )
+    if b is None:
+        return (
+            "No verdict possible: too little data to measure the distance reliably; use more slices or "
+            "patches, and inspect the segmentation by eye."
+        )
+    if dec["verdict"] == "reliable":
+        held = (f"; this calibrated bound held for {coverage:.0%} of held-out test shifts"
+                if coverage is not None and math.isfinite(coverage) else "")
+        return (
+            f"Adaptation very likely worked: expect an overlap with the true mitochondria (IoU) of at least "
+            f"{b:.2f}{held}."
+        )
+    if dec["beyond_calibration"]:
+        return (
+            "Do not trust this result without checking: this data is further from the training data than any "
+            "of the test shifts the model was calibrated on, so no quality can be promised."
+        )
+    if dec["verdict"] == "unreliable":
+        return (
+            f"Adaptation may well have failed: for data this different from the training data the overlap "
+            f"(IoU) can drop to {b:.2f}; check the segmentation carefully before using it."
+        )
+    return (
+        f"Adaptation probably helped, but expect mistakes: at this distance from the training data the "
+        f"overlap (IoU) was at least {b:.2f}; check a few slices by eye."
+    )

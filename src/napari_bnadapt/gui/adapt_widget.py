@@ -1,0 +1,386 @@
+"""The "Adapt & segment" dock widget: one click adapts the model to the image and segments it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+
+from ..errors import BNAdaptError
+from .layers import layers_of, transform_kwargs, unique_name
+from .loading import StackLoader
+from .runner import Runner, unwrap
+
+if TYPE_CHECKING:
+    import napari
+
+NO_TRUTH = "(none)"
+INTENSITY_CHOICES = {"model's range (8-bit)": None, "auto (0.5-99.5 percentiles)": "auto"}
+
+
+def describe_card(card: dict[str, Any]) -> str:
+    """A short, readable model card: trained on what, at what pixel size, when, how good."""
+    if card.get("imported"):
+        return "imported PyTorch weights: no model card (8-bit input assumed)"
+    training = card.get("training", {})
+    metrics = training.get("metrics", {})
+    px = card.get("pixel_size_nm")
+    lines = [card.get("description") or training.get("data", {}).get("description") or "no description"]
+    lines.append(f"pixel size: {' x '.join(f'{v:g}' for v in px) + ' nm' if px else 'unknown'}")
+    when = (card.get("created") or "")[:10]
+    if "val_iou" in metrics:
+        lines.append(f"validation IoU {metrics['val_iou']:.3f}" + (f"; trained {when}" if when else ""))
+    if card.get("adaptation"):
+        lines.append(f"adapted from {card['adaptation'].get('source_model')}")
+    return "\n".join(lines)
+
+
+class AdaptSegmentWidget(Container):
+    """Adapt a model to the chosen image by BatchNorm adaptation, and segment it.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer whose layers are read and to which results are added.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        from ..model.device import available_devices
+        from ..model.files import list_models
+
+        self.viewer = viewer
+        self._extra_models: list[str] = []
+        self._models: dict[str, Any] = {}
+        self.adapted_model: Any = None
+        self.last_result: dict[str, Any] | None = None
+
+        self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        self.model = ComboBox(label="model", choices=lambda _w: list_models() + self._extra_models)
+        self.browse = PushButton(text="Browse for a model file...")
+        self.card = Label(label="model card")
+        self.scale_note = Label(label="pixel size", value="")
+        self.rescale = PushButton(text="Rescale the image to the model's pixel size (new layer)", visible=False)
+        self.device = ComboBox(label="device", choices=["auto", *available_devices()], value="auto")
+        self.truth = ComboBox(label="ground truth", choices=self._truth_choices)
+        self.add_probabilities = CheckBox(text="also add the probability map", value=False)
+        self.assess = CheckBox(text="assess reliability after adapting (no labels needed)", value=True)
+
+        self.advanced = CheckBox(text="show advanced settings", value=False)
+        self.mode = ComboBox(label="mode", choices=["cumulative", "ema", "prior"], value="cumulative")
+        self.alpha = FloatSpinBox(label="EMA alpha", value=0.1, min=0.001, max=1.0, step=0.05)
+        self.prior = FloatSpinBox(label="prior N", value=16.0, min=0.0, max=1e6)
+        self.n_patches = SpinBox(label="patches (0 = auto)", value=0, min=0, max=100000)
+        self.patch_size = SpinBox(label="patch size (px)", value=256, min=16, max=4096, step=16)
+        self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.intensity = ComboBox(label="grey values", choices=list(INTENSITY_CHOICES))
+        self.tile_size = SpinBox(label="tile size (px, 0 = auto)", value=0, min=0, max=8192, step=16,
+                                 tooltip="largest tile side; auto: 576 px on CPU (bundled models), 1024 px on GPU")
+        self._advanced_widgets = [self.mode, self.alpha, self.prior, self.n_patches, self.patch_size,
+                                  self.batch_size, self.seed, self.intensity, self.tile_size]
+
+        self.run_adapt = PushButton(text="Adapt && segment")
+        self.run_plain = PushButton(text="Segment without adaptation")
+        self.cancel = PushButton(text="Cancel")
+        self.save = PushButton(text="Save adapted model...", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, max=1)
+        self.status = Label(label="status", value="choose an image and click 'Adapt & segment'")
+        self.runner = Runner(self.progress, self.status, self.cancel, [self.run_adapt, self.run_plain])
+        self.loader = StackLoader(viewer, on_loaded=self._select_image, say=self.runner.say)
+
+        self.extend([self.loader, self.image, self.model, self.browse, self.card, self.scale_note, self.rescale, self.device, self.truth, self.add_probabilities, self.assess,
+                     self.advanced, *self._advanced_widgets, self.run_adapt, self.run_plain, self.cancel,
+                     self.save, self.progress, self.status])
+        for w in (self.card, self.scale_note, self.status):
+            w.native.setWordWrap(True)
+        self.status.native.setMinimumHeight(64)
+        self._show_advanced(False)
+
+        self.advanced.changed.connect(self._show_advanced)
+        self.image.changed.connect(self.loader.show_voxel_size)
+        self.image.changed.connect(self.check_pixel_size)
+        self.loader.voxel.native.editingFinished.connect(self._apply_voxel_size)
+        self.model.changed.connect(self._update_card)
+        self.rescale.changed.connect(self.rescale_to_model)
+        self.browse.changed.connect(self._browse)
+        self.run_adapt.changed.connect(lambda: self.start(adapt=True))
+        self.run_plain.changed.connect(lambda: self.start(adapt=False))
+        self.save.changed.connect(self._save_dialog)
+        from .train_widget import MODEL_LIST_LISTENERS
+
+        MODEL_LIST_LISTENERS.append(self.model.reset_choices)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        viewer.layers.events.moved.connect(self.reset_choices)
+        self.reset_choices()
+        if "toy-perlin" in self.model.choices:  # the demo's model; the EM models are one click away
+            self.model.value = "toy-perlin"
+        self._update_card()
+        self.loader.show_voxel_size(self.image.value)
+
+    # --- choices -------------------------------------------------------
+    def _image_choices(self, _w: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in layers_of(self.viewer, "image")]
+
+    def _truth_choices(self, _w: Any = None) -> list[tuple[str, Any]]:
+        return [(NO_TRUTH, None)] + [(layer.name, layer) for layer in layers_of(self.viewer, "labels")]
+
+    def _select_image(self, layer: Any) -> None:
+        self.image.reset_choices()
+        self.image.value = layer
+
+    def _show_advanced(self, show: bool) -> None:
+        for w in self._advanced_widgets:
+            w.visible = bool(show)
+
+    def add_model_file(self, path: str | Path) -> None:
+        """Add a model file to the model list and select it."""
+        path = str(Path(path).expanduser())
+        if path not in self._extra_models:
+            self._extra_models.append(path)
+        self.model.reset_choices()
+        self.model.value = path
+
+    def _browse(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self.native, "Choose a model file", "", "Models (*.safetensors *.pt *.pth)")
+        if path:
+            self.add_model_file(path)
+
+    def _update_card(self, *_: Any) -> None:
+        from ..model.files import model_card
+
+        if not self.model.value:
+            self.card.value = "no model"
+            return
+        try:
+            self.card.value = describe_card(model_card(self.model.value))
+        except BNAdaptError as exc:
+            self.card.value = f"cannot use this model: {exc}"
+        self.check_pixel_size()
+
+    # --- pixel size ----------------------------------------------------------
+    def _apply_voxel_size(self) -> None:
+        self.loader.apply_voxel_size(self.image.value)
+        self.check_pixel_size()
+
+    def _pixel_sizes(self) -> tuple[Any, Any]:
+        """(image pixel size in nm or None, model pixel size in nm or None)."""
+        from ..io.pixel_size import pixel_size_nm
+        from ..model.files import model_card
+
+        layer = self.image.value
+        image_nm = None if layer is None else pixel_size_nm(layer.scale, getattr(layer, "units", None))
+        try:
+            model_nm = model_card(self.model.value).get("pixel_size_nm") if self.model.value else None
+        except BNAdaptError:
+            model_nm = None
+        return image_nm, model_nm
+
+    def check_pixel_size(self, *_: Any) -> str | None:
+        """Compare the image's pixel size with the model's; warn and offer to rescale if they differ > 25 %."""
+        from ..io.pixel_size import mismatch_message
+
+        image_nm, model_nm = self._pixel_sizes()
+        msg = mismatch_message(image_nm, model_nm)
+        if msg:
+            self.scale_note.value = msg
+        elif model_nm and not image_nm:
+            self.scale_note.value = (f"the model was trained at {' x '.join(f'{v:g}' for v in model_nm)} nm; "
+                                     "this image's pixel size is unknown (enter its voxel size above to check it)")
+        elif model_nm:
+            self.scale_note.value = "matches the model's pixel size"
+        else:
+            self.scale_note.value = "the model's pixel size is unknown"
+        self.rescale.visible = msg is not None
+        return msg
+
+    def rescale_to_model(self) -> Any:
+        """Resample the chosen image to the model's pixel size as a NEW layer (the original is kept)."""
+        from ..io.pixel_size import rescale_iter, size_ratio
+
+        layer = self.image.value
+        image_nm, model_nm = self._pixel_sizes()
+        if layer is None or size_ratio(image_nm, model_nm) is None or self.runner.running:
+            return None
+        factor = (image_nm[0] / model_nm[0], image_nm[1] / model_nm[1])
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+        def job() -> Any:
+            return (yield from unwrap(rescale_iter(data, factor)))
+
+        def done(arr: Any) -> None:
+            kw = transform_kwargs(layer)
+            old = tuple(float(v) for v in layer.scale)
+            new_yx = (old[-2] / factor[0], old[-1] / factor[1])  # the model's pixel size, in the layer's units
+            kw["scale"] = (*old[:-2], *new_yx)
+            # pixel centres: new pixel 0 covers the same physical edge as the old pixel 0
+            t = tuple(float(v) for v in layer.translate)
+            kw["translate"] = (*t[:-2], t[-2] + 0.5 * (new_yx[0] - old[-2]), t[-1] + 0.5 * (new_yx[1] - old[-1]))
+            name = unique_name(self.viewer, f"{layer.name} [{model_nm[1]:g} nm]")
+            new = self.viewer.add_image(arr, name=name, **kw)
+            self.image.reset_choices()
+            self.image.value = new
+            self.runner.say(f"rescaled {layer.name!r} by {factor[1]:.3f} to {model_nm[1]:g} nm pixels as {name!r} "
+                            f"{tuple(arr.shape)}; the original layer is unchanged")
+
+        return self.runner.start(job, done, "rescaling to the model's pixel size")
+
+    def _load_model(self) -> Any:
+        from ..model.files import load_model, resolve_model_path
+
+        name = self.model.value
+        if not name:
+            raise BNAdaptError("choose a model first")
+        key = (name, resolve_model_path(name).stat().st_mtime_ns)
+        if key not in self._models:
+            self._models[key] = load_model(name, device="cpu")
+        return self._models[key]
+
+    def adapt_settings(self) -> dict[str, Any]:
+        """The advanced adaptation settings as keyword arguments of :func:`adapt`."""
+        return {
+            "mode": self.mode.value,
+            "alpha": float(self.alpha.value),
+            "prior": float(self.prior.value),
+            "n_patches": int(self.n_patches.value) or None,
+            "patch_size": int(self.patch_size.value),
+            "batch_size": int(self.batch_size.value),
+            "seed": int(self.seed.value),
+        }
+
+    # --- running ---------------------------------------------------------
+    def start(self, adapt: bool = True) -> Any:
+        """Start a run (adapt & segment, or segment only); returns the worker, or None on bad input."""
+        from ..io.stack_view import check_stack, layer_data, resolve_normalization
+
+        if self.runner.running:
+            return None
+        try:
+            layer = self.image.value
+            if layer is None:
+                raise BNAdaptError("there is no image to segment: open an EM stack (File > Open) or a sample first")
+            data = layer_data(layer)
+            model = self._load_model()
+            view = check_stack(data)
+            intensity = INTENSITY_CHOICES[self.intensity.value]
+            resolve_normalization(view, model.meta["normalization"], intensity)
+            truth_layer = self.truth.value
+            truth = None
+            if truth_layer is not None:
+                truth = truth_layer.data
+                if tuple(truth.shape) != tuple(data.shape):
+                    raise BNAdaptError(
+                        f"the ground truth {truth_layer.name!r} {tuple(truth.shape)} does not match the image "
+                        f"{tuple(data.shape)}; choose another or '(none)'"
+                    )
+        except BNAdaptError as exc:
+            self.runner.say(str(exc), error=True)
+            return None
+        settings = self.adapt_settings()
+        opts = {"device": self.device.value, "intensity_range": intensity, "tile_size": int(self.tile_size.value) or None}
+        want_prob = bool(self.add_probabilities.value)
+        from ..stats.source_statistics import read_source_statistics
+
+        assess = adapt and bool(self.assess.value) and read_source_statistics(model) is not None
+
+        def job() -> Any:
+            from ..adabn.adaptation import adapt_iter
+            from ..metrics import iou
+            from ..model.device import get_device
+            from ..segmentation.predict import predict_iter
+
+            out: dict[str, Any] = {"adapted": adapt, "layer": layer, "model_name": model.meta.get("name"),
+                                   "device": str(get_device(opts["device"])), "source_model": model}
+            if truth is not None and adapt:
+                before = yield from unwrap(predict_iter(model, data, **opts))
+                out["iou_before"] = iou(before > 0.5, truth)
+            used = model
+            if adapt:
+                used, out["report"] = yield from unwrap(
+                    adapt_iter(model, data, device=opts["device"], intensity_range=intensity, **settings)
+                )
+            if assess:
+                from ..bound.assess import reliability_iter
+
+                out["reliability"] = yield from unwrap(reliability_iter(
+                    model, used, data, device=opts["device"], intensity_range=intensity, seed=settings["seed"]))
+            prob = yield from unwrap(predict_iter(used, data, **opts))
+            out["labels"] = (prob > 0.5).astype(np.uint8)
+            out["prob"] = prob if want_prob else None
+            if truth is not None:
+                out["iou"] = iou(out["labels"], truth)
+            out["model"] = used
+            return out
+
+        return self.runner.start(job, self._on_done, "adapting and segmenting" if adapt else "segmenting")
+
+    def _on_done(self, out: dict[str, Any]) -> None:
+        layer = out["layer"]
+        tag = f"{out['model_name']}{' adapted' if out['adapted'] else ''}"
+        kw = transform_kwargs(layer)
+        self.viewer.add_labels(out["labels"], name=unique_name(self.viewer, f"{layer.name} [{tag}]"), **kw)
+        if out["prob"] is not None:
+            self.viewer.add_image(out["prob"], name=unique_name(self.viewer, f"{layer.name} [{tag} probability]"),
+                                  colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", **kw)
+        msg = [] if out["adapted"] else [f"segmented on {out['device']}"]
+        if out["adapted"]:
+            self.adapted_model = out["model"]
+            self.save.enabled = True
+            rep = out["report"]
+            msg.append(f"adapted on {rep.device} in {rep.seconds:.1f} s from {rep.n_patches} patches"
+                       + ("" if rep.converged else " (statistics not converged: use more patches)"))
+        if "reliability" in out:
+            from .reliability_widget import publish_report
+
+            rel = out["reliability"]
+            publish_report(rel, out["source_model"])
+            bound = (f", predicted IoU >= {rel.iou_lower_bound:.2f}"
+                     if rel.iou_lower_bound is not None and not rel.gate_failures else "")
+            msg.append(f"reliability: {rel.verdict}{bound} (see the Reliability panel)")
+        elif out["adapted"] and self.assess.value:
+            msg.append("reliability not assessed: this model file has no source statistics")
+        if "iou" in out:
+            msg.append(("IoU before adaptation {:.3f}, after {:.3f}".format(out["iou_before"], out["iou"]))
+                       if "iou_before" in out else f"IoU {out['iou']:.3f}")
+        self.last_result = out
+        self.runner.say("; ".join(msg))
+
+    # --- saving ------------------------------------------------------------
+    def save_adapted_model(self, path: str | Path, overwrite: bool = False) -> Path | None:
+        """Save the last adapted model to ``path`` (never over an existing file unless ``overwrite``)."""
+        from ..model.files import save_model
+
+        if self.adapted_model is None:
+            self.runner.say("adapt a model first", error=True)
+            return None
+        try:
+            saved = save_model(self.adapted_model, path, overwrite=overwrite)
+        except BNAdaptError as exc:
+            self.runner.say(str(exc), error=True)
+            return None
+        self.runner.say(f"saved the adapted model to {saved}")
+        return saved
+
+    def _save_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        # Qt's save dialog asks before replacing an existing file
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save adapted model", "adapted.safetensors",
+                                              "Models (*.safetensors)")
+        if path:
+            # the dialog confirmed replacing exactly this name; a name we extend is checked again
+            self.save_adapted_model(path, overwrite=path.endswith(".safetensors"))

@@ -1,0 +1,130 @@
+"""The Reliability panel: how far to trust the last adapted segmentation.
+
+Shows the verdict in colour with its sentence, the predicted lower bound on the IoU,
+per latent space the Wasserstein distances with their noise floors (adapted and
+without adaptation), and the model's calibration curve with the current target as
+points. It displays what the *Adapt & segment* widget measured on its last run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from qtpy.QtWidgets import (
+    QHeaderView,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+VERDICT_COLOURS = {"reliable": "#3fb950", "uncertain": "#d29922", "unreliable": "#f85149"}
+
+#: Open panels (called with the report and the source model after each assessed run).
+REPORT_LISTENERS: list[Any] = []
+_LAST: dict[str, Any] = {}
+
+
+def publish_report(report: Any, model: Any) -> None:
+    """Send a reliability report to every open panel (and keep it for panels opened later)."""
+    _LAST.update(report=report, model=model)
+    for cb in list(REPORT_LISTENERS):
+        try:
+            cb(report, model)
+        except RuntimeError:  # the panel was closed
+            REPORT_LISTENERS.remove(cb)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}g}"
+
+
+class ReliabilityWidget(QWidget):
+    """The reliability panel (see the module docstring)."""
+
+    COLUMNS = ["latent space", "adapted", "without adaptation", "noise floor", "samples (eff.)", "dims"]
+
+    def __init__(self, viewer: Any = None) -> None:
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.viewer = viewer
+        self.report: Any = None
+        self.verdict = QLabel("no adaptation assessed yet: run 'Adapt & segment'")
+        self.verdict.setWordWrap(True)
+        self.sentence = QLabel("")
+        self.sentence.setWordWrap(True)
+        self.bound = QLabel("")
+        self.bound.setWordWrap(True)
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setHorizontalHeaderLabels(self.COLUMNS)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(180)
+        self.figure = Figure(figsize=(4.2, 3.2), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(290)
+        layout = QVBoxLayout(self)
+        for w in (self.verdict, self.sentence, self.bound, self.table, self.canvas):
+            layout.addWidget(w)
+        REPORT_LISTENERS.append(self.show_report)
+        if _LAST:
+            self.show_report(_LAST["report"], _LAST["model"])
+
+    def show_report(self, report: Any, model: Any) -> None:
+        """Display ``report`` (a :class:`~napari_bnadapt.bound.report.ReliabilityReport`)."""
+        self.report = report
+        colour = VERDICT_COLOURS.get(report.verdict, "#cccccc")
+        self.verdict.setText(f"<b style='font-size:15pt; color:{colour}'>{report.verdict.upper()}</b>")
+        self.sentence.setText(report.sentence)
+        if getattr(report, "gate_failures", None):
+            self.bound.setText("predicted IoU: <b>no lower bound</b> can be given for this image "
+                               "(a label-free signal is outside the range the bound was calibrated on)")
+        elif report.iou_lower_bound is None:
+            self.bound.setText("predicted IoU: no calibrated bound for this model")
+        else:
+            cal = report.calibration or {}
+            cov = cal.get("validation_coverage")
+            self.bound.setText(
+                f"predicted IoU of the adapted segmentation: at least <b>{report.iou_lower_bound:.2f}</b>"
+                + (f" (the bound held for {cov:.0%} of held-out calibration shifts)" if cov is not None else "")
+            )
+        self.table.setRowCount(len(report.distances))
+        for i, d in enumerate(report.distances):
+            name = f"{d.name}{' *' if d.calibrated else ''}"
+            cells = [name, _fmt(d.value), _fmt(d.value_source_only), _fmt(d.floor), _fmt(d.m_eff), str(d.dim)]
+            for j, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if not d.meaningful:
+                    item.setToolTip(f"not meaningful: {d.reason}")
+                self.table.setItem(i, j, item)
+        self._plot(report, model)
+
+    def _plot(self, report: Any, model: Any) -> None:
+        from ..bound.curve import calibration_curve
+
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        curve = calibration_curve(model)
+        if curve is None:
+            ax.text(0.5, 0.5, "this model has no calibration curve", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        else:
+            x, y, label = curve
+            ax.step(x, y, where="post", color="#888888", label="calibrated lower bound")
+            if report.calibration_x_source_only is not None:
+                ax.axvline(report.calibration_x_source_only, color="#f85149", ls="--", lw=1, label="without adaptation")
+            if report.calibration_x is not None:
+                yb = report.iou_lower_bound if report.iou_lower_bound is not None else 0.0
+                ax.plot([report.calibration_x], [yb], "o", color=VERDICT_COLOURS.get(report.verdict, "k"),
+                        ms=8, label="this image, adapted")
+            ax.set_xlabel(label)
+            ax.set_ylabel("IoU lower bound")
+            ax.set_ylim(-0.02, 1.02)
+            ax.legend(fontsize=7, loc="lower left")
+        self.canvas.draw_idle()

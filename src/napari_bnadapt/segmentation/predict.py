@@ -1,0 +1,169 @@
+"""Segmenting stacks: slice-wise 2D inference, tiled with overlap and smooth blending.
+
+Every slice is cut into the fewest equal tiles of at most ``tile_size`` pixels
+(multiples of 16; 576 px on CPUs, whole slices on GPUs) that overlap by at
+least ``overlap`` pixels; tiles from several slices go through the network
+in batches; overlapping predictions are blended with weights that ramp down
+smoothly towards a tile edge that has a neighbour (and stay 1 at the image
+border), so no seams appear. A slice that fits in one tile is padded (reflect)
+to a multiple of 16 and gives exactly the untiled result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import BNAdaptError
+from ..io.stack_view import StackView, check_stack, resolve_normalization
+from ..progress import Progress, Result, run_to_end
+from .engine import iter_slice_probabilities
+
+
+def _prepare(model: Any, images: Any, intensity_range: Any) -> tuple[StackView, Any]:
+    from ..model.files import default_meta
+
+    view = check_stack(images)
+    meta = getattr(model, "meta", None) or default_meta(model)
+    return view, resolve_normalization(view, meta["normalization"], intensity_range)
+
+
+def _allocate(out: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    if out is None:
+        return np.zeros(shape, dtype)
+    if tuple(out.shape) != shape:
+        raise BNAdaptError(f"the output array has shape {tuple(out.shape)}, expected {shape}")
+    return out
+
+
+def predict_iter(
+    model: Any,
+    images: Any,
+    *,
+    tile_size: int | None = None,
+    overlap: int = 64,
+    batch_size: int | None = None,
+    device: Any = "auto",
+    intensity_range: tuple[float, float] | str | None = None,
+    amp: bool | None = None,
+    out: Any = None,
+) -> Iterator[Progress | Result[Any]]:
+    """Generator form of :func:`predict`: yields :class:`Progress`, finally a :class:`Result`."""
+    view, norm = _prepare(model, images, intensity_range)
+    result = _allocate(out, tuple(view.data.shape), np.float32)
+    for item in iter_slice_probabilities(
+        model, view, norm, tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, amp=amp
+    ):
+        if isinstance(item, Progress):
+            yield item
+        else:
+            z, prob = item
+            if view.is_2d:
+                result[...] = prob
+            else:
+                result[z] = prob
+    yield Result(result)
+
+
+def predict(model: Any, images: Any, **kwargs: Any) -> Any:
+    """Foreground (mitochondrion) probability of every pixel.
+
+    Parameters
+    ----------
+    model : UNet
+        A source or adapted model (see :func:`load_model`, :func:`adapt`). It is
+        not changed; when ``device`` differs from the model's, a copy is used.
+    images : array-like or napari Image layer
+        A (Y, X) image or (Z, Y, X) stack (numpy, ``tifffile.memmap``, zarr,
+        dask): read one slice at a time.
+    tile_size : int or None, default None
+        Largest tile side in pixels (multiple of 16); a slice is cut into the fewest
+        equal tiles of at most this side. None: :func:`cpu_defaults` on CPUs (576
+        for the bundled models), where such tiles run 1.3-1.4x faster than whole
+        1024 px slices, :data:`DEFAULT_TILE` (1024) on GPUs.
+    overlap : int, default 64
+        Overlap of neighbouring tiles in pixels, blended smoothly.
+    batch_size : int or None, default None
+        Tiles per forward pass; None: as many as fit in :func:`cpu_defaults` pixels
+        on CPUs (one 576 px tile), :data:`PIXELS_PER_BATCH` on GPUs.
+    device : str, default "auto"
+        "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
+    intensity_range : (float, float), "auto" or None
+        How to map grey values to the model's range; see
+        :func:`napari_bnadapt.io.stack_view.resolve_normalization`. None requires data
+        already in the model's range (8-bit for the bundled models).
+    amp : bool or None, default None
+        Mixed precision (float16 on CUDA); None = on for CUDA, off elsewhere.
+    out : array-like, optional
+        Preallocated float32 array of the input's shape (e.g. a zarr array) to
+        write into; by default a new numpy array.
+
+    Returns
+    -------
+    numpy.ndarray (or ``out``)
+        float32 probabilities in [0, 1], same shape as ``images``.
+    """
+    return run_to_end(predict_iter(model, images, **kwargs))
+
+
+def segment_iter(
+    model: Any,
+    images: Any,
+    threshold: float = 0.5,
+    instances: bool = False,
+    *,
+    out: Any = None,
+    **kwargs: Any,
+) -> Iterator[Progress | Result[Any]]:
+    """Generator form of :func:`segment`: yields :class:`Progress`, finally a :class:`Result`."""
+    if not 0.0 < threshold < 1.0:
+        raise BNAdaptError(f"threshold must be between 0 and 1, not {threshold}")
+    view, norm = _prepare(model, images, kwargs.pop("intensity_range", None))
+    labels = _allocate(None if instances else out, tuple(view.data.shape), np.uint8)
+    for item in iter_slice_probabilities(model, view, norm, **kwargs):
+        if isinstance(item, Progress):
+            yield item
+        else:
+            z, prob = item
+            mask = (prob > threshold).astype(np.uint8)
+            if view.is_2d:
+                labels[...] = mask
+            else:
+                labels[z] = mask
+    if instances:
+        from scipy import ndimage
+
+        yield Progress("labelling objects", 0, 1)
+        inst = _allocate(out, labels.shape, np.uint32)
+        inst[...], _ = ndimage.label(labels, output=np.uint32)
+        yield Progress("labelling objects", 1, 1)
+        labels = inst
+    yield Result(labels)
+
+
+def segment(model: Any, images: Any, threshold: float = 0.5, instances: bool = False, **kwargs: Any) -> Any:
+    """Segment mitochondria: threshold the foreground probability.
+
+    Parameters
+    ----------
+    model : UNet
+        A source or adapted model; not changed.
+    images : array-like or napari Image layer
+        (Y, X) image or (Z, Y, X) stack.
+    threshold : float, default 0.5
+        Probability above which a pixel is foreground.
+    instances : bool, default False
+        False: semantic labels (uint8, 1 = mitochondrion). True: one label per
+        connected object (uint32; 3D connectivity in stacks).
+    **kwargs
+        ``tile_size``, ``overlap``, ``batch_size``, ``device``,
+        ``intensity_range``, ``amp``, ``out``: as in :func:`predict`.
+
+    Returns
+    -------
+    numpy.ndarray (or ``out``)
+        Labels of the same shape as ``images``.
+    """
+    return run_to_end(segment_iter(model, images, threshold, instances, **kwargs))

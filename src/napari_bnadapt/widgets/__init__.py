@@ -1,1 +1,0 @@
-"""napari dock widgets (Qt). The core modules never import this package."""
