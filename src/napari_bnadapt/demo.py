@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .adabn.adaptation import adapt_iter
+from .metrics import iou
+from .model.files import load_model
+from .progress import run_to_end, tqdm_callback
+from .synthetic.samples import BRIGHTNESS_PARAMETERS as target
+from .synthetic.samples import toy_brightness_target
+
 DEMO_MODEL = "toy-perlin"
 
 
@@ -23,7 +30,6 @@ class DemoResult:
 
 def demo_data() -> tuple[Any, Any]:
     """The demo target (the brightness-shifted toy sample, 8 x 256 x 256) and its ground truth."""
-    from .synthetic.samples import toy_brightness_target
 
     return toy_brightness_target()
 
@@ -41,10 +47,6 @@ def run_demo(callback: Any = None, device: str = "auto") -> DemoResult:
     -------
     DemoResult
     """
-    from .adabn.adaptation import adapt_iter
-    from .metrics import iou
-    from .model.files import load_model
-    from .progress import run_to_end
     from .segmentation.predict import segment_iter
 
     images, truth = demo_data()
@@ -57,8 +59,6 @@ def run_demo(callback: Any = None, device: str = "auto") -> DemoResult:
 
 def run_text_demo(quiet: bool = False) -> int:
     """Print the demo's outcome (the README's main command without a GUI)."""
-    from .progress import tqdm_callback
-    from .synthetic.samples import BRIGHTNESS_PARAMETERS as target
 
     print(
         f"Demo: model {DEMO_MODEL!r} (trained on toy images with background 96, mitochondria 138) "

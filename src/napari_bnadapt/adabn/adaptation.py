@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from ..io.stack_view import check_stack, resolve_normalization
+from ..model.device import get_device
+from ..model.files import default_meta
 from ..progress import Progress, Result, run_to_end
 
 MODES = ("cumulative", "ema", "prior")
@@ -336,9 +339,6 @@ def adapt_iter(
     """Generator form of :func:`adapt`: yields :class:`Progress`, finally ``Result((adapted, report))``."""
     import torch
 
-    from ..io.stack_view import check_stack, resolve_normalization
-    from ..model.device import get_device
-    from ..model.files import default_meta
     from .patches import iter_patch_batches, plan_patches
 
     t0 = time.perf_counter()

@@ -31,7 +31,16 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import BNAdaptError
+from ..io.stack_view import check_stack, resolve_normalization
+from ..model.device import get_device
 from ..progress import Progress, Result, run_to_end
+from ..stats.source_statistics import (
+    measure_iter,
+    model_normalization,
+    read_source_statistics,
+)
+from ..stats.wasserstein import Distance, distance, noise_floor
+from .curve import LowerBound
 from .decision import decide, signal_features
 from .names import _NORM_ARG, candidate_key, parse_key
 from .report import LatentDistance, ReliabilityReport, _sentence
@@ -71,7 +80,6 @@ def distance_table(
         Keyed ``"space|normalize|form"``; no fallback from the full to the
         diagonal form (a full form that is not meaningful stays flagged).
     """
-    from ..stats.wasserstein import Distance, distance, noise_floor
 
     wanted = None if keys is None else set(keys)
     out = {}
@@ -117,7 +125,6 @@ def measure_pair_iter(
     Yields Progress, then Result((moments_adapted, signals_adapted, moments_source_only, signals_source_only)).
     """
     from ..adabn.patches import iter_patch_batches
-    from ..stats.source_statistics import measure_iter
 
     n_batches = -(-len(plan.corners) // batch_size)
     results = []
@@ -149,9 +156,6 @@ def reliability_iter(
 ) -> Iterator[Progress | Result[ReliabilityReport]]:
     """Generator form of :func:`reliability`: yields Progress, finally ``Result(ReliabilityReport)``."""
     from ..adabn.patches import plan_patches
-    from ..io.stack_view import check_stack, resolve_normalization
-    from ..model.device import get_device
-    from ..stats.source_statistics import model_normalization, read_source_statistics
 
     t0 = time.perf_counter()
     stats = read_source_statistics(source_model)
@@ -224,7 +228,6 @@ def reliability_iter(
             "validation_median_gap": val.get("median_gap"),
             "validation_n": val.get("n"),
         }
-        from .curve import LowerBound
 
         if dec_so["x"] is not None and math.isfinite(dec_so["x"]):
             bound_so = float(LowerBound.from_dict(cal["curve"])(dec_so["x"]))
@@ -306,18 +309,14 @@ def supervised_distances_iter(
 ) -> Iterator[Progress | Result[list[LatentDistance]]]:
     """Generator form of :func:`supervised_distances`."""
     from ..adabn.patches import plan_patches
-    from ..io.stack_view import check_stack, resolve_normalization
-    from ..model.device import get_device
 
     view = check_stack(images)
-    from ..stats.source_statistics import model_normalization
 
     norm = resolve_normalization(view, model_normalization(target_model), intensity_range)
     norm_a = resolve_normalization(view, model_normalization(adapted_model), intensity_range)
     plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
     dev = get_device(device)
     from ..adabn.patches import iter_patch_batches
-    from ..stats.source_statistics import measure_iter
 
     n_batches = -(-len(plan.corners) // batch_size)
     res = []

@@ -45,10 +45,24 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from ..io.stack_view import check_stack
+from ..model.device import get_device
 from ..progress import Progress, Result, run_to_end
+from ..stats.source_statistics import (
+    compute_source_statistics_iter,
+    read_source_statistics,
+)
 from .cases import CalibrationCase, measure_case
 from .curve import LowerBound, evaluate_bound
-from .names import CALIBRATION_VERSION, RELIABLE_AT, SUCCESS_IOU, UNRELIABLE_BELOW
+from .decision import decide
+from .names import (
+    CALIBRATION_VERSION,
+    RELIABLE_AT,
+    SUCCESS_IOU,
+    UNRELIABLE_BELOW,
+    distance_label,
+    parse_key,
+)
 from .selection import (
     _case_distance,
     _fit,
@@ -143,8 +157,6 @@ def finish_calibration(
     provenance: dict[str, Any] | None = None,
 ) -> CalibrationRun:
     """Select, fit and validate from measured cases (their ``split`` decides fit vs validation)."""
-    from .decision import decide
-    from .names import distance_label, parse_key
 
     fit_cases = [c for c in cases if c.split == "fit"]
     val_cases = [c for c in cases if c.split == "validation"]
@@ -257,13 +269,6 @@ def run_calibration_iter(
     ``source_statistics_images`` or ``images`` if it had none).
     """
     import torch
-
-    from ..io.stack_view import check_stack
-    from ..model.device import get_device
-    from ..stats.source_statistics import (
-        compute_source_statistics_iter,
-        read_source_statistics,
-    )
 
     t0 = time.perf_counter()
     dev = get_device(device)

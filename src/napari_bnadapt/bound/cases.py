@@ -1,4 +1,4 @@
-"""TODO docstring (bound.cases)."""
+"""One calibration case: shift a labelled stack, adapt, measure distances, signals and the true IoU."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
+from ..adabn.adaptation import adapt
+from ..io.stack_view import check_stack, resolve_normalization
+from ..metrics import iou
+from ..model.device import get_device
 from ..progress import run_to_end
+from ..stats.source_statistics import model_normalization
+from .assess import distance_table, measure_pair_iter
+from .decision import signal_features
 from .shifts import Shift
 
 
@@ -101,15 +108,8 @@ def measure_case(
     keys : sequence of str, optional
         Only these distances (``"space|normalize|form"``); default all.
     """
-    from ..adabn.adaptation import adapt
     from ..adabn.patches import plan_patches
-    from ..io.stack_view import check_stack, resolve_normalization
-    from ..metrics import iou
-    from ..model.device import get_device
     from ..segmentation.predict import segment
-    from ..stats.source_statistics import model_normalization
-    from .assess import distance_table, measure_pair_iter
-    from .decision import signal_features
 
     t0 = time.perf_counter()
     dev = get_device(device)

@@ -1,4 +1,4 @@
-"""TODO docstring (bound.decision)."""
+"""From label-free signals and a distance to a verdict: the gate, the bound, the decision."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from .curve import LowerBound
 from .names import RELIABLE_AT, UNRELIABLE_BELOW
 
 #: Gate used when the model has source statistics but no calibration: the
@@ -88,7 +89,6 @@ def decide(
         ``gate_failures`` (list of (feature, value, (lo, hi))), ``key``,
         ``meaningful`` (bool), ``reason`` (str), ``beyond_calibration`` (bool).
     """
-    from .curve import LowerBound
 
     thr = (calibration or {}).get("thresholds", {})
     rel = float(reliable_at if reliable_at is not None else thr.get("reliable", RELIABLE_AT))

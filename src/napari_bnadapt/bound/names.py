@@ -1,4 +1,5 @@
-"""TODO docstring (bound.names)."""
+"""Names and thresholds of the reliability bound, defined once: latent spaces, distance keys and
+labels, verdict thresholds, calibration format version."""
 
 from __future__ import annotations
 

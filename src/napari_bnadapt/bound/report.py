@@ -1,4 +1,4 @@
-"""TODO docstring (bound.report)."""
+"""The reliability report a user reads: per-space distances, the verdict and its sentence."""
 
 from __future__ import annotations
 

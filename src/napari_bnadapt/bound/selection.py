@@ -1,4 +1,4 @@
-"""TODO docstring (bound.selection)."""
+"""Choosing a calibration: cross-validated candidates (space, normalisation, form) and the gate."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import BNAdaptError
 from .cases import CalibrationCase
 from .curve import LowerBound, evaluate_bound, fit_lower_bound
+from .decision import decide
 from .names import SUCCESS_IOU
 
 # ============================================================ selection
@@ -184,7 +185,6 @@ def _case_distance(c: CalibrationCase, key: str, source_only: bool = False) -> d
 
 
 def _verdict_table(cases: Sequence[CalibrationCase], calibration: dict[str, Any]) -> dict[str, Any]:
-    from .decision import decide
 
     key = calibration["feature"]["key"]
     out: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""TODO docstring (bound.shifts)."""
+"""The shifts a calibration applies to labelled images: the toy grid and real-EM grey-value shifts."""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from ._findings import envelope
+from .grid800 import DIST, MU0, SIGMAS, SOURCE
 
 
 def figure(**kwargs: Any) -> Any:
@@ -96,7 +98,6 @@ def matrix_heatmaps(spec: Any, rows: list[dict[str, Any]], path: Path) -> Path:
 
 # -------------------------------------------------------------------- grid layout
 def _grid_mosaic(rows: list[dict[str, Any]], col: str) -> tuple[np.ndarray, list[int], list[int]]:
-    from .grid800 import DIST, MU0, SIGMAS
 
     k = len(SIGMAS)
     step = k + 1
@@ -119,8 +120,6 @@ def grid_heatmaps(spec: Any, rows: list[dict[str, Any]], path: Path) -> Path:
     the source parameters.
     """
     from matplotlib.patches import Rectangle
-
-    from .grid800 import SIGMAS, SOURCE
 
     cm = cmap("viridis")
     cm.set_bad("white")
@@ -156,7 +155,6 @@ def scatter(spec: Any, rows: list[dict[str, Any]], path: Path) -> Path:
     model on target images. The step line is the minimum IoU in equal-count
     bins of the distance (the empirical lower envelope).
     """
-    from ._findings import envelope
 
     y = np.array([r["iou_adapted"] for r in rows], float)
     c = np.array([r["iou_source_only"] for r in rows], float)

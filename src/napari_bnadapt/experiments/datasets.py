@@ -1,4 +1,4 @@
-"""TODO docstring (experiments.datasets)."""
+"""Toy datasets and U-Net training scales of the experiments, and deterministic seeds."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from ..synthetic.checks import ClippingWarning
+from ..synthetic.generator import draw_parameters, generate
 
 #: Latent spaces whose Gaussian distances are written to the CSV (ls0..ls4: encoder
 #: stages; dec: the decoder's last BatchNorm).
@@ -78,8 +80,6 @@ class Dataset:
 
     def generate(self, n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
         """``n`` images of ``size`` x ``size`` and masks, and the clipped fraction (no warning)."""
-        from ..synthetic.checks import ClippingWarning
-        from ..synthetic.generator import draw_parameters, generate
 
         if self.random:  # every image its own random parameters (thesis #3 "random")
             p = draw_parameters(seed=derive_seed("random-params", seed), n=n)

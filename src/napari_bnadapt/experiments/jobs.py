@@ -1,4 +1,4 @@
-"""TODO docstring (experiments.jobs)."""
+"""One job of an experiment: train a source model, or evaluate a (source, target) pair."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from ..adabn.adaptation import adapt
 from ..errors import BNAdaptError
-from ..progress import Progress, Result
+from ..io.stack_view import Normalization
+from ..metrics import iou
+from ..model.files import load_model, save_model
+from ..model.training import train_iter
+from ..progress import Progress, Result, run_to_end
+from ..stats.wasserstein import noise_floor, w2_squared, w2_squared_diag
 from .datasets import LAYERS, Dataset, UNetScale, derive_seed
 
 
@@ -36,8 +42,6 @@ def model_path(cache: Path, ds: Dataset, scale: UNetScale, seed: int) -> Path:
 
 def train_source_iter(job: TrainJob) -> Iterator[Progress | Result[str]]:
     """Train one source model (single-threaded) and save it to ``job.path`` (atomically)."""
-    from ..model.files import save_model
-    from ..model.training import train_iter
 
     sc = job.scale
     x, y, _ = job.dataset.generate(sc.n_train, sc.image_size, derive_seed("train", job.seed, job.dataset.key))
@@ -64,7 +68,6 @@ def train_source_iter(job: TrainJob) -> Iterator[Progress | Result[str]]:
 
 
 def train_source(job: TrainJob) -> str:
-    from ..progress import run_to_end
 
     return run_to_end(train_source_iter(job))
 
@@ -110,15 +113,12 @@ class _torch_threads:
 def _batches(model: Any, x: np.ndarray, batch_size: int) -> list[Any]:
     import torch
 
-    from ..io.stack_view import Normalization
-
     norm = Normalization.from_meta(model.meta["normalization"])
     return [torch.from_numpy(norm.apply(x[i:i + batch_size])[:, None].copy()) for i in range(0, len(x), batch_size)]
 
 
 def _source(job: PairJob) -> tuple[Any, dict[str, Any]]:
     """The source model and its latent Gaussians on held-out source images (cached per process)."""
-    from ..model.files import load_model
     from ..stats.latent_moments import collect_latent_moments
 
     hit = _CACHE["models"].get(job.model_path)
@@ -151,7 +151,6 @@ def latent_distances(src: dict[str, Any], tgt: dict[str, Any]) -> dict[str, floa
     source, ``tnW2`` by the target. A value that cannot be computed (singular
     reference covariance) is NaN.
     """
-    from ..stats.wasserstein import noise_floor, w2_squared, w2_squared_diag
 
     out: dict[str, float] = {}
     for name in LAYERS:
@@ -175,8 +174,6 @@ def latent_distances(src: dict[str, Any], tgt: dict[str, Any]) -> dict[str, floa
 
 def evaluate_pair(job: PairJob) -> dict[str, Any]:
     """Source-only and adapted IoU of one (source, target) pair, and the latent distances."""
-    from ..adabn.adaptation import adapt
-    from ..metrics import iou
     from ..segmentation.predict import segment
     from ..stats.latent_moments import collect_latent_moments
 

@@ -1,4 +1,4 @@
-"""TODO docstring (experiments.results)."""
+"""Experiment outputs: the resumable results CSV, the config check, and the typed result."""
 
 from __future__ import annotations
 

@@ -42,7 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from ..progress import Progress, Result
+from ..adabn.adaptation import adapt_batchnorm_iter
+from ..progress import Progress, Result, run_to_end
+from ..stats.wasserstein import w2_squared, w2_squared_diag
+from ._figures import figure, save
 from .datasets import derive_seed
 from .jobs import _torch_threads
 from .results import (
@@ -137,9 +140,6 @@ def _adapted(net: Any, x: np.ndarray, batch_size: int) -> Any:
     """A copy of ``net`` with BatchNorm statistics re-estimated on ``x`` (the package's AdaBN engine)."""
     import torch
 
-    from ..adabn.adaptation import adapt_batchnorm_iter
-    from ..progress import run_to_end
-
     out = copy.deepcopy(net)
     t = torch.from_numpy(x.astype(np.float32))
     batches = [t[i:i + batch_size] for i in range(0, len(t), batch_size)]
@@ -193,7 +193,6 @@ def _bn1_moments(net: Any, x: np.ndarray) -> Any:
 
 def evaluate_target(net: Any, k: int, scale: ToyScale, seed: int, ref: dict[str, Any]) -> dict[str, Any]:
     """One row: classic UDA on N_k, and the estimated-statistics question with N1 as the true target."""
-    from ..stats.wasserstein import w2_squared, w2_squared_diag
 
     tg = _target(np.random.default_rng(derive_seed("toy-target", seed, k)))
     rng = np.random.default_rng(derive_seed("toy-target-data", seed, k))
@@ -268,8 +267,6 @@ def figures(net: Any, rows: list[dict[str, Any]], scale: ToyScale, seed: int, fo
     """The decision boundary before/after adaptation, and relative performance vs tnW2 (log x)."""
     import torch
     from matplotlib.patches import Ellipse
-
-    from ._figures import figure, save
 
     folder = Path(folder)
     rng = np.random.default_rng(derive_seed("toy-boundary", seed))

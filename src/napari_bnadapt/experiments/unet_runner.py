@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..progress import Progress, Result
+from . import _findings
 from .datasets import Dataset, UNetScale
 from .jobs import (
     PairJob,
@@ -92,8 +93,6 @@ def run_unet_iter(spec: UNetSpec, scale: UNetScale, out: Path, *, jobs: int = 1,
                   seed: int = 0, figures: bool = True) -> Iterator[Progress | Result[ExperimentResult]]:
     """Generator behind :func:`napari_bnadapt.experiments.run` for the U-Net experiments."""
     from concurrent.futures import FIRST_COMPLETED, wait
-
-    from . import _findings
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -24,6 +24,21 @@ from .runner import Runner, unwrap
 
 if TYPE_CHECKING:
     import napari
+from ..adabn.adaptation import adapt_iter
+from ..bound.assess import reliability_iter
+from ..io.pixel_size import mismatch_message, pixel_size_nm, rescale_iter, size_ratio
+from ..io.stack_view import check_stack, layer_data, resolve_normalization
+from ..metrics import iou
+from ..model.device import available_devices, get_device
+from ..model.files import (
+    list_models,
+    load_model,
+    model_card,
+    resolve_model_path,
+    save_model,
+)
+from ..stats.source_statistics import read_source_statistics
+from .train_widget import MODEL_LIST_LISTENERS
 
 NO_TRUTH = "(none)"
 INTENSITY_CHOICES = {"model's range (8-bit)": None, "auto (0.5-99.5 percentiles)": "auto"}
@@ -57,8 +72,6 @@ class AdaptSegmentWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
-        from ..model.device import available_devices
-        from ..model.files import list_models
 
         self.viewer = viewer
         self._extra_models: list[str] = []
@@ -118,7 +131,6 @@ class AdaptSegmentWidget(Container):
         self.run_adapt.changed.connect(lambda: self.start(adapt=True))
         self.run_plain.changed.connect(lambda: self.start(adapt=False))
         self.save.changed.connect(self._save_dialog)
-        from .train_widget import MODEL_LIST_LISTENERS
 
         MODEL_LIST_LISTENERS.append(self.model.reset_choices)
         viewer.layers.events.inserted.connect(self.reset_choices)
@@ -161,7 +173,6 @@ class AdaptSegmentWidget(Container):
             self.add_model_file(path)
 
     def _update_card(self, *_: Any) -> None:
-        from ..model.files import model_card
 
         if not self.model.value:
             self.card.value = "no model"
@@ -179,8 +190,6 @@ class AdaptSegmentWidget(Container):
 
     def _pixel_sizes(self) -> tuple[Any, Any]:
         """(image pixel size in nm or None, model pixel size in nm or None)."""
-        from ..io.pixel_size import pixel_size_nm
-        from ..model.files import model_card
 
         layer = self.image.value
         image_nm = None if layer is None else pixel_size_nm(layer.scale, getattr(layer, "units", None))
@@ -192,7 +201,6 @@ class AdaptSegmentWidget(Container):
 
     def check_pixel_size(self, *_: Any) -> str | None:
         """Compare the image's pixel size with the model's; warn and offer to rescale if they differ > 25 %."""
-        from ..io.pixel_size import mismatch_message
 
         image_nm, model_nm = self._pixel_sizes()
         msg = mismatch_message(image_nm, model_nm)
@@ -210,7 +218,6 @@ class AdaptSegmentWidget(Container):
 
     def rescale_to_model(self) -> Any:
         """Resample the chosen image to the model's pixel size as a NEW layer (the original is kept)."""
-        from ..io.pixel_size import rescale_iter, size_ratio
 
         layer = self.image.value
         image_nm, model_nm = self._pixel_sizes()
@@ -240,7 +247,6 @@ class AdaptSegmentWidget(Container):
         return self.runner.start(job, done, "rescaling to the model's pixel size")
 
     def _load_model(self) -> Any:
-        from ..model.files import load_model, resolve_model_path
 
         name = self.model.value
         if not name:
@@ -265,7 +271,6 @@ class AdaptSegmentWidget(Container):
     # --- running ---------------------------------------------------------
     def start(self, adapt: bool = True) -> Any:
         """Start a run (adapt & segment, or segment only); returns the worker, or None on bad input."""
-        from ..io.stack_view import check_stack, layer_data, resolve_normalization
 
         if self.runner.running:
             return None
@@ -293,14 +298,10 @@ class AdaptSegmentWidget(Container):
         settings = self.adapt_settings()
         opts = {"device": self.device.value, "intensity_range": intensity, "tile_size": int(self.tile_size.value) or None}
         want_prob = bool(self.add_probabilities.value)
-        from ..stats.source_statistics import read_source_statistics
 
         assess = adapt and bool(self.assess.value) and read_source_statistics(model) is not None
 
         def job() -> Any:
-            from ..adabn.adaptation import adapt_iter
-            from ..metrics import iou
-            from ..model.device import get_device
             from ..segmentation.predict import predict_iter
 
             out: dict[str, Any] = {"adapted": adapt, "layer": layer, "model_name": model.meta.get("name"),
@@ -314,7 +315,6 @@ class AdaptSegmentWidget(Container):
                     adapt_iter(model, data, device=opts["device"], intensity_range=intensity, **settings)
                 )
             if assess:
-                from ..bound.assess import reliability_iter
 
                 out["reliability"] = yield from unwrap(reliability_iter(
                     model, used, data, device=opts["device"], intensity_range=intensity, seed=settings["seed"]))
@@ -362,7 +362,6 @@ class AdaptSegmentWidget(Container):
     # --- saving ------------------------------------------------------------
     def save_adapted_model(self, path: str | Path, overwrite: bool = False) -> Path | None:
         """Save the last adapted model to ``path`` (never over an existing file unless ``overwrite``)."""
-        from ..model.files import save_model
 
         if self.adapted_model is None:
             self.runner.say("adapt a model first", error=True)

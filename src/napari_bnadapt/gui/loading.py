@@ -8,6 +8,10 @@ from typing import Any, Callable
 from magicgui.widgets import Container, LineEdit, PushButton, SpinBox
 
 from ..errors import BNAdaptError
+from ..io.crop import crop_and_downsample
+from ..io.read import read_stack
+from ..io.stack_info import AmbiguousDatasetError
+from .layers import unique_name
 
 
 def parse_range(text: str, axis: str) -> slice | None:
@@ -88,9 +92,6 @@ class StackLoader(Container):
 
     def load(self, path: str | Path, dataset: str | None = None) -> Any:
         """Open ``path`` lazily with the crop/downsampling settings; add it as an image layer."""
-        from ..io.crop import crop_and_downsample
-        from ..io.read import read_stack
-        from ..io.stack_info import AmbiguousDatasetError
 
         try:
             try:
@@ -113,7 +114,6 @@ class StackLoader(Container):
         except BNAdaptError as exc:
             self.say(str(exc), error=True)
             return None
-        from .layers import unique_name
 
         name = Path(path).stem if Path(path).is_file() else Path(path).name
         layer = self.viewer.add_image(array, name=unique_name(self.viewer, name), scale=info.scale,

@@ -20,6 +20,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..bound.curve import calibration_curve
+
 VERDICT_COLOURS = {"reliable": "#3fb950", "uncertain": "#d29922", "unreliable": "#f85149"}
 
 #: Open panels (called with the report and the source model after each assessed run).
@@ -106,7 +108,6 @@ class ReliabilityWidget(QWidget):
         self._plot(report, model)
 
     def _plot(self, report: Any, model: Any) -> None:
-        from ..bound.curve import calibration_curve
 
         self.figure.clear()
         ax = self.figure.add_subplot(111)

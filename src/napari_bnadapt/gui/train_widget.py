@@ -22,6 +22,9 @@ from .runner import Runner, unwrap
 
 if TYPE_CHECKING:
     import napari
+from ..io.stack_view import layer_data
+from ..model.files import save_model, user_model_dir
+from ..model.training import train_iter
 
 #: Callables run after a model was saved (the Adapt & segment widgets refresh their model lists).
 MODEL_LIST_LISTENERS: list[Any] = []
@@ -41,7 +44,6 @@ class TrainWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
-        from ..model.files import user_model_dir
 
         self.viewer = viewer
         self.model: Any = None
@@ -70,7 +72,6 @@ class TrainWidget(Container):
 
     def target_path(self) -> Path:
         """Where the model will be saved."""
-        from ..model.files import user_model_dir
 
         name = self.model_name.value.strip()
         if not name or any(c in name for c in '/\\:*?"<>|'):
@@ -79,7 +80,6 @@ class TrainWidget(Container):
 
     def start(self) -> Any:
         """Start training in a thread; returns the worker, or None on bad input."""
-        from ..io.stack_view import layer_data
 
         if self.runner.running:
             return None
@@ -101,13 +101,11 @@ class TrainWidget(Container):
         overwrite = bool(self.overwrite.value)
 
         def job() -> Any:
-            from ..model.training import train_iter
 
             model = yield from unwrap(train_iter(images, labels, **kwargs))
             return model
 
         def done(model: Any) -> None:
-            from ..model.files import save_model
 
             self.model = model
             try:

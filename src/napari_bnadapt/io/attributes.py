@@ -1,4 +1,4 @@
-"""TODO docstring (io.attributes)."""
+"""Voxel size, units and axes from HDF5 / zarr attributes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring (io.crop)."""
+"""``crop_and_downsample``: a sub-volume of a (lazy) stack, reading only what it keeps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring (io.detect)."""
+"""Which format a path holds: suffixes, magic bytes, folders of slices, zarr directories."""
 
 from __future__ import annotations
 

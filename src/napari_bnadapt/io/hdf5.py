@@ -1,4 +1,4 @@
-"""TODO docstring (io.hdf5)."""
+"""HDF5 files (one dataset, chosen by name or unambiguous), read lazily through dask."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring (io.lazy_stack)."""
+"""``LazyStack``: a stack decoded one plane at a time, and slice-numbering helpers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring (io.mrc)."""
+"""MRC / REC / MAP files (cryo-EM and tomography), memory-mapped."""
 
 from __future__ import annotations
 

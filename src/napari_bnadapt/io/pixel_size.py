@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import BNAdaptError
 from ..progress import Progress, Result, run_to_end
+from .stack_view import check_stack
 
 #: Relative pixel-size difference (either way) above which the user is warned.
 TOLERANCE = 0.25
@@ -71,8 +72,6 @@ def mismatch_message(image_nm: Sequence[float] | None, model_nm: Sequence[float]
 def rescale_iter(images: Any, factor_yx: tuple[float, float], order: int = 1) -> Iterator[Progress | Result[np.ndarray]]:
     """Generator form of :func:`rescale`: yields Progress per slice, finally ``Result(array)``."""
     from scipy.ndimage import zoom
-
-    from .stack_view import check_stack
 
     view = check_stack(images, what="image to rescale")
     fy, fx = (float(f) for f in factor_yx)

@@ -1,4 +1,4 @@
-"""TODO docstring (io.slices)."""
+"""Folders of 2D slices (TIFF or PNG) and single PNG files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring (io.stack_info)."""
+"""What a file says about itself (``StackInfo``), voxel-size overrides, and the ambiguous-dataset error."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from .memmap_pages import read_released
 
 #: Smallest side length (pixels) the U-Net can process (four 2x poolings).
 MIN_SIDE = 16
@@ -75,7 +76,6 @@ class StackView:
     def read(self, z: int | slice, y: slice = slice(None), x: slice = slice(None)) -> np.ndarray:
         """Read slice(s) ``z`` (crop ``y``, ``x``) as a numpy array of the original dtype."""
         if isinstance(self.data, np.memmap):  # a copy; the mapped pages read leave the resident set
-            from .memmap_pages import read_released
 
             part = read_released(self.data, (y, x) if self.is_2d else (z, y, x))
             return part[None] if self.is_2d and isinstance(z, slice) else part

@@ -1,4 +1,4 @@
-"""TODO docstring (io.tiff)."""
+"""TIFF files (ImageJ, OME, BigTIFF, SEM metadata): pixel size from tags, memory-mapped or lazy."""
 
 from __future__ import annotations
 

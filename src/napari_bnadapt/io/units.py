@@ -1,4 +1,4 @@
-"""TODO docstring (io.units)."""
+"""The one unit table: physical length units to nanometres."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring (io.zarr_store)."""
+"""zarr and OME-Zarr stores (level 0 of a multiscale image)."""
 
 from __future__ import annotations
 

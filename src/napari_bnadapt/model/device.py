@@ -11,6 +11,7 @@ from ..errors import BNAdaptError
 
 if TYPE_CHECKING:
     import torch
+from ..segmentation.allocator import tune_cpu_allocator
 
 
 def available_devices() -> list[str]:
@@ -45,7 +46,6 @@ def get_device(device: "str | torch.device | None" = "auto") -> "torch.device":
     """
     dev = _resolve(device)
     if dev.type == "cpu":
-        from ..segmentation.allocator import tune_cpu_allocator
 
         tune_cpu_allocator()
     return dev

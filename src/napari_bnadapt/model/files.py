@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import torch
 
     from .unet import UNet
+from ..io.stack_view import Normalization
+from .device import get_device
 
 FORMAT = "napari-bnadapt-model"
 FORMAT_VERSION = 1
@@ -177,7 +179,6 @@ def load_model(name_or_path: str | os.PathLike[str], device: str = "auto") -> UN
     ModelFileError
         The file is truncated, damaged, foreign, or holds code instead of weights.
     """
-    from .device import get_device
 
     path = resolve_model_path(name_or_path)
     header = _read_safetensors_header(path)
@@ -266,7 +267,6 @@ def _infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def default_meta(model: UNet, *, name: str | None = None) -> dict[str, Any]:
     """A minimal model card for a model that has none (8-bit input assumed)."""
-    from ..io.stack_view import Normalization
 
     return {
         "name": name,

@@ -17,12 +17,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
-from ..io.stack_view import Normalization, check_stack, resolve_normalization
+from ..io.stack_view import (
+    Normalization,
+    check_stack,
+    layer_data,
+    resolve_normalization,
+)
+from ..metrics import dice, iou
 from ..progress import Progress, Result, run_to_end
+from ..stats.source_statistics import compute_source_statistics_iter
+from .device import get_device
 
 
 def _labels_view(labels: Any, shape: tuple[int, ...]) -> Any:
-    from ..io.stack_view import layer_data
 
     view = check_stack(layer_data(labels, kind="labels"), what="training labels")
     if tuple(view.data.shape) != shape:
@@ -80,9 +87,7 @@ def train_iter(
     import torch
     import torch.nn.functional as F
 
-    from ..metrics import dice, iou
     from ..segmentation.predict import predict
-    from .device import get_device
     from .unet import UNet, count_parameters
 
     t0 = time.perf_counter()
@@ -203,7 +208,6 @@ def train_iter(
     }
     if source_statistics:
         # the source side of the reliability check travels with the model (a sample of training patches)
-        from ..stats.source_statistics import compute_source_statistics_iter
 
         few = statistics_patches is None or nz * h * w <= statistics_patches * ph * pw
         for item in compute_source_statistics_iter(

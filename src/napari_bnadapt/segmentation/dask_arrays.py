@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from ..io.stack_view import check_stack, resolve_normalization
+from ..model.files import default_meta
 
 
 def _whole_slices(array: Any, slices_per_chunk: int | None) -> Any:
@@ -25,8 +27,6 @@ def _whole_slices(array: Any, slices_per_chunk: int | None) -> Any:
 def _fixed_intensity(model: Any, array: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Turn ``intensity_range="auto"`` into numbers once for the whole stack (chunks must agree)."""
     if isinstance(kwargs.get("intensity_range"), str):
-        from ..io.stack_view import check_stack, resolve_normalization
-        from ..model.files import default_meta
 
         meta = getattr(model, "meta", None) or default_meta(model)
         norm = resolve_normalization(check_stack(array), meta["normalization"], kwargs["intensity_range"])

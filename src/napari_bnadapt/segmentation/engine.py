@@ -1,4 +1,5 @@
-"""TODO docstring (segmentation.engine)."""
+"""The slice-by-slice inference loop: tile defaults for CPU and GPU, batching, blending, and the
+out-of-memory back-off (halve the tile, down to ``MIN_TILE``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import numpy as np
 
 from ..errors import BNAdaptError
 from ..io.stack_view import StackView
+from ..model.device import get_device, model_on
 from ..model.unet import SIZE_MULTIPLE
 from ..progress import Progress
+from .allocator import MMAP_THRESHOLD
+from .fusion import inference_copy
 from .tiling import _SliceTiler
 
 #: Default tile side on GPUs: a 1024 x 1024 slice is one tile (no overlap work), bigger slices are tiled.
@@ -41,7 +45,6 @@ def cpu_defaults(width: int) -> tuple[int, int]:
     within the blocks glibc reuses (:data:`napari_bnadapt.segmentation.allocator.MMAP_THRESHOLD`);
     never below 256 px.
     """
-    from .allocator import MMAP_THRESHOLD
 
     pixels = min(CPU_PIXELS_PER_BATCH, MMAP_THRESHOLD // (4 * max(1, width)))
     side = int(pixels**0.5) // SIZE_MULTIPLE * SIZE_MULTIPLE
@@ -94,7 +97,6 @@ def iter_slice_probabilities(
     first slice not yet finished; only when one tile of the smallest size does not fit
     does it stop, with a message that says so.
     """
-    from ..model.device import get_device, model_on
 
     dev = get_device(device)
     nz, h, w = view.shape3d
@@ -113,7 +115,6 @@ def iter_slice_probabilities(
     # inference mode is thread-local: it wraps each forward pass only, never a yield
     with model_on(model, dev) as m:
         if fused:
-            from .fusion import inference_copy
 
             m = inference_copy(m, dev)
         while True:

@@ -18,12 +18,12 @@ import numpy as np
 
 from ..errors import BNAdaptError
 from ..io.stack_view import StackView, check_stack, resolve_normalization
+from ..model.files import default_meta
 from ..progress import Progress, Result, run_to_end
 from .engine import iter_slice_probabilities
 
 
 def _prepare(model: Any, images: Any, intensity_range: Any) -> tuple[StackView, Any]:
-    from ..model.files import default_meta
 
     view = check_stack(images)
     meta = getattr(model, "meta", None) or default_meta(model)

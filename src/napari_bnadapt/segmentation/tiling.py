@@ -1,4 +1,4 @@
-"""TODO docstring (segmentation.tiling)."""
+"""Tile geometry, torch-free: tile starts, balanced tile grids, blending ramps, and the per-slice tiler."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring (stats.latent_moments)."""
+"""Moments of a model's latent spaces (BatchNorm inputs, pre-ReLU), collected with forward hooks."""
 
 from __future__ import annotations
 

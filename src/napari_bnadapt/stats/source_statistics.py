@@ -36,6 +36,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from ..io.stack_view import check_stack, resolve_normalization
+from ..model.device import get_device, model_on
+from ..model.files import default_meta
 from ..progress import Progress, Result, run_to_end
 
 __all__ = [
@@ -162,7 +165,6 @@ def measure_iter(
     """
     import torch
 
-    from ..model.device import model_on
     from .latent_moments import LatentMoments
 
     signals = OutputSignals()
@@ -188,7 +190,6 @@ def measure_iter(
 
 def model_normalization(model: Any) -> dict[str, Any]:
     """The model card's input normalisation (the 8-bit default for a model without one)."""
-    from ..model.files import default_meta
 
     meta = getattr(model, "meta", None) or {}
     return meta.get("normalization") or default_meta(model)["normalization"]
@@ -315,9 +316,6 @@ def compute_source_statistics_iter(
     import torch
 
     from ..adabn.patches import iter_patch_batches
-    from ..io.stack_view import check_stack, resolve_normalization
-    from ..model.device import get_device
-    from ..model.files import default_meta
 
     t0 = time.perf_counter()
     view = check_stack(images, what="source images")

@@ -1,4 +1,4 @@
-"""TODO docstring (synthetic.checks)."""
+"""The generator's constants, argument checks, seeding, and the clipping warning."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring (synthetic.perlin)."""
+"""2D and 3D Perlin noise (vectorised), the texture behind the toy mitochondria masks."""
 
 from __future__ import annotations
 

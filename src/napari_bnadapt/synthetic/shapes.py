@@ -1,4 +1,5 @@
-"""TODO docstring (synthetic.shapes)."""
+"""Circles and triangles (with distractor objects) rendered as toy masks, and the 8-bit conversion
+shared by every generator style."""
 
 from __future__ import annotations
 
