@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from .conftest import state_bytes  # noqa: E402
+from ..conftest import state_bytes  # noqa: E402
 
 PLUGIN = "napari-bnadapt"
 TIMEOUT_MS = 120_000

@@ -218,7 +218,7 @@ def test_manifest_snippet_is_valid():
 def test_packaged_manifest_declares_the_reader():
     """Once napari.yaml exists, it must route files to this reader."""
     yaml = pytest.importorskip("yaml")
-    path = Path(__file__).parents[1] / "src" / "napari_bnadapt" / "napari.yaml"
+    path = Path(__file__).parents[2] / "src" / "napari_bnadapt" / "napari.yaml"
     if not path.exists():
         pytest.skip("napari.yaml not written yet")
     mf = yaml.safe_load(path.read_text())

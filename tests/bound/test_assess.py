@@ -18,7 +18,7 @@ from napari_bnadapt.bound.report import ReliabilityReport
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.progress import Progress, Result
 
-from .conftest import BRIGHT, state_bytes
+from ..conftest import BRIGHT, state_bytes
 
 INVERTED = {"mu0": 138, "sigma0": 18, "mu1": 96, "sigma1": 18}
 

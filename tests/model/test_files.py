@@ -11,7 +11,7 @@ from napari_bnadapt.errors import BNAdaptError, ModelFileError
 from napari_bnadapt.model.files import resolve_model_path
 from napari_bnadapt.model.unet import UNet
 
-from .conftest import state_bytes
+from ..conftest import state_bytes
 
 
 def test_bundled_model_listed_and_loadable():

@@ -17,7 +17,7 @@ from napari_bnadapt.stats.source_statistics import (
     read_source_statistics,
 )
 
-from .conftest import state_bytes
+from ..conftest import state_bytes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

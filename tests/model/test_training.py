@@ -5,7 +5,7 @@ import napari_bnadapt as nb
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.progress import Progress
 
-from .conftest import state_bytes
+from ..conftest import state_bytes
 
 
 @pytest.fixture(scope="module")

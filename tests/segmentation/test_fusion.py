@@ -8,7 +8,7 @@ import napari_bnadapt as nb
 from napari_bnadapt.model.unet import Up
 from napari_bnadapt.segmentation.fusion import fold_batchnorm, inference_copy
 
-from .conftest import state_bytes
+from ..conftest import state_bytes
 
 
 @pytest.mark.parametrize("bilinear", [False, True])

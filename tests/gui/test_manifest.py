@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 npe2 = pytest.importorskip("npe2")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_manifest_valid_and_found_in_this_install():

@@ -12,7 +12,7 @@ from napari_bnadapt.io.stack_view import Normalization
 from napari_bnadapt.model.unet import batchnorm_layers
 from napari_bnadapt.progress import Progress, Result, run_to_end
 
-from .conftest import state_bytes
+from ..conftest import state_bytes
 
 
 def test_brightness_shift_collapses_and_adaptation_restores(toy_model, bright_stack):
