@@ -160,8 +160,8 @@ def main() -> None:
     for name in ("lucchi", "vnc"):
         card = nb.model_card(RECIPES[name]["name"])
         results.setdefault("models", {})[name] = {
-            "test_iou": card["training"]["metrics"].get("test_iou"), "val_iou": card["training"]["metrics"].get("val_iou"),
-            "steps": card["training"]["metrics"].get("steps_run"), "seconds": card["training"]["seconds"]}
+            "test_iou": card.training["metrics"].get("test_iou"), "val_iou": card.training["metrics"].get("val_iou"),
+            "steps": card.training["metrics"].get("steps_run"), "seconds": card.training["seconds"]}
     if not args.skip_ablation:
         for src, tgt in PAIRS:
             results["ablation"][f"{src}->{tgt}"] = ablation(src, tgt, args.ablation_seeds)

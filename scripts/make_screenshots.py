@@ -34,7 +34,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     viewer = napari.Viewer(title="napari-bnadapt")
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window.resize(1500, 950)
     app = QApplication.instance()
     viewer.open_sample(PLUGIN, "toy_brightness_target")
     viewer.layers["toy target (brighter) truth"].visible = False

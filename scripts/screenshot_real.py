@@ -30,7 +30,7 @@ def main() -> None:
     out = p.parse_args().out
     vnc = DATA / RECIPES["vnc"]["folder"]
     viewer = napari.Viewer(title="napari-bnadapt: Lucchi++ model on VNC")
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window.resize(1500, 950)
     app = QApplication.instance()
     _d, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Adapt & segment")
     w.loader.crop.value = "14:20, :, :"

@@ -14,7 +14,7 @@ def test_generate_segment_adapt_with_truth(tmp_path, capsys):
     text = capsys.readouterr().out
     before = float(text.split("IoU without adaptation: ")[1].split()[0])
     after = float(text.split("IoU after adaptation: ")[1].split()[0])
-    assert after > before + 0.3
+    assert before < 0.3 and after >= 0.97  # measured 0.172 -> 0.986 (brightness +40: AdaBN restores it)
     labels = tifffile.imread(out)
     assert labels.shape == (4, 96, 96) and labels.dtype == np.uint8
 
@@ -44,7 +44,7 @@ def test_adapt_saves_model(tmp_path, capsys):
     assert main(["adapt", "--model", "toy-perlin", "--input", str(img), "--output", str(out), "--device", "cpu", "--quiet"]) == 0
     import napari_bnadapt as nb
 
-    assert nb.model_card(out)["adaptation"]["source_model"] == "toy-perlin"
+    assert nb.model_card(out).adaptation["source_model"] == "toy-perlin"
 
 
 def test_models_and_help(capsys):
@@ -67,7 +67,8 @@ def test_folder_of_unpadded_slices_keeps_order_and_voxel_size(tmp_path, capsys):
     out = tmp_path / "labels.tif"
     assert main(["segment", "--adapt", "--input", str(folder), "--output", str(out), "--truth", str(tmp_path / "truth.tif"),
                  "--device", "cpu", "--quiet"]) == 0
-    assert float(capsys.readouterr().out.split("IoU after adaptation: ")[1].split()[0]) > 0.8  # right order
+    # the right order: measured 0.980 (slices in text order would pair images with the wrong truth)
+    assert float(capsys.readouterr().out.split("IoU after adaptation: ")[1].split()[0]) >= 0.97
     labels, info = read_stack(out)
     assert labels.shape == images.shape
     assert info.voxel_size_nm[-2:] == pytest.approx((5.0, 5.0))
@@ -80,4 +81,4 @@ def test_demo_without_display_falls_back_to_text(monkeypatch, capsys):
     out = capsys.readouterr().out
     before = float(out.split("IoU without adaptation: ")[1].split()[0])
     after = float(out.split("IoU with BatchNorm adaptation: ")[1].split()[0])
-    assert "no display" in out and before < 0.5 and after > 0.9
+    assert "no display" in out and before < 0.3 and after >= 0.97  # measured 0.208 -> 0.984

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BNAdaptError
+from .model.files import DEFAULT_MODEL
 
 EPILOG = """examples:
   bnadapt generate --n 8 --shape 256 256 --mu0 136 --mu1 178 --output target.tif --labels truth.tif
@@ -101,10 +102,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print("no models installed")
     for name in names:
         card = model_card(name)
-        metrics = card.get("training", {}).get("metrics", {})
-        px = card.get("pixel_size_nm")
-        print(f"{name}: {card.get('description') or ''}".rstrip())
-        print(f"    pixel size: {px if px else 'unknown'} nm; validation IoU: {metrics.get('val_iou', float('nan')):.3f}")
+        px = " x ".join(f"{v:g}" for v in card.pixel_size_nm) + " nm" if card.pixel_size_nm else "unknown"
+        print(f"{name}: {card.description or ''}".rstrip())
+        print(f"    pixel size: {px}; validation IoU: {card.val_iou:.3f}")
     print(f"(your own models go in {user_model_dir()})")
     return 0
 
@@ -171,11 +171,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .adabn.adaptation import adapt_iter
-    from .metrics import iou
     from .model.files import load_model
     from .progress import run_to_end
-    from .segmentation.predict import predict_iter, segment_iter
+    from .workflow import run_iter
 
     for out in (args.output, args.probabilities):
         _check_output(out, args.overwrite)
@@ -183,22 +181,29 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     images, info = _read(args.input, "image file")
     _warn_pixel_size(model, info)
     truth = _read(args.truth, "ground-truth file")[0] if args.truth else None
-    ir = _intensity(args)
-    kw = dict(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, device=args.device, intensity_range=ir)
-    if truth is not None and args.adapt:
-        before = run_to_end(segment_iter(model, images, args.threshold, **kw), _progress(args))
-        print(f"IoU without adaptation: {iou(before, truth):.3f}")
-    if args.adapt:
-        model, report = run_to_end(adapt_iter(model, images, device=args.device, intensity_range=ir, **_adapt_kwargs(args)), _progress(args))
-        print(report)
-    labels = run_to_end(segment_iter(model, images, args.threshold, args.instances, **kw), _progress(args))
-    if truth is not None:
-        print(f"IoU{' after adaptation' if args.adapt else ''}: {iou(labels, truth):.3f}")
-    _write_tiff(args.output, labels, info)
-    print(f"wrote labels {labels.shape} {labels.dtype} to {args.output}")
+    res = run_to_end(
+        run_iter(
+            model, images, adapt=args.adapt, assess=args.adapt and not args.no_assess, truth=truth,
+            threshold=args.threshold, instances=args.instances, keep_probabilities=bool(args.probabilities),
+            device=args.device, intensity_range=_intensity(args), tile_size=args.tile_size, overlap=args.overlap,
+            batch_size=args.batch_size, adapt_options=_adapt_kwargs(args),
+        ),
+        _progress(args),
+    )
+    if res.iou_source_only is not None:
+        print(f"IoU without adaptation: {res.iou_source_only:.3f}")
+    if res.adapt_report is not None:
+        print(res.adapt_report)
+    if res.reliability is not None:
+        print(res.reliability)
+    elif res.reliability_note:
+        print(res.reliability_note)
+    if res.iou is not None:
+        print(f"IoU{' after adaptation' if args.adapt else ''}: {res.iou:.3f}")
+    _write_tiff(args.output, res.labels, info)
+    print(f"wrote labels {res.labels.shape} {res.labels.dtype} to {args.output}")
     if args.probabilities:
-        prob = run_to_end(predict_iter(model, images, **kw), _progress(args))
-        _write_tiff(args.probabilities, prob, info)
+        _write_tiff(args.probabilities, res.probabilities, info)
         print(f"wrote probabilities to {args.probabilities}")
     return 0
 
@@ -263,10 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("segment", help="segment a stack (optionally adapting the model to it first)")
-    p.add_argument("--model", default="toy-perlin", help="model name (see 'bnadapt models') or .safetensors file")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name (see 'bnadapt models') or .safetensors file")
     p.add_argument("--input", required=True, help="image stack: TIFF, folder of slices, MRC, HDF5, zarr")
     p.add_argument("--output", required=True, help="labels TIFF to write (1 = mitochondrion)")
     p.add_argument("--adapt", action="store_true", help="adapt the model's BatchNorm statistics to this stack first")
+    p.add_argument("--no-assess", action="store_true",
+                   help="with --adapt: skip the label-free reliability check (it needs source statistics in the model file)")
     p.add_argument("--truth", help="ground-truth labels TIFF: prints the IoU (before and after adaptation)")
     p.add_argument("--probabilities", help="also write the float32 foreground probability to this TIFF")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
@@ -281,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("adapt", help="adapt a model to a stack and save the adapted model")
-    p.add_argument("--model", default="toy-perlin", help="model name or .safetensors file (never modified)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name or .safetensors file (never modified)")
     p.add_argument("--input", required=True, help="the unlabelled target stack")
     p.add_argument("--output", help="where to save the adapted model (.safetensors)")
     _add_adapt_options(p)

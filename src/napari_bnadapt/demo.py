@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from .adabn.adaptation import adapt_iter
-from .metrics import iou
-from .model.files import load_model
-from .progress import run_to_end, tqdm_callback
-from .synthetic.samples import BRIGHTNESS_PARAMETERS as target
-from .synthetic.samples import toy_brightness_target
-
-DEMO_MODEL = "toy-perlin"
-
-
-@dataclass
-class DemoResult:
-    """Outcome of :func:`run_demo`."""
-
-    iou_source_only: float
-    iou_adapted: float
-    report: Any
-    images: Any
-    truth: Any
-    labels_source_only: Any
-    labels_adapted: Any
+from .model.files import DEFAULT_MODEL, load_model
+from .progress import Progress, tqdm_callback
+from .synthetic.samples import (
+    BRIGHTNESS_PARAMETERS,
+    SOURCE_PARAMETERS,
+    toy_brightness_target,
+)
+from .workflow import WorkflowResult, run
 
 
 def demo_data() -> tuple[Any, Any]:
     """The demo target (the brightness-shifted toy sample, 8 x 256 x 256) and its ground truth."""
-
     return toy_brightness_target()
 
 
-def run_demo(callback: Any = None, device: str = "auto") -> DemoResult:
+def run_demo(callback: Callable[[Progress], None] | None = None, device: str = "auto") -> WorkflowResult:
     """Segment the demo target with the bundled model, without and with adaptation.
 
     Parameters
@@ -42,30 +28,30 @@ def run_demo(callback: Any = None, device: str = "auto") -> DemoResult:
     callback : callable, optional
         Receives :class:`~napari_bnadapt.progress.Progress` items.
     device : str, default "auto"
+        "auto", "cpu", "cuda", "mps".
 
     Returns
     -------
-    DemoResult
+    WorkflowResult
+        With ``iou_source_only`` (the bundled model as it is) and ``iou`` (adapted).
     """
-    from .segmentation.predict import segment_iter
-
     images, truth = demo_data()
-    model = load_model(DEMO_MODEL, device=device)
-    before = run_to_end(segment_iter(model, images, device=device), callback)
-    adapted, report = run_to_end(adapt_iter(model, images, device=device), callback)
-    after = run_to_end(segment_iter(adapted, images, device=device), callback)
-    return DemoResult(iou(before, truth), iou(after, truth), report, images, truth, before, after)
+    model = load_model(DEFAULT_MODEL, device=device)
+    return run(model, images, adapt=True, truth=truth, device=device, callback=callback)
 
 
 def run_text_demo(quiet: bool = False) -> int:
     """Print the demo's outcome (the README's main command without a GUI)."""
-
+    src, target = SOURCE_PARAMETERS, BRIGHTNESS_PARAMETERS
     print(
-        f"Demo: model {DEMO_MODEL!r} (trained on toy images with background 96, mitochondria 138) "
-        f"applied to a target whose grey values are 40 brighter ({target['mu0']} / {target['mu1']})."
+        f"Demo: model {DEFAULT_MODEL!r} (trained on toy images with background {src['mu0']}, mitochondria "
+        f"{src['mu1']}) applied to a target whose grey values are {target['mu0'] - src['mu0']} brighter "
+        f"({target['mu0']} / {target['mu1']})."
     )
     res = run_demo(tqdm_callback(disable=quiet))
-    print(res.report)
+    print(res.adapt_report)
+    if res.reliability is not None:
+        print(res.reliability)
     print(f"IoU without adaptation: {res.iou_source_only:.3f}")
-    print(f"IoU with BatchNorm adaptation: {res.iou_adapted:.3f}")
+    print(f"IoU with BatchNorm adaptation: {res.iou:.3f}")
     return 0

@@ -19,9 +19,11 @@ def test_bundled_model_listed_and_loadable():
     m = nb.load_model("toy-perlin", device="cpu")
     assert isinstance(m, UNet) and not m.training
     card = nb.model_card("toy-perlin")
-    assert card["normalization"]["mode"] == "fixed"
-    assert card["training"]["metrics"]["val_iou"] > 0.9
-    assert "command" in card["training"]
+    assert card.name == "toy-perlin" and not card.imported and card.has_source_statistics
+    assert card.normalization["mode"] == "fixed"
+    assert card.val_iou > 0.9 and card.training["metrics"]["val_iou"] == card.val_iou
+    assert "command" in card.training
+    assert "toy-perlin" in card.path and "validation IoU" in card.describe()
 
 
 def test_save_load_roundtrip(tmp_path, toy_model):

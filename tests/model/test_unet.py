@@ -14,9 +14,14 @@ def test_output_shape_and_layout(bilinear):
     assert list(m.latent_modules()) == ["ls0", "ls1", "ls2", "ls3", "ls4", "dec"]
 
 
-def test_width_16_parameter_count():
-    # science.md: the width-16 U-Net has 1.9 M parameters
-    assert 1.8e6 < count_parameters(UNet(width=16)) < 2.0e6
+@pytest.mark.parametrize("config, n", [
+    ({"width": 16}, 1_942_306),  # docs/method.md: the width-16 U-Net has 1.9 M parameters
+    ({"width": 8}, 486_418),  # docs/models.md: toy-perlin, 486,418 parameters
+    ({"width": 16, "bilinear": True}, 1_080_658),  # docs/models.md: lucchi-pp and vnc, 1,080,658
+    ({"width": 64}, 31_036_546),  # docs/method.md: the papers' width, 31 M parameters
+])
+def test_parameter_counts(config, n):
+    assert count_parameters(UNet(**config)) == n
 
 
 def test_latent_taps_are_pre_relu():

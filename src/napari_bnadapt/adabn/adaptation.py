@@ -2,7 +2,7 @@
 
 All weights stay frozen; only the running mean and variance of the BatchNorm
 layers change, and only in a copy of the model. Three estimators
-(science.md section 1):
+(docs/method.md, 'The estimators, and their traps'):
 
 ``cumulative`` (default)
     Reset, then the equal-weight average over all target patches. The
@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +34,14 @@ from ..errors import BNAdaptError
 from ..io.stack_view import check_stack, resolve_normalization
 from ..model.device import get_device
 from ..model.files import default_meta
-from ..progress import Progress, Result, run_to_end
+from ..progress import Progress, Result, forward, run_to_end, shares_docstring
+
+if TYPE_CHECKING:
+    import torch
+    from napari.layers import Image
+    from numpy.typing import ArrayLike
+
+    from ..model.unet import UNet
 
 MODES = ("cumulative", "ema", "prior")
 #: Smallest number of samples per batch in the deepest (1/16 resolution) layer. The forward pass of
@@ -175,7 +182,30 @@ class _PooledStats:
         return m + self.shift, var
 
 
-def _bn_layers(model: Any) -> list[tuple[str, Any]]:
+@dataclass(frozen=True)
+class BatchNormStatistics:
+    """What :func:`adapt_batchnorm_iter` measured (the statistics are already in the model).
+
+    Attributes
+    ----------
+    source : dict of str to (torch.Tensor, torch.Tensor)
+        Running mean and variance of every BatchNorm layer before adaptation.
+    target : dict of str to (torch.Tensor, torch.Tensor)
+        The re-estimated mean and variance (float64), as written into the model.
+    drift : float
+        Half-sample disagreement in source sigmas (largest over the layers); NaN
+        when it cannot be judged (a single batch and no ``total_items``).
+    layers : list of (str, BatchNorm module)
+        The adapted layers, by qualified name.
+    """
+
+    source: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    target: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    drift: float
+    layers: list[tuple[str, torch.nn.modules.batchnorm._BatchNorm]]
+
+
+def _bn_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.modules.batchnorm._BatchNorm]]:
     from ..model.unet import batchnorm_layers
 
     layers = batchnorm_layers(model)
@@ -191,8 +221,8 @@ def _bn_layers(model: Any) -> list[tuple[str, Any]]:
 
 
 def adapt_batchnorm_iter(
-    model: Any,
-    batches: Iterable[Any],
+    model: torch.nn.Module,
+    batches: Iterable[torch.Tensor],
     n_batches: int,
     *,
     mode: str = "cumulative",
@@ -200,7 +230,7 @@ def adapt_batchnorm_iter(
     prior: float | None = None,
     n_samples: int | None = None,
     total_items: int | None = None,
-) -> Iterator[Progress | Result[dict[str, Any]]]:
+) -> Iterator[Progress | Result[BatchNormStatistics]]:
     """Re-estimate the BatchNorm statistics of ``model`` IN PLACE from ``batches``.
 
     The generic engine behind :func:`adapt`, for any network with BatchNorm
@@ -227,8 +257,9 @@ def adapt_batchnorm_iter(
 
     Yields
     ------
-    Progress, then Result(dict) with ``source``, ``target`` statistics per layer
-    and ``drift`` (half-sample disagreement, source sigmas).
+    Progress, then Result(BatchNormStatistics)
+        The ``source`` and ``target`` statistics per layer and the ``drift``
+        (half-sample disagreement, source sigmas).
     """
     import torch
 
@@ -300,20 +331,22 @@ def adapt_batchnorm_iter(
             sd = source[name][1].double().clamp_min(1e-12).sqrt()
             d = ((half[name][0].double() - target[name][0].double()).abs() / sd).mean().item()
             drift = max(drift, d)
-    yield Result({"source": source, "target": target, "drift": drift, "layers": layers})
+    yield Result(BatchNormStatistics(source=source, target=target, drift=drift, layers=layers))
 
 
-def _current(layers: list[tuple[str, Any]], pooled: dict[str, _PooledStats]) -> dict[str, tuple[Any, Any]]:
+def _current(
+    layers: list[tuple[str, torch.nn.modules.batchnorm._BatchNorm]], pooled: dict[str, _PooledStats]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     if pooled:
         return {n: pooled[n].mean_var() for n, _ in layers}
     return {n: (bn.running_mean.detach().clone(), bn.running_var.detach().clone()) for n, bn in layers}
 
 
-def _layer_shifts(stats: dict[str, Any]) -> list[LayerShift]:
+def _layer_shifts(stats: BatchNormStatistics) -> list[LayerShift]:
     shifts = []
-    for name, _ in stats["layers"]:
-        ms, vs = (t.double().cpu() for t in stats["source"][name])
-        mt, vt = (t.double().cpu() for t in stats["target"][name])
+    for name, _ in stats.layers:
+        ms, vs = (t.double().cpu() for t in stats.source[name])
+        mt, vt = (t.double().cpu() for t in stats.target[name])
         ss = vs.clamp_min(1e-12).sqrt()
         ratio = (vt.clamp_min(1e-12) / vs.clamp_min(1e-12)).sqrt()
         shifts.append(
@@ -322,11 +355,11 @@ def _layer_shifts(stats: dict[str, Any]) -> list[LayerShift]:
     return shifts
 
 
-def adapt_iter(
-    model: Any,
-    images: Any,
+def adapt(
+    model: UNet,
+    images: ArrayLike | Image,
     *,
-    device: Any = "auto",
+    device: str | torch.device = "auto",
     mode: str = "cumulative",
     alpha: float = 0.1,
     prior: float | None = None,
@@ -335,8 +368,67 @@ def adapt_iter(
     batch_size: int = 8,
     seed: int = 0,
     intensity_range: tuple[float, float] | str | None = None,
-) -> Iterator[Progress | Result[tuple[Any, AdaptReport]]]:
-    """Generator form of :func:`adapt`: yields :class:`Progress`, finally ``Result((adapted, report))``."""
+) -> tuple[UNet, AdaptReport]:
+    """Adapt a source-trained model to a target stack by BatchNorm adaptation.
+
+    Works on a copy: the source model (object and file) is never changed.
+
+    Parameters
+    ----------
+    model : UNet
+        The source model (see :func:`load_model`).
+    images : array-like or napari Image layer
+        The unlabelled target: (Y, X) image or (Z, Y, X) stack (numpy,
+        ``tifffile.memmap``, zarr, dask); only the sampled patches are read.
+    device : str or torch.device, default "auto"
+        "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
+    mode : {"cumulative", "ema", "prior"}, default "cumulative"
+        The estimator (see the module docstring).
+    alpha : float, default 0.1
+        EMA rate per batch for ``mode="ema"``, in (0, 1].
+    prior : float or None, default None
+        Source pseudo-count N (in patches) for ``mode="prior"`` (None: 16).
+    n_patches : int or None, default None
+        Random patches to use; None: the whole stack when small, else 64 patches
+        of 256 x 256 (the cost does not grow with the stack).
+    patch_size : int, default 256
+        Patch side in pixels (rounded down to a multiple of 16).
+    batch_size : int, default 8
+        Patches per forward pass; raised automatically so that every batch holds at least
+        :data:`MIN_DEEP_SAMPLES_PER_BATCH` samples in the deepest layer (steady normalisation).
+    seed : int, default 0
+        Seed of the patch positions: same seed, same result.
+    intensity_range : (float, float), "auto" or None, default None
+        Grey-value mapping, as in :func:`predict`: ``(lo, hi)`` in the data's grey
+        values maps onto the model's input range; "auto": the 0.5 and 99.5 percentiles
+        of a sample; None: the data must already be in the model's range.
+
+    Returns
+    -------
+    (UNet, AdaptReport)
+        The adapted copy (its card records the adaptation) and the report.
+    """
+    return run_to_end(adapt_iter(
+        model, images, device=device, mode=mode, alpha=alpha, prior=prior, n_patches=n_patches,
+        patch_size=patch_size, batch_size=batch_size, seed=seed, intensity_range=intensity_range,
+    ))
+
+
+@shares_docstring(adapt)
+def adapt_iter(
+    model: UNet,
+    images: ArrayLike | Image,
+    *,
+    device: str | torch.device = "auto",
+    mode: str = "cumulative",
+    alpha: float = 0.1,
+    prior: float | None = None,
+    n_patches: int | None = None,
+    patch_size: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    intensity_range: tuple[float, float] | str | None = None,
+) -> Iterator[Progress | Result[tuple[UNet, AdaptReport]]]:
     import torch
 
     from .patches import iter_patch_batches, plan_patches
@@ -355,14 +447,8 @@ def adapt_iter(
     adapted = copy.deepcopy(model).to(dev)
     n_batches = -(-len(plan.corners) // batch_size)
     batches = (torch.from_numpy(b).to(dev) for b in iter_patch_batches(view, plan, norm.apply, batch_size))
-    stats = None
-    for item in adapt_batchnorm_iter(adapted, batches, n_batches, mode=mode, alpha=alpha, prior=prior,
-                                     total_items=len(plan.corners)):
-        if isinstance(item, Result):
-            stats = item.value
-        else:
-            yield item
-    assert stats is not None
+    stats = yield from forward(adapt_batchnorm_iter(adapted, batches, n_batches, mode=mode, alpha=alpha,
+                                                    prior=prior, total_items=len(plan.corners)))
     report = AdaptReport(
         mode=mode,
         alpha=alpha if mode == "ema" else None,
@@ -374,8 +460,8 @@ def adapt_iter(
         batch_size=batch_size,
         seed=seed,
         # the whole stack used: there is no more data, the estimate is as good as it gets
-        converged=plan.exhaustive or stats["drift"] <= CONVERGENCE_TOLERANCE,
-        drift=stats["drift"],
+        converged=plan.exhaustive or stats.drift <= CONVERGENCE_TOLERANCE,
+        drift=stats.drift,
         device=str(dev),
         seconds=time.perf_counter() - t0,
         intensity_range=(norm.in_low, norm.in_high),
@@ -389,44 +475,3 @@ def adapt_iter(
         "report": report.to_dict(),
     }
     yield Result((adapted, report))
-
-
-def adapt(model: Any, images: Any, **kwargs: Any) -> tuple[Any, AdaptReport]:
-    """Adapt a source-trained model to a target stack by BatchNorm adaptation.
-
-    Works on a copy: the source model (object and file) is never changed.
-
-    Parameters
-    ----------
-    model : UNet
-        The source model (see :func:`load_model`).
-    images : array-like or napari Image layer
-        The unlabelled target: (Y, X) image or (Z, Y, X) stack (numpy,
-        ``tifffile.memmap``, zarr, dask); only the sampled patches are read.
-    device : str, default "auto"
-        "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
-    mode : {"cumulative", "ema", "prior"}, default "cumulative"
-        The estimator (see the module docstring).
-    alpha : float, default 0.1
-        EMA rate for ``mode="ema"``.
-    prior : float or None, default None
-        Source pseudo-count N for ``mode="prior"`` (None: 16).
-    n_patches : int or None, default None
-        Random patches to use; None: the whole stack when small, else 64 patches
-        of 256 x 256 (the cost does not grow with the stack).
-    patch_size : int, default 256
-        Patch side in pixels (rounded down to a multiple of 16).
-    batch_size : int, default 8
-        Patches per forward pass; raised automatically so that every batch holds at least
-        :data:`MIN_DEEP_SAMPLES_PER_BATCH` samples in the deepest layer (steady normalisation).
-    seed : int, default 0
-        Seed of the patch positions: same seed, same result.
-    intensity_range : (float, float), "auto" or None
-        Grey-value mapping, as in :func:`predict`.
-
-    Returns
-    -------
-    (UNet, AdaptReport)
-        The adapted copy (its card records the adaptation) and the report.
-    """
-    return run_to_end(adapt_iter(model, images, **kwargs))

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import BNAdaptError
 from ..io.stack_view import StackView
-from ..model.unet import SIZE_MULTIPLE
+from ..model.layout import SIZE_MULTIPLE
 from ..segmentation.tiling import tile_starts
 
 #: Default voxel budget of adaptation: 64 patches of 256 x 256.

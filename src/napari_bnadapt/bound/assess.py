@@ -28,12 +28,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BNAdaptError
 from ..io.stack_view import check_stack, resolve_normalization
 from ..model.device import get_device
-from ..progress import Progress, Result, run_to_end
+from ..progress import Progress, Result, forward, run_to_end, shares_docstring
 from ..stats.source_statistics import (
     measure_iter,
     model_normalization,
@@ -44,6 +45,16 @@ from .curve import LowerBound
 from .decision import decide, signal_features
 from .names import _NORM_ARG, candidate_key, parse_key
 from .report import LatentDistance, ReliabilityReport, _sentence
+
+if TYPE_CHECKING:
+    import torch
+    from napari.layers import Image
+    from numpy.typing import ArrayLike
+
+    from ..adabn.patches import PatchPlan
+    from ..io.stack_view import Normalization, StackView
+    from ..model.unet import UNet
+    from ..stats.moments import GaussianMoments
 
 
 # ================================================================ numbers
@@ -80,7 +91,6 @@ def distance_table(
         Keyed ``"space|normalize|form"``; no fallback from the full to the
         diagonal form (a full form that is not meaningful stays flagged).
     """
-
     wanted = None if keys is None else set(keys)
     out = {}
     for space in spaces or [s for s in source_moments if s in target_moments]:
@@ -109,43 +119,125 @@ def distance_table(
 
 
 # ================================================================ running
+@dataclass(frozen=True)
+class PairMeasurement:
+    """Latent moments and output signals of the adapted and of the source model on the same target patches.
+
+    Attributes
+    ----------
+    moments : dict of str to GaussianMoments
+        The ADAPTED model's latent Gaussians, per space (ls0..ls4, dec, out).
+    signals : dict of str to float
+        The adapted model's output signals (:data:`~napari_bnadapt.stats.source_statistics.SIGNAL_NAMES`).
+    moments_source_only, signals_source_only
+        The same for the SOURCE model without adaptation.
+    """
+
+    moments: dict[str, GaussianMoments]
+    signals: dict[str, float]
+    moments_source_only: dict[str, GaussianMoments]
+    signals_source_only: dict[str, float]
+
+
 def measure_pair_iter(
-    source_model: Any,
-    adapted_model: Any,
-    view: Any,
-    norm: Any,
-    plan: Any,
+    source_model: UNet,
+    adapted_model: UNet,
+    view: StackView,
+    norm: Normalization,
+    plan: PatchPlan,
     *,
     batch_size: int,
-    device: Any,
+    device: torch.device,
     full_cov_max_dim: int,
-) -> Iterator[Progress | Result[tuple[Any, Any, Any, Any]]]:
+) -> Iterator[Progress | Result[PairMeasurement]]:
     """Moments and output signals of the adapted and of the source model on the same target patches.
 
-    Yields Progress, then Result((moments_adapted, signals_adapted, moments_source_only, signals_source_only)).
+    Yields Progress, then Result(PairMeasurement).
     """
     from ..adabn.patches import iter_patch_batches
 
     n_batches = -(-len(plan.corners) // batch_size)
-    results = []
-    for model, stage in ((adapted_model, "measuring the adapted model"), (source_model, "measuring the source model")):
+
+    def measure(model: UNet, stage: str) -> Iterator[Progress | Result[tuple[dict[str, Any], dict[str, float]]]]:
         batches = iter_patch_batches(view, plan, norm.apply, batch_size)
-        for item in measure_iter(model, batches, n_batches, device=device, full_cov_max_dim=full_cov_max_dim,
-                                 stage=stage):
-            if isinstance(item, Result):
-                results.append(item.value)
-            else:
-                yield item
-    (mt, st), (ms, ss) = results
-    yield Result((mt, st, ms, ss))
+        return measure_iter(model, batches, n_batches, device=device, full_cov_max_dim=full_cov_max_dim, stage=stage)
+
+    mt, st = yield from forward(measure(adapted_model, "measuring the adapted model"))
+    ms, ss = yield from forward(measure(source_model, "measuring the source model"))
+    yield Result(PairMeasurement(moments=mt, signals=st, moments_source_only=ms, signals_source_only=ss))
 
 
-def reliability_iter(
-    source_model: Any,
-    adapted_model: Any,
-    images: Any,
+def reliability(
+    source_model: UNet,
+    adapted_model: UNet,
+    images: ArrayLike | Image,
     *,
-    device: Any = "auto",
+    device: str | torch.device = "auto",
+    intensity_range: tuple[float, float] | str | None = None,
+    n_patches: int | None = None,
+    patch_size: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    reliable_at: float | None = None,
+    unreliable_below: float | None = None,
+) -> ReliabilityReport:
+    """Check, without labels, whether adapting ``source_model`` to ``images`` worked.
+
+    Parameters
+    ----------
+    source_model : UNet
+        The model before adaptation, with source statistics (and ideally a
+        calibration) in its model file.
+    adapted_model : UNet
+        The result of :func:`adapt` on these (or similar) images.
+    images : array-like or napari Image layer
+        The target (Y, X) image or (Z, Y, X) stack; only sampled patches are read.
+    device : str or torch.device, default "auto"
+        "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
+    intensity_range : (float, float), "auto" or None, default None
+        Grey-value mapping, as given to :func:`adapt`.
+    n_patches : int or None, default None
+        Random patches to measure (None: the whole stack when small, else
+        64 x 256 x 256 voxels in random patches).
+    patch_size : int, default 256
+        Patch side in pixels (rounded down to a multiple of 16).
+    batch_size : int, default 8
+        Patches per forward pass.
+    seed : int, default 0
+        Seed of the patch positions.
+    reliable_at : float or None, default None
+        Overrides the calibration's threshold on the bound (IoU) for "reliable" (None: the calibration's, 0.8).
+    unreliable_below : float or None, default None
+        Overrides the calibration's threshold on the bound (IoU) below which it is "unreliable"
+        (None: the calibration's, 0.5).
+
+    Returns
+    -------
+    ReliabilityReport
+        ``iou_lower_bound``, ``verdict``, ``sentence``, per-space distances
+        (adapted and unadapted) with floors and sample sizes, the output
+        signals; ``print(report)`` gives a readable summary.
+
+    Raises
+    ------
+    BNAdaptError
+        The source model has no source statistics (see
+        :func:`~napari_bnadapt.stats.source_statistics.compute_source_statistics`).
+    """
+    return run_to_end(reliability_iter(
+        source_model, adapted_model, images, device=device, intensity_range=intensity_range, n_patches=n_patches,
+        patch_size=patch_size, batch_size=batch_size, seed=seed, reliable_at=reliable_at,
+        unreliable_below=unreliable_below,
+    ))
+
+
+@shares_docstring(reliability)
+def reliability_iter(
+    source_model: UNet,
+    adapted_model: UNet,
+    images: ArrayLike | Image,
+    *,
+    device: str | torch.device = "auto",
     intensity_range: tuple[float, float] | str | None = None,
     n_patches: int | None = None,
     patch_size: int = 256,
@@ -154,7 +246,6 @@ def reliability_iter(
     reliable_at: float | None = None,
     unreliable_below: float | None = None,
 ) -> Iterator[Progress | Result[ReliabilityReport]]:
-    """Generator form of :func:`reliability`: yields Progress, finally ``Result(ReliabilityReport)``."""
     from ..adabn.patches import plan_patches
 
     t0 = time.perf_counter()
@@ -172,15 +263,9 @@ def reliability_iter(
     plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
     dev = get_device(device)
     full_max = int(stats.provenance.get("full_cov_max_dim", 256))
-    out = None
-    for item in measure_pair_iter(source_model, adapted_model, view, norm, plan, batch_size=batch_size,
-                                  device=dev, full_cov_max_dim=full_max):
-        if isinstance(item, Result):
-            out = item.value
-        else:
-            yield item
-    assert out is not None
-    mt, st, ms, ss = out
+    pair = yield from forward(measure_pair_iter(source_model, adapted_model, view, norm, plan,
+                                                batch_size=batch_size, device=dev, full_cov_max_dim=full_max))
+    mt, st, ms, ss = pair.moments, pair.signals, pair.moments_source_only, pair.signals_source_only
     if cal is not None:
         _, norm_c, form_c = parse_key(cal["feature"]["key"])
     else:
@@ -211,9 +296,9 @@ def reliability_iter(
     signals["source_foreground_fraction"] = float(stats.signals["foreground_fraction"])
     signals["source_confidence"] = float(stats.signals["confidence"])
     notes = []
-    if dec["beyond_calibration"]:
+    if dec.beyond_calibration:
         notes.append("the distance is beyond the largest one seen in the calibration: no bound is claimed")
-    if cal is not None and not dec["meaningful"] and not dec["gate_failures"]:
+    if cal is not None and not dec.meaningful and not dec.gate_failures:
         notes.append(f"the calibrated distance is not meaningful here: {dec['reason']}")
     cal_summary = {}
     x_label = None
@@ -229,19 +314,19 @@ def reliability_iter(
             "validation_n": val.get("n"),
         }
 
-        if dec_so["x"] is not None and math.isfinite(dec_so["x"]):
-            bound_so = float(LowerBound.from_dict(cal["curve"])(dec_so["x"]))
+        if dec_so.x is not None and math.isfinite(dec_so.x):
+            bound_so = float(LowerBound.from_dict(cal["curve"])(dec_so.x))
     report = ReliabilityReport(
-        iou_lower_bound=dec["bound"],
-        verdict=dec["verdict"],
+        iou_lower_bound=dec.bound,
+        verdict=dec.verdict,
         sentence=_sentence(dec, feats, stats.signals, cal is not None, cal_summary.get("validation_coverage")),
         distances=rows,
         signals=signals,
-        calibration_x=dec["x"] if cal is not None else None,
-        calibration_x_source_only=dec_so["x"] if cal is not None else None,
+        calibration_x=dec.x if cal is not None else None,
+        calibration_x_source_only=dec_so.x if cal is not None else None,
         x_label=x_label,
         bound_source_only=bound_so,
-        gate_failures=dec["gate_failures"],
+        gate_failures=dec.gate_failures,
         calibration=cal_summary,
         n_patches=len(plan.corners),
         n_voxels=plan.n_voxels,
@@ -252,54 +337,69 @@ def reliability_iter(
     yield Result(report)
 
 
-def reliability(source_model: Any, adapted_model: Any, images: Any, **kwargs: Any) -> ReliabilityReport:
-    """Check, without labels, whether adapting ``source_model`` to ``images`` worked.
+# ========================================================== research mode
+def supervised_distances(
+    adapted_model: UNet,
+    target_model: UNet,
+    images: ArrayLike | Image,
+    *,
+    device: str | torch.device = "auto",
+    intensity_range: tuple[float, float] | str | None = None,
+    n_patches: int | None = None,
+    patch_size: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    normalize: str = "source",
+) -> list[LatentDistance]:
+    """Research mode (the paper's variant): distances between the adapted model and a target-trained model.
+
+    Both models run on the same (target) images; the reference Gaussian is the
+    target-trained model's. Needs a model trained on TARGET labels, so it is a
+    validation tool, not something a user without labels can run. Note that
+    the two models have different weights, so their latent coordinates only
+    correspond if they were trained alike (the paper's setting).
 
     Parameters
     ----------
-    source_model : UNet
-        The model before adaptation, with source statistics (and ideally a
-        calibration) in its model file.
     adapted_model : UNet
-        The result of :func:`adapt` on these (or similar) images.
+        The result of :func:`adapt` on the target.
+    target_model : UNet
+        A model trained on target labels: the reference.
     images : array-like or napari Image layer
-        The target (Y, X) image or (Z, Y, X) stack; only sampled patches are read.
-    device : str, default "auto"
-    intensity_range : (float, float), "auto" or None
-        Grey-value mapping, as given to :func:`adapt`.
+        Target images, (Y, X) or (Z, Y, X); only sampled patches are read.
+    device : str or torch.device, default "auto"
+        "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
+    intensity_range : (float, float), "auto" or None, default None
+        Grey-value mapping, as in :func:`reliability`.
     n_patches : int or None, default None
-        Random patches to measure (None: the whole stack when small, else
-        64 x 256 x 256 voxels in random patches).
+        Random patches to measure, as in :func:`reliability`.
     patch_size : int, default 256
+        Patch side in pixels.
     batch_size : int, default 8
+        Patches per forward pass.
     seed : int, default 0
         Seed of the patch positions.
-    reliable_at, unreliable_below : float, optional
-        Override the calibration's verdict thresholds on the bound (0.8, 0.5).
+    normalize : {"source", "target", "plain"}, default "source"
+        "source" here means whitened by the target-trained model's Gaussian.
 
     Returns
     -------
-    ReliabilityReport
-        ``iou_lower_bound``, ``verdict``, ``sentence``, per-space distances
-        (adapted and unadapted) with floors and sample sizes, the output
-        signals; ``print(report)`` gives a readable summary.
-
-    Raises
-    ------
-    BNAdaptError
-        The source model has no source statistics (see
-        :func:`~napari_bnadapt.stats.source_statistics.compute_source_statistics`).
+    list of LatentDistance
+        ``value_source_only`` is nan.
     """
-    return run_to_end(reliability_iter(source_model, adapted_model, images, **kwargs))
+    return run_to_end(supervised_distances_iter(
+        adapted_model, target_model, images, device=device, intensity_range=intensity_range, n_patches=n_patches,
+        patch_size=patch_size, batch_size=batch_size, seed=seed, normalize=normalize,
+    ))
 
 
-# ========================================================== research mode
+@shares_docstring(supervised_distances)
 def supervised_distances_iter(
-    adapted_model: Any,
-    target_model: Any,
-    images: Any,
+    adapted_model: UNet,
+    target_model: UNet,
+    images: ArrayLike | Image,
     *,
-    device: Any = "auto",
+    device: str | torch.device = "auto",
     intensity_range: tuple[float, float] | str | None = None,
     n_patches: int | None = None,
     patch_size: int = 256,
@@ -307,7 +407,6 @@ def supervised_distances_iter(
     seed: int = 0,
     normalize: str = "source",
 ) -> Iterator[Progress | Result[list[LatentDistance]]]:
-    """Generator form of :func:`supervised_distances`."""
     from ..adabn.patches import plan_patches
 
     view = check_stack(images)
@@ -319,16 +418,12 @@ def supervised_distances_iter(
     from ..adabn.patches import iter_patch_batches
 
     n_batches = -(-len(plan.corners) // batch_size)
-    res = []
-    for model, nz, stage in ((target_model, norm, "measuring the target-trained model"),
-                             (adapted_model, norm_a, "measuring the adapted model")):
-        for item in measure_iter(model, iter_patch_batches(view, plan, nz.apply, batch_size), n_batches,
-                                 device=dev, stage=stage):
-            if isinstance(item, Result):
-                res.append(item.value)
-            else:
-                yield item
-    (m_ref, _), (m_ad, _) = res
+    m_ref, _ = yield from forward(measure_iter(
+        target_model, iter_patch_batches(view, plan, norm.apply, batch_size), n_batches, device=dev,
+        stage="measuring the target-trained model"))
+    m_ad, _ = yield from forward(measure_iter(
+        adapted_model, iter_patch_batches(view, plan, norm_a.apply, batch_size), n_batches, device=dev,
+        stage="measuring the adapted model"))
     tab = distance_table(m_ref, m_ad, normalizations=(normalize,), forms=("full", "diagonal"))
     rows = []
     for space in m_ref:
@@ -338,30 +433,3 @@ def supervised_distances_iter(
         rows.append(LatentDistance(space, float(d.value), math.nan, float(d.floor), float(d.m_eff_other), int(d.dim),
                                    d.form, normalize, bool(d.meaningful), d.reason))
     yield Result(rows)
-
-
-def supervised_distances(adapted_model: Any, target_model: Any, images: Any, **kwargs: Any) -> list[LatentDistance]:
-    """Research mode (the paper's variant): distances between the adapted model and a target-trained model.
-
-    Both models run on the same (target) images; the reference Gaussian is the
-    target-trained model's. Needs a model trained on TARGET labels, so it is a
-    validation tool, not something a user without labels can run. Note that
-    the two models have different weights, so their latent coordinates only
-    correspond if they were trained alike (the paper's setting).
-
-    Parameters
-    ----------
-    adapted_model, target_model : UNet
-    images : array-like
-        Target images.
-    normalize : {"source", "target", "plain"}, default "source"
-        "source" here means whitened by the target-trained model's Gaussian.
-    device, intensity_range, n_patches, patch_size, batch_size, seed
-        As in :func:`reliability`.
-
-    Returns
-    -------
-    list of LatentDistance
-        ``value_source_only`` is nan.
-    """
-    return run_to_end(supervised_distances_iter(adapted_model, target_model, images, **kwargs))

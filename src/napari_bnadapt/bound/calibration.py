@@ -1,6 +1,6 @@
 """Calibrating the reliability bound: shift labelled source data, adapt, measure, fit, validate.
 
-The finding of the thesis (science.md section 3) is that the Wasserstein
+The finding of the thesis (docs/method.md, 'The reliability bound') is that the Wasserstein
 distance between latent Gaussians gives a LOWER BOUND on the IoU of the adapted
 model, not a function of it. This module turns it into a stored, validated curve:
 
@@ -40,14 +40,14 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BNAdaptError
 from ..io.stack_view import check_stack
 from ..model.device import get_device
-from ..progress import Progress, Result, run_to_end
+from ..progress import Progress, Result, forward, run_to_end, shares_docstring
 from ..stats.source_statistics import (
     compute_source_statistics_iter,
     read_source_statistics,
@@ -72,6 +72,13 @@ from .selection import (
     select_candidate,
 )
 from .shifts import Shift, _class_stats, apply_shift, em_shifts, toy_grid_shifts
+
+if TYPE_CHECKING:
+    import torch
+    from napari.layers import Image, Labels
+    from numpy.typing import ArrayLike
+
+    from ..model.unet import UNet
 
 
 # ============================================================== running
@@ -129,7 +136,8 @@ def split_cases(shifts: Sequence[Shift], validation_fraction: float, seed: int) 
     return out
 
 
-def _resolve_shifts(shifts: Any, n_shifts: int | None, seed: int) -> list[Shift]:
+def _resolve_shifts(shifts: str | Sequence[Shift | dict[str, Any]], n_shifts: int | None,
+                    seed: int) -> list[Shift]:
     if isinstance(shifts, str):
         if shifts == "toy-grid":
             return toy_grid_shifts(128 if n_shifts is None else n_shifts, seed)
@@ -157,14 +165,14 @@ def finish_calibration(
     provenance: dict[str, Any] | None = None,
 ) -> CalibrationRun:
     """Select, fit and validate from measured cases (their ``split`` decides fit vs validation)."""
-
     fit_cases = [c for c in cases if c.split == "fit"]
     val_cases = [c for c in cases if c.split == "validation"]
     hold_cases = [c for c in cases if c.split == "holdout"]
     if len(fit_cases) < 10:
         raise BNAdaptError("fewer than 10 fit cases: use more shifts")
-    table, best = select_candidate(fit_cases, keys=keys, gate_sets=gate_sets, quantile=quantile,
-                                   min_coverage=min_coverage, folds=folds, seed=seed, success_iou=success_iou)
+    selection = select_candidate(fit_cases, keys=keys, gate_sets=gate_sets, quantile=quantile,
+                                 min_coverage=min_coverage, folds=folds, seed=seed, success_iou=success_iou)
+    table, best = selection.table, selection.best
     key = best["key"]
     gate, bound = _fit(fit_cases, key, best["gate"], quantile, success_iou)
     assert bound is not None
@@ -184,30 +192,32 @@ def finish_calibration(
         out = []
         for c in cs:
             d = decide(calibration, _case_distance(c, key), c.features)
-            out.append(d["bound"] if d["bound"] is not None else 0.0)
+            out.append(d.bound if d.bound is not None else 0.0)
         return np.asarray(out, dtype=np.float64)
 
     y_fit = np.array([c.iou for c in fit_cases])
     y_val = np.array([c.iou for c in val_cases])
-    fit_res = evaluate_bound(product_bounds(fit_cases), None, y_fit)
-    val_res = evaluate_bound(product_bounds(val_cases), None, y_val) if val_cases else evaluate_bound([], None, [])
+    fit_res = evaluate_bound(product_bounds(fit_cases), None, y_fit).to_dict()
+    val_res = (evaluate_bound(product_bounds(val_cases), None, y_val) if val_cases
+               else evaluate_bound([], None, [])).to_dict()
     in_gate = [c for c in val_cases if _in_gate(c, gate)]
     ig = evaluate_bound(product_bounds(in_gate), None, np.array([c.iou for c in in_gate]))
-    val_res["in_gate_n"] = ig["n"]
-    val_res["in_gate_coverage"] = ig["coverage"]
-    val_res["in_gate_median_gap"] = ig["median_gap"]
+    val_res["in_gate_n"] = ig.n
+    val_res["in_gate_coverage"] = ig.coverage
+    val_res["in_gate_median_gap"] = ig.median_gap
     val_res["gated_n"] = len(val_cases) - len(in_gate)
     gated = [c.iou for c in val_cases if not _in_gate(c, gate)]
     val_res["gated_iou_max"] = float(max(gated)) if gated else math.nan
     by_fam = {}
     for fam in sorted({c.shift.family for c in val_cases}):
         cs = [c for c in val_cases if c.shift.family == fam]
-        by_fam[fam] = evaluate_bound(product_bounds(cs), None, np.array([c.iou for c in cs]))
+        by_fam[fam] = evaluate_bound(product_bounds(cs), None, np.array([c.iou for c in cs])).to_dict()
     verdicts = _verdict_table(val_cases, calibration)
     if hold_cases:
-        hold = evaluate_bound(product_bounds(hold_cases), None, np.array([c.iou for c in hold_cases]))
+        hold: dict[str, Any] = evaluate_bound(product_bounds(hold_cases), None,
+                                              np.array([c.iou for c in hold_cases])).to_dict()
         hold["by_family"] = {
-            fam: evaluate_bound(product_bounds(cs), None, np.array([c.iou for c in cs]))
+            fam: evaluate_bound(product_bounds(cs), None, np.array([c.iou for c in cs])).to_dict()
             for fam in sorted({c.shift.family for c in hold_cases})
             for cs in [[c for c in hold_cases if c.shift.family == fam]]
         }
@@ -239,11 +249,11 @@ def _round(v: float) -> float | None:
 
 
 def run_calibration_iter(
-    model: Any,
-    images: Any,
-    labels: Any,
+    model: UNet,
+    images: ArrayLike | Image,
+    labels: ArrayLike | Labels,
     *,
-    shifts: Any = "toy-grid",
+    shifts: str | Sequence[Shift | dict[str, Any]] = "toy-grid",
     n_shifts: int | None = None,
     n_images: int = 24,
     validation_fraction: float = 0.4,
@@ -251,7 +261,7 @@ def run_calibration_iter(
     min_coverage: float = 0.9,
     folds: int = 5,
     seed: int = 0,
-    device: Any = "auto",
+    device: str | torch.device = "auto",
     intensity_range: tuple[float, float] | str | None = None,
     n_patches: int | None = None,
     patch_size: int = 256,
@@ -259,9 +269,9 @@ def run_calibration_iter(
     keys: Sequence[str] | None = None,
     reliable_at: float = RELIABLE_AT,
     unreliable_below: float = UNRELIABLE_BELOW,
-    source_statistics_images: Any = None,
-    holdout_shifts: Any = None,
-) -> Iterator[Progress | Result[tuple[Any, CalibrationRun]]]:
+    source_statistics_images: ArrayLike | Image | None = None,
+    holdout_shifts: str | Sequence[Shift | dict[str, Any]] | None = None,
+) -> Iterator[Progress | Result[tuple[UNet, CalibrationRun]]]:
     """The whole calibration, keeping every measured case: yields Progress, finally Result((model, run)).
 
     Parameters are those of :func:`calibrate`. The returned model is a copy with
@@ -282,13 +292,11 @@ def run_calibration_iter(
     y_all = np.asarray(lab.data) if not lab.is_2d else np.asarray(lab.data)[None]
     out_model = copy.deepcopy(model)
     if read_source_statistics(out_model) is None:
-        for item in compute_source_statistics_iter(
+        yield from forward(compute_source_statistics_iter(
             out_model, source_statistics_images if source_statistics_images is not None else images,
             device=dev, intensity_range=intensity_range, patch_size=patch_size, batch_size=batch_size,
             seed=seed, in_place=True,
-        ):
-            if isinstance(item, Progress):
-                yield item
+        ))
     stats = read_source_statistics(out_model)
     shift_list = _resolve_shifts(shifts, n_shifts, seed)
     splits = split_cases(shift_list, validation_fraction, seed)
@@ -334,16 +342,30 @@ def run_calibration_iter(
     yield Result((out_model, run))
 
 
-def calibrate_iter(model: Any, images: Any, labels: Any, **kwargs: Any) -> Iterator[Progress | Result[Any]]:
-    """Generator form of :func:`calibrate`: yields Progress, finally ``Result(model)``."""
-    for item in run_calibration_iter(model, images, labels, **kwargs):
-        if isinstance(item, Result):
-            yield Result(item.value[0])
-        else:
-            yield item
-
-
-def calibrate(model: Any, images: Any, labels: Any, **kwargs: Any) -> Any:
+def calibrate(
+    model: UNet,
+    images: ArrayLike | Image,
+    labels: ArrayLike | Labels,
+    *,
+    shifts: str | Sequence[Shift | dict[str, Any]] = "toy-grid",
+    n_shifts: int | None = None,
+    n_images: int = 24,
+    validation_fraction: float = 0.4,
+    quantile: float = 0.05,
+    min_coverage: float = 0.9,
+    folds: int = 5,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    intensity_range: tuple[float, float] | str | None = None,
+    n_patches: int | None = None,
+    patch_size: int = 256,
+    batch_size: int = 16,
+    keys: Sequence[str] | None = None,
+    reliable_at: float = RELIABLE_AT,
+    unreliable_below: float = UNRELIABLE_BELOW,
+    source_statistics_images: ArrayLike | Image | None = None,
+    holdout_shifts: str | Sequence[Shift | dict[str, Any]] | None = None,
+) -> UNet:
     """Calibrate the reliability bound of a model on its own labelled data.
 
     Shifts the labelled images in many ways, adapts the model to each shifted
@@ -359,13 +381,16 @@ def calibrate(model: Any, images: Any, labels: Any, **kwargs: Any) -> Any:
         The source model; NOT modified (a calibrated copy is returned). Source
         statistics are measured on ``images`` (or ``source_statistics_images``)
         if the model has none.
-    images, labels : arrays (Z, Y, X)
-        Labelled source data (ideally NOT the training images: held-out slices).
+    images : array-like or napari Image layer
+        Labelled source data, (Z, Y, X) (ideally NOT the training images: held-out slices).
+    labels : array-like or napari Labels layer
+        Their labels, same shape; 0 = background, > 0 = mitochondrion.
     shifts : {"toy-grid", "em"} or list of Shift, default "toy-grid"
         ``"toy-grid"``: class-wise intensity shifts (:func:`toy_grid_shifts`);
-        ``"em"``: grey-value transformations (:func:`em_shifts`).
-    n_shifts : int, optional
-        Number of grid (or EM) shifts (default 128 / 96; failure families come on top).
+        ``"em"``: grey-value transformations (:func:`em_shifts`); or the shifts
+        themselves (:class:`Shift` or their ``to_dict()`` form, at least 10).
+    n_shifts : int or None, default None
+        Number of grid (or EM) shifts (None: 128 / 96; failure families come on top).
     n_images : int, default 24
         Images (slices) per shifted target, drawn at random per shift.
     validation_fraction : float, default 0.4
@@ -375,18 +400,29 @@ def calibrate(model: Any, images: Any, labels: Any, **kwargs: Any) -> Any:
     min_coverage : float, default 0.9
         Cross-validated coverage a candidate must reach to be chosen.
     folds : int, default 5
+        Folds of the cross-validation that chooses the candidate.
     seed : int, default 0
         Seeds the shifts, the split, the image subsets and the noise.
-    device, intensity_range, n_patches, patch_size, batch_size
-        As in :func:`adapt`.
-    keys : list of str, optional
-        Restrict the candidate distances (``"space|normalize|form"``).
-    reliable_at, unreliable_below : float, default 0.8, 0.5
-        Verdict thresholds on the bound, stored with the calibration.
-    source_statistics_images : array, optional
+    device : str or torch.device, default "auto"
+        "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
+    intensity_range : (float, float), "auto" or None, default None
+        Grey-value mapping, as in :func:`adapt`.
+    n_patches : int or None, default None
+        Patches per adaptation and measurement, as in :func:`adapt`.
+    patch_size : int, default 256
+        Patch side in pixels, as in :func:`adapt`.
+    batch_size : int, default 16
+        Patches (or tiles) per forward pass.
+    keys : list of str or None, default None
+        Restrict the candidate distances (``"space|normalize|form"``); None: all.
+    reliable_at : float, default 0.8
+        Verdict threshold on the bound (IoU) for "reliable", stored with the calibration.
+    unreliable_below : float, default 0.5
+        Verdict threshold on the bound (IoU) below which it is "unreliable", stored with the calibration.
+    source_statistics_images : array-like, napari Image layer or None, default None
         Images to measure the source statistics on when the model has none
-        (default: ``images``; better: the training images).
-    holdout_shifts : {"toy-grid", "em"} or list of Shift, optional
+        (None: ``images``; better: the training images).
+    holdout_shifts : {"toy-grid", "em"}, list of Shift or None, default None
         A second set of shifts, of another KIND, used for nothing but an extra
         validation (``meta["calibration"]["holdout"]``): does the bound carry
         over to shifts unlike those it was fitted on?
@@ -398,4 +434,45 @@ def calibrate(model: Any, images: Any, labels: Any, **kwargs: Any) -> Any:
         normalisation / form and gate, fit and held-out coverage and gap, the
         candidates' cross-validation table, the cases and the provenance.
     """
-    return run_to_end(calibrate_iter(model, images, labels, **kwargs))
+    return run_to_end(calibrate_iter(
+        model, images, labels, shifts=shifts, n_shifts=n_shifts, n_images=n_images,
+        validation_fraction=validation_fraction, quantile=quantile, min_coverage=min_coverage, folds=folds,
+        seed=seed, device=device, intensity_range=intensity_range, n_patches=n_patches, patch_size=patch_size,
+        batch_size=batch_size, keys=keys, reliable_at=reliable_at, unreliable_below=unreliable_below,
+        source_statistics_images=source_statistics_images, holdout_shifts=holdout_shifts,
+    ))
+
+
+@shares_docstring(calibrate)
+def calibrate_iter(
+    model: UNet,
+    images: ArrayLike | Image,
+    labels: ArrayLike | Labels,
+    *,
+    shifts: str | Sequence[Shift | dict[str, Any]] = "toy-grid",
+    n_shifts: int | None = None,
+    n_images: int = 24,
+    validation_fraction: float = 0.4,
+    quantile: float = 0.05,
+    min_coverage: float = 0.9,
+    folds: int = 5,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    intensity_range: tuple[float, float] | str | None = None,
+    n_patches: int | None = None,
+    patch_size: int = 256,
+    batch_size: int = 16,
+    keys: Sequence[str] | None = None,
+    reliable_at: float = RELIABLE_AT,
+    unreliable_below: float = UNRELIABLE_BELOW,
+    source_statistics_images: ArrayLike | Image | None = None,
+    holdout_shifts: str | Sequence[Shift | dict[str, Any]] | None = None,
+) -> Iterator[Progress | Result[UNet]]:
+    model, _run = yield from forward(run_calibration_iter(
+        model, images, labels, shifts=shifts, n_shifts=n_shifts, n_images=n_images,
+        validation_fraction=validation_fraction, quantile=quantile, min_coverage=min_coverage, folds=folds,
+        seed=seed, device=device, intensity_range=intensity_range, n_patches=n_patches, patch_size=patch_size,
+        batch_size=batch_size, keys=keys, reliable_at=reliable_at, unreliable_below=unreliable_below,
+        source_statistics_images=source_statistics_images, holdout_shifts=holdout_shifts,
+    ))
+    yield Result(model)

@@ -118,18 +118,19 @@ def measure_case(
     view = check_stack(images)
     norm = resolve_normalization(view, model_normalization(model), intensity_range)
     plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
-    mt, st, ms, ss = run_to_end(measure_pair_iter(
+    pair = run_to_end(measure_pair_iter(
         model, adapted, view, norm, plan, batch_size=batch_size, device=dev,
         full_cov_max_dim=int(stats.provenance.get("full_cov_max_dim", 256)),
     ))
     kw = {"device": dev, "intensity_range": intensity_range, "batch_size": batch_size}
     i_ad = iou(segment(adapted, images, **kw), labels)
     i_so = iou(segment(model, images, **kw), labels)
-    vals, floors = _values(distance_table(stats.moments, mt, keys=keys))
-    vals_so, _ = _values(distance_table(stats.moments, ms, keys=keys))
+    vals, floors = _values(distance_table(stats.moments, pair.moments, keys=keys))
+    vals_so, _ = _values(distance_table(stats.moments, pair.moments_source_only, keys=keys))
     return CalibrationCase(
         shift=shift or Shift("custom", {}), split=split, iou=float(i_ad), iou_source_only=float(i_so),
         distances=vals, distances_source_only=vals_so, floors=floors,
-        features=signal_features(stats.signals, st), features_source_only=signal_features(stats.signals, ss),
+        features=signal_features(stats.signals, pair.signals),
+        features_source_only=signal_features(stats.signals, pair.signals_source_only),
         seconds=time.perf_counter() - t0,
     )

@@ -4,28 +4,58 @@ blocks, evaluated on held-out cases, and plotted from a model's calibration."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BNAdaptError
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
-def calibration_curve(model: Any) -> tuple[np.ndarray, np.ndarray, str] | None:
+    from ..model.unet import UNet
+
+
+@dataclass(frozen=True)
+class CalibrationCurve:
+    """The calibrated lower-bound curve of a model, for plotting (see :func:`calibration_curve`).
+
+    Attributes
+    ----------
+    x : numpy.ndarray
+        Step-function points on the x axis: ``log(1 + distance)``.
+    y : numpy.ndarray
+        The lower bound on the adapted IoU at ``x`` (non-increasing).
+    label : str
+        The x-axis label: which distance, in words.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    label: str
+
+
+def calibration_curve(model: UNet) -> CalibrationCurve | None:
     """The calibrated lower-bound curve of a model, for plotting.
+
+    Parameters
+    ----------
+    model : UNet
+        A model with a calibration in its model card (``meta["calibration"]``).
 
     Returns
     -------
-    (x, y, label) or None
-        Step-function points (x: ``log(1 + distance)``, y: lower bound on the
-        adapted IoU) and the x-axis label; None when the model has no calibration.
+    CalibrationCurve or None
+        Step-function points ``x`` (``log(1 + distance)``), ``y`` (lower bound on the
+        adapted IoU) and the x-axis ``label``; None when the model has no calibration.
     """
     cal = (getattr(model, "meta", None) or {}).get("calibration")
     if not cal:
         return None
     x, y = LowerBound.from_dict(cal["curve"]).curve()
-    return x, y, cal["feature"]["x_label"]
+    return CalibrationCurve(x=x, y=y, label=cal["feature"]["x_label"])
 
 
 # ============================================================ lower bound
@@ -160,24 +190,67 @@ def fit_lower_bound(x: Any, y: Any, quantile: float = 0.05, min_block: int | Non
     return LowerBound(x_knots, y_knots, float(quantile), float(x[0]))
 
 
-def evaluate_bound(bound: Any, x: Any, y: Any) -> dict[str, float]:
+@dataclass(frozen=True)
+class BoundEvaluation:
+    """How a lower bound fares on cases with known IoU (see :func:`evaluate_bound`).
+
+    Attributes
+    ----------
+    n : int
+        Number of cases.
+    coverage : float
+        Share of the cases with ``IoU >= bound`` (nan without cases).
+    median_gap, mean_gap : float
+        Median and mean of ``IoU - bound`` (IoU units).
+    mean_bound : float
+        Mean bound over the cases (higher = tighter).
+    worst_shortfall : float
+        Largest ``bound - IoU`` of a case below its bound; 0 when none is.
+    """
+
+    n: int
+    coverage: float
+    median_gap: float
+    mean_gap: float
+    mean_bound: float
+    worst_shortfall: float
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain-JSON form (as stored in a model's calibration)."""
+        return asdict(self)
+
+
+def evaluate_bound(bound: LowerBound | Callable[[Any], Any] | ArrayLike, x: ArrayLike | None,
+                   y: ArrayLike) -> BoundEvaluation:
     """Coverage (share with ``y >= bound(x)``), the median and mean gap ``y - bound``, the mean bound,
     and the largest shortfall ``bound - y`` of a case below its bound (0 when none is).
 
-    ``bound`` is a LowerBound or an array of bound values. Non-finite x give bound 0.
+    Parameters
+    ----------
+    bound : LowerBound, callable or array-like
+        The bound as a function of ``x``, or the bound values of the cases themselves.
+    x : array-like or None
+        The cases' predictor (``log(1 + distance)``) when ``bound`` is a function;
+        ignored otherwise. Non-finite x give bound 0.
+    y : array-like
+        The cases' true IoU.
+
+    Returns
+    -------
+    BoundEvaluation
     """
     y = np.asarray(y, dtype=np.float64)
     b = np.asarray(bound(x) if callable(bound) else bound, dtype=np.float64)
     b = np.where(np.isfinite(b), b, 0.0)
     if len(y) == 0:
-        return {"n": 0, "coverage": math.nan, "median_gap": math.nan, "mean_gap": math.nan, "mean_bound": math.nan,
-                "worst_shortfall": math.nan}
+        return BoundEvaluation(n=0, coverage=math.nan, median_gap=math.nan, mean_gap=math.nan, mean_bound=math.nan,
+                               worst_shortfall=math.nan)
     gap = y - b
-    return {
-        "n": int(len(y)),
-        "coverage": float(np.mean(y >= b - 1e-12)),
-        "median_gap": float(np.median(gap)),
-        "mean_gap": float(np.mean(gap)),
-        "mean_bound": float(np.mean(b)),
-        "worst_shortfall": float(max(0.0, -gap.min())),
-    }
+    return BoundEvaluation(
+        n=int(len(y)),
+        coverage=float(np.mean(y >= b - 1e-12)),
+        median_gap=float(np.median(gap)),
+        mean_gap=float(np.mean(gap)),
+        mean_bound=float(np.mean(b)),
+        worst_shortfall=float(max(0.0, -gap.min())),
+    )

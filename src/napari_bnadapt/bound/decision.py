@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .curve import LowerBound
@@ -47,6 +48,40 @@ def signal_features(source_signals: Mapping[str, float], target_signals: Mapping
     }
 
 
+@dataclass
+class Decision:
+    """What :func:`decide` concluded for one measurement.
+
+    Attributes
+    ----------
+    bound : float or None
+        The lower bound on the adapted IoU (0 when the gate failed; None when no bound applies).
+    verdict : str
+        ``"reliable"``, ``"uncertain"`` or ``"unreliable"``.
+    x : float or None
+        Where the curve was read: ``log(1 + W2^2 + noise added back)``.
+    gate_failures : list of (feature, value, (lo, hi))
+        The label-free signals outside their calibrated range.
+    key : str or None
+        The calibrated distance's key (``space|normalisation|form``).
+    meaningful : bool
+        Whether the calibrated distance could be computed meaningfully.
+    reason : str
+        Why no bound applies, in words (empty otherwise).
+    beyond_calibration : bool
+        Whether ``x`` lies beyond the largest calibrated distance (the bound is then 0).
+    """
+
+    bound: float | None = None
+    verdict: str = "uncertain"
+    x: float | None = None
+    gate_failures: list[tuple[str, float, tuple[float, float]]] = field(default_factory=list)
+    key: str | None = None
+    meaningful: bool = False
+    reason: str = ""
+    beyond_calibration: bool = False
+
+
 def decide(
     calibration: Mapping[str, Any] | None,
     distances: Mapping[str, Any],
@@ -54,7 +89,7 @@ def decide(
     *,
     reliable_at: float | None = None,
     unreliable_below: float | None = None,
-) -> dict[str, Any]:
+) -> Decision:
     """The bound and the verdict from the calibrated distance and the gate signals.
 
     The calibration's validation runs this same function, so the coverage it
@@ -84,12 +119,8 @@ def decide(
 
     Returns
     -------
-    dict
-        ``bound`` (float or None), ``verdict``, ``x`` (calibration x or None),
-        ``gate_failures`` (list of (feature, value, (lo, hi))), ``key``,
-        ``meaningful`` (bool), ``reason`` (str), ``beyond_calibration`` (bool).
+    Decision
     """
-
     thr = (calibration or {}).get("thresholds", {})
     rel = float(reliable_at if reliable_at is not None else thr.get("reliable", RELIABLE_AT))
     unrel = float(unreliable_below if unreliable_below is not None else thr.get("unreliable", UNRELIABLE_BELOW))
@@ -101,41 +132,38 @@ def decide(
         hi = math.inf if hi is None else float(hi)
         if not math.isfinite(v) or v < lo or v > hi:
             failures.append((name, float(v), (lo, hi)))
-    out: dict[str, Any] = {
-        "bound": None, "verdict": "uncertain", "x": None, "gate_failures": failures,
-        "key": None, "meaningful": False, "reason": "", "beyond_calibration": False,
-    }
+    out = Decision(gate_failures=failures)
     if calibration is None:
-        out["reason"] = "the model has no calibration"
+        out.reason = "the model has no calibration"
         if failures:
-            out["verdict"] = "unreliable"
+            out.verdict = "unreliable"
         return out
     key = calibration["feature"]["key"]
-    out["key"] = key
+    out.key = key
     d = distances.get(key)
     if d is None or isinstance(d, (int, float)):
         value = math.nan if d is None else float(d)
         floor, meaningful, reason = 0.0, math.isfinite(value), ""
     else:
         value, floor, meaningful, reason = float(d.value), float(d.floor), bool(d.meaningful), d.reason
-    out["meaningful"] = meaningful and math.isfinite(value)
+    out.meaningful = meaningful and math.isfinite(value)
     if math.isfinite(value) and value >= 0:
         ref = float(calibration.get("floor_reference", 0.0) or 0.0)
         extra = max(0.0, ref - floor) if math.isfinite(floor) else 0.0
-        out["x"] = math.log1p(value + extra)
+        out.x = math.log1p(value + extra)
     if failures:
-        out["bound"] = 0.0
-        out["verdict"] = "unreliable"
+        out.bound = 0.0
+        out.verdict = "unreliable"
         return out
-    if not out["meaningful"] or out["x"] is None:
-        out["reason"] = reason or "the calibrated distance could not be computed"
+    if not out.meaningful or out.x is None:
+        out.reason = reason or "the calibrated distance could not be computed"
         return out
     bound = LowerBound.from_dict(calibration["curve"])
-    b = float(bound(out["x"]))
-    out["beyond_calibration"] = out["x"] > bound.x_max
-    out["bound"] = b
+    b = float(bound(out.x))
+    out.beyond_calibration = out.x > bound.x_max
+    out.bound = b
     if b >= rel:
-        out["verdict"] = "reliable"
+        out.verdict = "reliable"
     elif b < unrel:
-        out["verdict"] = "unreliable"
+        out.verdict = "unreliable"
     return out

@@ -3,7 +3,10 @@ labels, verdict thresholds, calibration format version."""
 
 from __future__ import annotations
 
-SPACES = ("ls0", "ls1", "ls2", "ls3", "ls4", "dec", "out")
+from ..model.layout import LATENT_SPACES
+
+#: Latent spaces measured: the U-Net's BatchNorm outputs and the output logits ``out``.
+SPACES: tuple[str, ...] = (*LATENT_SPACES, "out")
 
 
 _NORM_ARG = {"source": "source", "target": "target", "plain": None}

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .decision import Decision
 from .names import _NORM_LABEL, distance_label
 
 _FEATURE_TEXT = {
@@ -182,10 +183,10 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _sentence(dec: dict[str, Any], features: Mapping[str, float], source_signals: Mapping[str, float],
+def _sentence(dec: Decision, features: Mapping[str, float], source_signals: Mapping[str, float],
               calibrated: bool, coverage: float | None = None) -> str:
-    if dec["gate_failures"]:
-        name, v, _ = dec["gate_failures"][0]
+    if dec.gate_failures:
+        name, v, _ = dec.gate_failures[0]
         if name == "fg_logratio":
             return (
                 f"Do not trust this result: the adapted model marks {features['foreground_fraction']:.0%} of the "
@@ -203,7 +204,7 @@ def _sentence(dec: dict[str, Any], features: Mapping[str, float], source_signals
             f"Do not trust this result: the {_FEATURE_TEXT.get(name, name)} is outside the range seen when the "
             "model was calibrated; check by eye."
         )
-    b = dec["bound"]
+    b = dec.bound
     if not calibrated:
         return (
             "No verdict possible: this model file has no calibration, so the distances cannot be turned into "
@@ -214,19 +215,19 @@ def _sentence(dec: dict[str, Any], features: Mapping[str, float], source_signals
             "No verdict possible: too little data to measure the distance reliably; use more slices or "
             "patches, and inspect the segmentation by eye."
         )
-    if dec["verdict"] == "reliable":
+    if dec.verdict == "reliable":
         held = (f"; this calibrated bound held for {coverage:.0%} of held-out test shifts"
                 if coverage is not None and math.isfinite(coverage) else "")
         return (
             f"Adaptation very likely worked: expect an overlap with the true mitochondria (IoU) of at least "
             f"{b:.2f}{held}."
         )
-    if dec["beyond_calibration"]:
+    if dec.beyond_calibration:
         return (
             "Do not trust this result without checking: this data is further from the training data than any "
             "of the test shifts the model was calibrated on, so no quality can be promised."
         )
-    if dec["verdict"] == "unreliable":
+    if dec.verdict == "unreliable":
         return (
             f"Adaptation may well have failed: for data this different from the training data the overlap "
             f"(IoU) can drop to {b:.2f}; check the segmentation carefully before using it."

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import BNAdaptError
 from .cases import CalibrationCase
-from .curve import LowerBound, evaluate_bound, fit_lower_bound
+from .curve import BoundEvaluation, LowerBound, evaluate_bound, fit_lower_bound
 from .decision import decide
 from .names import SUCCESS_IOU
 
@@ -95,8 +95,40 @@ def _folds(cases: Sequence[CalibrationCase], k: int, seed: int) -> np.ndarray:
     return fold
 
 
+@dataclass(frozen=True)
+class CrossValidation(BoundEvaluation):
+    """:class:`~napari_bnadapt.bound.curve.BoundEvaluation` of the cross-validated bounds of one candidate.
+
+    Attributes
+    ----------
+    computable : float
+        Share of the cases in which the candidate's distance could be computed.
+    """
+
+    computable: float
+
+
+@dataclass(frozen=True)
+class CandidateSelection:
+    """What :func:`select_candidate` found.
+
+    Attributes
+    ----------
+    table : list of dict
+        One row per (distance, gate) candidate: ``key``, ``gate``, the
+        :class:`CrossValidation` fields, ``median_above_floor`` and ``excluded``
+        (why it was not considered; "" when it was). Rows are the plain-JSON form
+        stored in a model's calibration.
+    best : dict
+        The chosen row of ``table``.
+    """
+
+    table: list[dict[str, Any]]
+    best: dict[str, Any]
+
+
 def cross_validate(cases: Sequence[CalibrationCase], key: str, gate_features: Sequence[str], *, quantile: float = 0.05,
-                   folds: int = 5, seed: int = 0, success_iou: float = SUCCESS_IOU) -> dict[str, float]:
+                   folds: int = 5, seed: int = 0, success_iou: float = SUCCESS_IOU) -> CrossValidation:
     """K-fold cross-validated coverage and tightness of one (distance, gate) choice on the fit cases."""
     fold = _folds(cases, folds, seed)
     pred = np.zeros(len(cases))
@@ -109,8 +141,7 @@ def cross_validate(cases: Sequence[CalibrationCase], key: str, gate_features: Se
         gate, bound = _fit(tr, key, gate_features, quantile, success_iou)
         pred[te_idx] = _predict([cases[i] for i in te_idx], key, gate, bound)
     res = evaluate_bound(pred, None, y)
-    res["computable"] = float(np.mean(np.isfinite(_xs(cases, key))))
-    return res
+    return CrossValidation(**res.to_dict(), computable=float(np.mean(np.isfinite(_xs(cases, key)))))
 
 
 def select_candidate(
@@ -123,7 +154,7 @@ def select_candidate(
     folds: int = 5,
     seed: int = 0,
     success_iou: float = SUCCESS_IOU,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> CandidateSelection:
     """Cross-validate every (distance, gate) pair on the fit cases and choose the tightest valid one.
 
     The score is the mean cross-validated bound (higher = tighter) among the
@@ -132,8 +163,9 @@ def select_candidate(
 
     Returns
     -------
-    (table, best)
-        One row per pair (key, gate, coverage, mean_bound, median_gap, ...), and the chosen row.
+    CandidateSelection
+        ``table``: one row per pair (key, gate, coverage, mean_bound, median_gap, ...);
+        ``best``: the chosen row.
     """
     if keys is None:
         keys = sorted({k for c in cases for k in c.distances})
@@ -157,9 +189,8 @@ def select_candidate(
                           "median_above_floor": above, "excluded": "not computable in every case"})
             continue
         for gs in gate_sets:
-            r = cross_validate(cases, key, gs, quantile=quantile, folds=folds, seed=seed, success_iou=success_iou)
-            r.update(key=key, gate=list(gs), median_above_floor=above, excluded="")
-            table.append(r)
+            cv = cross_validate(cases, key, gs, quantile=quantile, folds=folds, seed=seed, success_iou=success_iou)
+            table.append({**cv.to_dict(), "key": key, "gate": list(gs), "median_above_floor": above, "excluded": ""})
     valid = [r for r in table if not r["excluded"] and r["coverage"] >= min_coverage]
     if not valid:
         valid = [r for r in table if not r["excluded"]]
@@ -168,7 +199,7 @@ def select_candidate(
         best = max(valid, key=lambda r: (r["coverage"], r["mean_bound"]))
     else:
         best = max(valid, key=lambda r: (round(r["mean_bound"], 4), -len(r["gate"])))
-    return table, best
+    return CandidateSelection(table=table, best=best)
 
 
 @dataclass(frozen=True)
@@ -185,12 +216,11 @@ def _case_distance(c: CalibrationCase, key: str, source_only: bool = False) -> d
 
 
 def _verdict_table(cases: Sequence[CalibrationCase], calibration: dict[str, Any]) -> dict[str, Any]:
-
     key = calibration["feature"]["key"]
     out: dict[str, Any] = {}
     for c in cases:
         d = decide(calibration, _case_distance(c, key), c.features)
-        v = out.setdefault(d["verdict"], {"n": 0, "iou_min": 1.0, "iou_max": 0.0, "families": {}})
+        v = out.setdefault(d.verdict, {"n": 0, "iou_min": 1.0, "iou_max": 0.0, "families": {}})
         v["n"] += 1
         v["iou_min"] = min(v["iou_min"], c.iou)
         v["iou_max"] = max(v["iou_max"], c.iou)

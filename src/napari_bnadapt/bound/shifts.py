@@ -8,15 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
-
-# the 1-800 experiment of the thesis (science.md section 4)
-GRID_MU0 = (64, 80, 96, 112, 128, 144, 160)
-
-
-GRID_D = (24, 32, 42, 55, 73, 97, 128)
-
-
-GRID_SIGMA = (6, 12, 18, 24, 30)
+from ..synthetic.grid import GRID_D, GRID_MU0, GRID_SIGMA
 
 
 # =================================================================== shifts

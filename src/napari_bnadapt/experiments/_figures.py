@@ -14,8 +14,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from ..synthetic.grid import GRID_D as DIST
+from ..synthetic.grid import GRID_MU0 as MU0
+from ..synthetic.grid import GRID_SIGMA as SIGMAS
+from ..synthetic.grid import GRID_SOURCE as SOURCE
 from ._findings import envelope
-from .grid800 import DIST, MU0, SIGMAS, SOURCE
 
 
 def figure(**kwargs: Any) -> Any:
@@ -98,7 +101,6 @@ def matrix_heatmaps(spec: Any, rows: list[dict[str, Any]], path: Path) -> Path:
 
 # -------------------------------------------------------------------- grid layout
 def _grid_mosaic(rows: list[dict[str, Any]], col: str) -> tuple[np.ndarray, list[int], list[int]]:
-
     k = len(SIGMAS)
     step = k + 1
     mos = np.full((len(MU0) * step - 1, len(DIST) * step - 1), np.nan)
@@ -155,7 +157,6 @@ def scatter(spec: Any, rows: list[dict[str, Any]], path: Path) -> Path:
     model on target images. The step line is the minimum IoU in equal-count
     bins of the distance (the empirical lower envelope).
     """
-
     y = np.array([r["iou_adapted"] for r in rows], float)
     c = np.array([r["iou_source_only"] for r in rows], float)
     fig = figure(figsize=(11, 4.6), layout="constrained")

@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from ..model.layout import LATENT_SPACES
 from ..synthetic.checks import ClippingWarning
 from ..synthetic.generator import draw_parameters, generate
 
 #: Latent spaces whose Gaussian distances are written to the CSV (ls0..ls4: encoder
 #: stages; dec: the decoder's last BatchNorm).
-LAYERS: tuple[str, ...] = ("ls0", "ls1", "ls2", "ls3", "ls4", "dec")
+LAYERS: tuple[str, ...] = LATENT_SPACES
 
 
 # --------------------------------------------------------------------------- seeds
@@ -80,7 +81,6 @@ class Dataset:
 
     def generate(self, n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
         """``n`` images of ``size`` x ``size`` and masks, and the clipped fraction (no warning)."""
-
         if self.random:  # every image its own random parameters (thesis #3 "random")
             p = draw_parameters(seed=derive_seed("random-params", seed), n=n)
             mu0, sigma0, mu1, sigma1 = p["mu0"], p["sigma0"], p["mu1"], p["sigma1"]

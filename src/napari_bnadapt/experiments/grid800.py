@@ -14,14 +14,15 @@ does not say which shape was labelled: our choice).
 
 from __future__ import annotations
 
+from ..synthetic.grid import GRID_D, GRID_MU0, GRID_MU_MAX, GRID_SIGMA, GRID_SOURCE
 from .datasets import Dataset, UNetScale
 from .unet_runner import UNetSpec
 
-SOURCE = (96, 18, 138, 18)
-MU0 = (64, 80, 96, 112, 128, 144, 160)
-DIST = (24, 32, 42, 55, 73, 97, 128)
-SIGMAS = (6, 12, 18, 24, 30)
-MU_MAX = 192
+SOURCE = GRID_SOURCE
+MU0 = GRID_MU0
+DIST = GRID_D
+SIGMAS = GRID_SIGMA
+MU_MAX = GRID_MU_MAX
 
 
 def targets(shapes: str = "perlin", distractors: bool = False) -> tuple[Dataset, ...]:
@@ -41,13 +42,13 @@ def targets(shapes: str = "perlin", distractors: bool = False) -> tuple[Dataset,
 def spec(name: str) -> UNetSpec:
     if name == "grid800":
         kw: dict = {}
-        title = "The 1-800 experiment (source (96, 18, 138, 18))"
+        title = f"The 1-800 experiment (source {SOURCE})"
     elif name == "shapes":
         kw = {"shapes": "triangles", "distractors": True}
         title = "The 1-800 experiment, triangles (labelled) and circles (distractors)"
     else:  # pragma: no cover - guarded by the registry
         raise KeyError(name)
-    src = Dataset("source", "(96,18,138,18)", *SOURCE, **kw)
+    src = Dataset("source", "({},{},{},{})".format(*SOURCE), *SOURCE, **kw)
     return UNetSpec(name, (src,), targets(**kw), "grid", title)
 
 

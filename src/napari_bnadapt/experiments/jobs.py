@@ -19,7 +19,7 @@ from ..io.stack_view import Normalization
 from ..metrics import iou
 from ..model.files import load_model, save_model
 from ..model.training import train_iter
-from ..progress import Progress, Result, run_to_end
+from ..progress import Progress, Result, forward, run_to_end
 from ..stats.wasserstein import noise_floor, w2_squared, w2_squared_diag
 from .datasets import LAYERS, Dataset, UNetScale, derive_seed
 
@@ -42,23 +42,16 @@ def model_path(cache: Path, ds: Dataset, scale: UNetScale, seed: int) -> Path:
 
 def train_source_iter(job: TrainJob) -> Iterator[Progress | Result[str]]:
     """Train one source model (single-threaded) and save it to ``job.path`` (atomically)."""
-
     sc = job.scale
     x, y, _ = job.dataset.generate(sc.n_train, sc.image_size, derive_seed("train", job.seed, job.dataset.key))
     with _torch_threads(1):
-        model = None
-        for item in train_iter(x, y, width=sc.width, steps=sc.train_steps(), batch_size=sc.batch_size,
-                               patch_size=sc.image_size, lr=sc.lr, val_fraction=sc.val_fraction,
-                               eval_every=sc.train_eval_every(), patience=sc.patience,
-                               seed=derive_seed("init", job.seed, job.dataset.key), device="cpu",
-                               augment=sc.augment, optimizer=sc.optimizer,
-                               name=f"{job.experiment}-source-{job.dataset.id}",
-                               data_description=f"toy source {job.dataset.key}"):
-            if isinstance(item, Result):
-                model = item.value
-            else:
-                yield item
-    assert model is not None
+        model = yield from forward(train_iter(
+            x, y, width=sc.width, steps=sc.train_steps(), batch_size=sc.batch_size, patch_size=sc.image_size,
+            lr=sc.lr, val_fraction=sc.val_fraction, eval_every=sc.train_eval_every(), patience=sc.patience,
+            seed=derive_seed("init", job.seed, job.dataset.key), device="cpu", augment=sc.augment,
+            optimizer=sc.optimizer, name=f"{job.experiment}-source-{job.dataset.id}",
+            data_description=f"toy source {job.dataset.key}",
+        ))
     model.meta["training"].pop("seconds", None)  # keep the file identical across reruns
     model.meta.pop("created", None)
     tmp = Path(job.path).with_name(Path(job.path).stem + ".partial.safetensors")
@@ -68,7 +61,6 @@ def train_source_iter(job: TrainJob) -> Iterator[Progress | Result[str]]:
 
 
 def train_source(job: TrainJob) -> str:
-
     return run_to_end(train_source_iter(job))
 
 
@@ -151,7 +143,6 @@ def latent_distances(src: dict[str, Any], tgt: dict[str, Any]) -> dict[str, floa
     source, ``tnW2`` by the target. A value that cannot be computed (singular
     reference covariance) is NaN.
     """
-
     out: dict[str, float] = {}
     for name in LAYERS:
         if name not in src or name not in tgt:

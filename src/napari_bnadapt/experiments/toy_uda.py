@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..adabn.adaptation import adapt_batchnorm_iter
-from ..progress import Progress, Result, run_to_end
+from ..progress import Progress, Result, forward, run_to_end
 from ..stats.wasserstein import w2_squared, w2_squared_diag
 from ._figures import figure, save
 from .datasets import derive_seed
@@ -193,7 +193,6 @@ def _bn1_moments(net: Any, x: np.ndarray) -> Any:
 
 def evaluate_target(net: Any, k: int, scale: ToyScale, seed: int, ref: dict[str, Any]) -> dict[str, Any]:
     """One row: classic UDA on N_k, and the estimated-statistics question with N1 as the true target."""
-
     tg = _target(np.random.default_rng(derive_seed("toy-target", seed, k)))
     rng = np.random.default_rng(derive_seed("toy-target-data", seed, k))
     xa, _ = _sample(rng, scale.n_adapt, tg["mean"], tg["cov"])
@@ -342,12 +341,7 @@ def run_iter(scale: ToyScale, out: Path, *, resume: bool = True, seed: int = 0, 
             net.load_state_dict(torch.load(path, weights_only=True))
             net.eval()
         else:
-            net = None
-            for item in train_network(scale, seed):
-                if isinstance(item, Result):
-                    net = item.value
-                else:
-                    yield item
+            net = yield from forward(train_network(scale, seed))
             tmp = path.with_suffix(".partial")
             torch.save(net.state_dict(), tmp)
             tmp.replace(path)

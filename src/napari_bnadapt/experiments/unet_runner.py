@@ -1,5 +1,7 @@
-"""Shared machinery of the U-Net experiments: datasets, scales, seeds, the source-model
-cache, the resumable CSV, the per-pair evaluation and the (optionally parallel) runner.
+"""Running a U-Net experiment: its spec, the (optionally parallel) worker pool, resuming, findings, figures.
+
+Datasets and scales are in :mod:`.datasets`, the jobs (train a source model,
+evaluate a pair) in :mod:`.jobs`, the resumable CSV in :mod:`.results`.
 
 Reproducibility: every random draw is seeded from the experiment seed and the
 *parameters* of the dataset it belongs to (never from an index or the order of

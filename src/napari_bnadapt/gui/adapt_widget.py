@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -17,48 +16,31 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ..bound.curve import calibration_curve
 from ..errors import BNAdaptError
-from .layers import layers_of, transform_kwargs, unique_name
-from .loading import StackLoader
-from .runner import Runner, unwrap
-
-if TYPE_CHECKING:
-    import napari
-from ..adabn.adaptation import adapt_iter
-from ..bound.assess import reliability_iter
 from ..io.pixel_size import mismatch_message, pixel_size_nm, rescale_iter, size_ratio
 from ..io.stack_view import check_stack, layer_data, resolve_normalization
-from ..metrics import iou
-from ..model.device import available_devices, get_device
+from ..model.device import available_devices
 from ..model.files import (
+    DEFAULT_MODEL,
     list_models,
     load_model,
     model_card,
     resolve_model_path,
     save_model,
 )
-from ..stats.source_statistics import read_source_statistics
-from .train_widget import MODEL_LIST_LISTENERS
+from ..progress import forward
+from ..workflow import WorkflowResult, run_iter
+from .layers import layers_of, transform_kwargs, unique_name
+from .loading import StackLoader
+from .runner import Runner
+from .viewer_state import MODEL_LIST, reports_of
+
+if TYPE_CHECKING:
+    import napari
 
 NO_TRUTH = "(none)"
 INTENSITY_CHOICES = {"model's range (8-bit)": None, "auto (0.5-99.5 percentiles)": "auto"}
-
-
-def describe_card(card: dict[str, Any]) -> str:
-    """A short, readable model card: trained on what, at what pixel size, when, how good."""
-    if card.get("imported"):
-        return "imported PyTorch weights: no model card (8-bit input assumed)"
-    training = card.get("training", {})
-    metrics = training.get("metrics", {})
-    px = card.get("pixel_size_nm")
-    lines = [card.get("description") or training.get("data", {}).get("description") or "no description"]
-    lines.append(f"pixel size: {' x '.join(f'{v:g}' for v in px) + ' nm' if px else 'unknown'}")
-    when = (card.get("created") or "")[:10]
-    if "val_iou" in metrics:
-        lines.append(f"validation IoU {metrics['val_iou']:.3f}" + (f"; trained {when}" if when else ""))
-    if card.get("adaptation"):
-        lines.append(f"adapted from {card['adaptation'].get('source_model')}")
-    return "\n".join(lines)
 
 
 class AdaptSegmentWidget(Container):
@@ -77,7 +59,7 @@ class AdaptSegmentWidget(Container):
         self._extra_models: list[str] = []
         self._models: dict[str, Any] = {}
         self.adapted_model: Any = None
-        self.last_result: dict[str, Any] | None = None
+        self.last_result: WorkflowResult | None = None
 
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self.model = ComboBox(label="model", choices=lambda _w: list_models() + self._extra_models)
@@ -132,13 +114,13 @@ class AdaptSegmentWidget(Container):
         self.run_plain.changed.connect(lambda: self.start(adapt=False))
         self.save.changed.connect(self._save_dialog)
 
-        MODEL_LIST_LISTENERS.append(self.model.reset_choices)
+        MODEL_LIST.add(self.model.reset_choices)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         viewer.layers.events.moved.connect(self.reset_choices)
         self.reset_choices()
-        if "toy-perlin" in self.model.choices:  # the demo's model; the EM models are one click away
-            self.model.value = "toy-perlin"
+        if DEFAULT_MODEL in self.model.choices:
+            self.model.value = DEFAULT_MODEL
         self._update_card()
         self.loader.show_voxel_size(self.image.value)
 
@@ -173,12 +155,11 @@ class AdaptSegmentWidget(Container):
             self.add_model_file(path)
 
     def _update_card(self, *_: Any) -> None:
-
         if not self.model.value:
             self.card.value = "no model"
             return
         try:
-            self.card.value = describe_card(model_card(self.model.value))
+            self.card.value = model_card(self.model.value).describe()
         except BNAdaptError as exc:
             self.card.value = f"cannot use this model: {exc}"
         self.check_pixel_size()
@@ -190,18 +171,16 @@ class AdaptSegmentWidget(Container):
 
     def _pixel_sizes(self) -> tuple[Any, Any]:
         """(image pixel size in nm or None, model pixel size in nm or None)."""
-
         layer = self.image.value
         image_nm = None if layer is None else pixel_size_nm(layer.scale, getattr(layer, "units", None))
         try:
-            model_nm = model_card(self.model.value).get("pixel_size_nm") if self.model.value else None
+            model_nm = model_card(self.model.value).pixel_size_nm if self.model.value else None
         except BNAdaptError:
             model_nm = None
         return image_nm, model_nm
 
     def check_pixel_size(self, *_: Any) -> str | None:
         """Compare the image's pixel size with the model's; warn and offer to rescale if they differ > 25 %."""
-
         image_nm, model_nm = self._pixel_sizes()
         msg = mismatch_message(image_nm, model_nm)
         if msg:
@@ -218,7 +197,6 @@ class AdaptSegmentWidget(Container):
 
     def rescale_to_model(self) -> Any:
         """Resample the chosen image to the model's pixel size as a NEW layer (the original is kept)."""
-
         layer = self.image.value
         image_nm, model_nm = self._pixel_sizes()
         if layer is None or size_ratio(image_nm, model_nm) is None or self.runner.running:
@@ -227,7 +205,7 @@ class AdaptSegmentWidget(Container):
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
         def job() -> Any:
-            return (yield from unwrap(rescale_iter(data, factor)))
+            return (yield from forward(rescale_iter(data, factor)))
 
         def done(arr: Any) -> None:
             kw = transform_kwargs(layer)
@@ -247,7 +225,6 @@ class AdaptSegmentWidget(Container):
         return self.runner.start(job, done, "rescaling to the model's pixel size")
 
     def _load_model(self) -> Any:
-
         name = self.model.value
         if not name:
             raise BNAdaptError("choose a model first")
@@ -271,7 +248,6 @@ class AdaptSegmentWidget(Container):
     # --- running ---------------------------------------------------------
     def start(self, adapt: bool = True) -> Any:
         """Start a run (adapt & segment, or segment only); returns the worker, or None on bad input."""
-
         if self.runner.running:
             return None
         try:
@@ -295,74 +271,40 @@ class AdaptSegmentWidget(Container):
         except BNAdaptError as exc:
             self.runner.say(str(exc), error=True)
             return None
-        settings = self.adapt_settings()
-        opts = {"device": self.device.value, "intensity_range": intensity, "tile_size": int(self.tile_size.value) or None}
-        want_prob = bool(self.add_probabilities.value)
-
-        assess = adapt and bool(self.assess.value) and read_source_statistics(model) is not None
+        gen = run_iter(
+            model, data, adapt=adapt, assess=adapt and bool(self.assess.value), truth=truth,
+            keep_probabilities=bool(self.add_probabilities.value), device=self.device.value,
+            intensity_range=intensity, tile_size=int(self.tile_size.value) or None,
+            adapt_options=self.adapt_settings(),
+        )
 
         def job() -> Any:
-            from ..segmentation.predict import predict_iter
+            return (yield from forward(gen))
 
-            out: dict[str, Any] = {"adapted": adapt, "layer": layer, "model_name": model.meta.get("name"),
-                                   "device": str(get_device(opts["device"])), "source_model": model}
-            if truth is not None and adapt:
-                before = yield from unwrap(predict_iter(model, data, **opts))
-                out["iou_before"] = iou(before > 0.5, truth)
-            used = model
-            if adapt:
-                used, out["report"] = yield from unwrap(
-                    adapt_iter(model, data, device=opts["device"], intensity_range=intensity, **settings)
-                )
-            if assess:
+        return self.runner.start(job, lambda res: self._on_done(res, layer),
+                                 "adapting and segmenting" if adapt else "segmenting")
 
-                out["reliability"] = yield from unwrap(reliability_iter(
-                    model, used, data, device=opts["device"], intensity_range=intensity, seed=settings["seed"]))
-            prob = yield from unwrap(predict_iter(used, data, **opts))
-            out["labels"] = (prob > 0.5).astype(np.uint8)
-            out["prob"] = prob if want_prob else None
-            if truth is not None:
-                out["iou"] = iou(out["labels"], truth)
-            out["model"] = used
-            return out
-
-        return self.runner.start(job, self._on_done, "adapting and segmenting" if adapt else "segmenting")
-
-    def _on_done(self, out: dict[str, Any]) -> None:
-        layer = out["layer"]
-        tag = f"{out['model_name']}{' adapted' if out['adapted'] else ''}"
+    def _on_done(self, res: WorkflowResult, layer: Any) -> None:
+        tag = f"{res.model_name}{' adapted' if res.adapted else ''}"
         kw = transform_kwargs(layer)
-        self.viewer.add_labels(out["labels"], name=unique_name(self.viewer, f"{layer.name} [{tag}]"), **kw)
-        if out["prob"] is not None:
-            self.viewer.add_image(out["prob"], name=unique_name(self.viewer, f"{layer.name} [{tag} probability]"),
+        self.viewer.add_labels(res.labels, name=unique_name(self.viewer, f"{layer.name} [{tag}]"), **kw)
+        if res.probabilities is not None:
+            self.viewer.add_image(res.probabilities, name=unique_name(self.viewer, f"{layer.name} [{tag} probability]"),
                                   colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", **kw)
-        msg = [] if out["adapted"] else [f"segmented on {out['device']}"]
-        if out["adapted"]:
-            self.adapted_model = out["model"]
+        if res.adapted:
+            self.adapted_model = res.model
             self.save.enabled = True
-            rep = out["report"]
-            msg.append(f"adapted on {rep.device} in {rep.seconds:.1f} s from {rep.n_patches} patches"
-                       + ("" if rep.converged else " (statistics not converged: use more patches)"))
-        if "reliability" in out:
-            from .reliability_widget import publish_report
-
-            rel = out["reliability"]
-            publish_report(rel, out["source_model"])
-            bound = (f", predicted IoU >= {rel.iou_lower_bound:.2f}"
-                     if rel.iou_lower_bound is not None and not rel.gate_failures else "")
-            msg.append(f"reliability: {rel.verdict}{bound} (see the Reliability panel)")
-        elif out["adapted"] and self.assess.value:
-            msg.append("reliability not assessed: this model file has no source statistics")
-        if "iou" in out:
-            msg.append(("IoU before adaptation {:.3f}, after {:.3f}".format(out["iou_before"], out["iou"]))
-                       if "iou_before" in out else f"IoU {out['iou']:.3f}")
-        self.last_result = out
+        if res.reliability is not None:
+            reports_of(self.viewer).publish(res.reliability, calibration_curve(res.source_model))
+        msg = res.summary()
+        if res.reliability is not None:
+            msg[msg.index(next(m for m in msg if m.startswith("reliability:")))] += " (see the Reliability panel)"
+        self.last_result = res
         self.runner.say("; ".join(msg))
 
     # --- saving ------------------------------------------------------------
     def save_adapted_model(self, path: str | Path, overwrite: bool = False) -> Path | None:
         """Save the last adapted model to ``path`` (never over an existing file unless ``overwrite``)."""
-
         if self.adapted_model is None:
             self.runner.say("adapt a model first", error=True)
             return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..model.files import DEFAULT_MODEL
+
 PLUGIN = "napari-bnadapt"
 
 
@@ -18,7 +20,7 @@ def build_demo_viewer(show: bool = True) -> tuple[Any, Any]:
     import napari
 
     viewer = napari.Viewer(title="napari-bnadapt demo", show=show)
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window.resize(1500, 950)
     viewer.open_sample(PLUGIN, "toy_source")
     viewer.open_sample(PLUGIN, "toy_brightness_target")
     viewer.layers["toy source"].visible = False
@@ -28,7 +30,7 @@ def build_demo_viewer(show: bool = True) -> tuple[Any, Any]:
     viewer.window.add_plugin_dock_widget(PLUGIN, "Reliability", tabify=True)
     widget.image.value = viewer.layers["toy target (brighter)"]
     widget.truth.value = viewer.layers["toy target (brighter) truth"]
-    widget.model.value = "toy-perlin"
+    widget.model.value = DEFAULT_MODEL
     widget.start(adapt=True)
     return viewer, widget
 

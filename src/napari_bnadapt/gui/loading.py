@@ -92,7 +92,6 @@ class StackLoader(Container):
 
     def load(self, path: str | Path, dataset: str | None = None) -> Any:
         """Open ``path`` lazily with the crop/downsampling settings; add it as an image layer."""
-
         try:
             try:
                 array, info = read_stack(path, dataset=dataset)

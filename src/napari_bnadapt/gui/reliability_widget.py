@@ -3,13 +3,13 @@
 Shows the verdict in colour with its sentence, the predicted lower bound on the IoU,
 per latent space the Wasserstein distances with their noise floors (adapted and
 without adaptation), and the model's calibration curve with the current target as
-points. It displays what the *Adapt & segment* widget measured on its last run.
+points. It displays what the *Adapt & segment* widget of the same viewer measured on its last run.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import (
     QHeaderView,
@@ -20,24 +20,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..bound.curve import calibration_curve
+from .viewer_state import reports_of
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..bound.curve import CalibrationCurve
 
 VERDICT_COLOURS = {"reliable": "#3fb950", "uncertain": "#d29922", "unreliable": "#f85149"}
-
-#: Open panels (called with the report and the source model after each assessed run).
-REPORT_LISTENERS: list[Any] = []
-_LAST: dict[str, Any] = {}
-
-
-def publish_report(report: Any, model: Any) -> None:
-    """Send a reliability report to every open panel (and keep it for panels opened later)."""
-    _LAST.update(report=report, model=model)
-    for cb in list(REPORT_LISTENERS):
-        try:
-            cb(report, model)
-        except RuntimeError:  # the panel was closed
-            REPORT_LISTENERS.remove(cb)
-
 
 def _fmt(v: float | None, digits: int = 3) -> str:
     if v is None or not math.isfinite(v):
@@ -46,16 +36,22 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 
 
 class ReliabilityWidget(QWidget):
-    """The reliability panel (see the module docstring)."""
+    """The reliability panel (see the module docstring).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer, optional
+        The viewer whose *Adapt & segment* runs the panel shows (napari passes it).
+    """
 
     COLUMNS = ["latent space", "adapted", "without adaptation", "noise floor", "samples (eff.)", "dims"]
 
-    def __init__(self, viewer: Any = None) -> None:
+    def __init__(self, napari_viewer: napari.viewer.Viewer | None = None) -> None:
         super().__init__()
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.viewer = viewer
+        self.viewer = napari_viewer
         self.report: Any = None
         self.verdict = QLabel("no adaptation assessed yet: run 'Adapt & segment'")
         self.verdict.setWordWrap(True)
@@ -74,12 +70,14 @@ class ReliabilityWidget(QWidget):
         layout = QVBoxLayout(self)
         for w in (self.verdict, self.sentence, self.bound, self.table, self.canvas):
             layout.addWidget(w)
-        REPORT_LISTENERS.append(self.show_report)
-        if _LAST:
-            self.show_report(_LAST["report"], _LAST["model"])
+        reports_of(napari_viewer).subscribe(self.show_report)
 
-    def show_report(self, report: Any, model: Any) -> None:
-        """Display ``report`` (a :class:`~napari_bnadapt.bound.report.ReliabilityReport`)."""
+    def show_report(self, report: Any, curve: CalibrationCurve | None = None) -> None:
+        """Display ``report`` (a :class:`~napari_bnadapt.bound.report.ReliabilityReport`).
+
+        ``curve`` is the source model's calibration curve
+        (:func:`napari_bnadapt.bound.curve.calibration_curve`), or None.
+        """
         self.report = report
         colour = VERDICT_COLOURS.get(report.verdict, "#cccccc")
         self.verdict.setText(f"<b style='font-size:15pt; color:{colour}'>{report.verdict.upper()}</b>")
@@ -105,26 +103,23 @@ class ReliabilityWidget(QWidget):
                 if not d.meaningful:
                     item.setToolTip(f"not meaningful: {d.reason}")
                 self.table.setItem(i, j, item)
-        self._plot(report, model)
+        self._plot(report, curve)
 
-    def _plot(self, report: Any, model: Any) -> None:
-
+    def _plot(self, report: Any, curve: CalibrationCurve | None) -> None:
         self.figure.clear()
         ax = self.figure.add_subplot(111)
-        curve = calibration_curve(model)
         if curve is None:
             ax.text(0.5, 0.5, "this model has no calibration curve", ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
         else:
-            x, y, label = curve
-            ax.step(x, y, where="post", color="#888888", label="calibrated lower bound")
+            ax.step(curve.x, curve.y, where="post", color="#888888", label="calibrated lower bound")
             if report.calibration_x_source_only is not None:
                 ax.axvline(report.calibration_x_source_only, color="#f85149", ls="--", lw=1, label="without adaptation")
             if report.calibration_x is not None:
                 yb = report.iou_lower_bound if report.iou_lower_bound is not None else 0.0
                 ax.plot([report.calibration_x], [yb], "o", color=VERDICT_COLOURS.get(report.verdict, "k"),
                         ms=8, label="this image, adapted")
-            ax.set_xlabel(label)
+            ax.set_xlabel(curve.label)
             ax.set_ylabel("IoU lower bound")
             ax.set_ylim(-0.02, 1.02)
             ax.legend(fontsize=7, loc="lower left")

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from magicgui.widgets import Label, ProgressBar, PushButton
 
 from ..errors import BNAdaptError
-from ..progress import Progress, Result
-
-
-def unwrap(gen: Iterator[Any]) -> Generator[Progress, None, Any]:
-    """``yield from unwrap(core_iter(...))`` yields its progress and returns its result."""
-    for item in gen:
-        if isinstance(item, Result):
-            return item.value
-        yield item
-    raise RuntimeError("the operation ended without a result")
+from ..progress import Progress
 
 
 def friendly_error(exc: BaseException) -> str:
@@ -140,7 +131,15 @@ class Runner:
         if self._pbr is not None:
             self._pbr.close()
             self._pbr = None
-        self.worker = None
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            # napari's task-status registry keeps finished workers: cut their links to this
+            # widget, so a closed widget (and the models it holds) can be freed
+            for signal in (worker.yielded, worker.returned, worker.errored, worker.aborted, worker.finished):
+                try:
+                    signal.disconnect()
+                except (TypeError, RuntimeError):  # nothing connected any more
+                    pass
         for b in self.run_buttons:
             b.enabled = True
         self.cancel.enabled = False

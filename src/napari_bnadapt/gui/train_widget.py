@@ -17,26 +17,16 @@ from magicgui.widgets import (
 )
 
 from ..errors import BNAdaptError
+from ..progress import forward
 from .layers import layers_of
-from .runner import Runner, unwrap
+from .runner import Runner
+from .viewer_state import models_changed
 
 if TYPE_CHECKING:
     import napari
 from ..io.stack_view import layer_data
 from ..model.files import save_model, user_model_dir
 from ..model.training import train_iter
-
-#: Callables run after a model was saved (the Adapt & segment widgets refresh their model lists).
-MODEL_LIST_LISTENERS: list[Any] = []
-
-
-def notify_models_changed() -> None:
-    """Tell open widgets that the list of models changed."""
-    for cb in list(MODEL_LIST_LISTENERS):
-        try:
-            cb()
-        except RuntimeError:  # the widget was closed
-            MODEL_LIST_LISTENERS.remove(cb)
 
 
 class TrainWidget(Container):
@@ -72,7 +62,6 @@ class TrainWidget(Container):
 
     def target_path(self) -> Path:
         """Where the model will be saved."""
-
         name = self.model_name.value.strip()
         if not name or any(c in name for c in '/\\:*?"<>|'):
             raise BNAdaptError("give the model a simple name (letters, digits, '-' and '_')")
@@ -80,7 +69,6 @@ class TrainWidget(Container):
 
     def start(self) -> Any:
         """Start training in a thread; returns the worker, or None on bad input."""
-
         if self.runner.running:
             return None
         try:
@@ -101,12 +89,10 @@ class TrainWidget(Container):
         overwrite = bool(self.overwrite.value)
 
         def job() -> Any:
-
-            model = yield from unwrap(train_iter(images, labels, **kwargs))
+            model = yield from forward(train_iter(images, labels, **kwargs))
             return model
 
         def done(model: Any) -> None:
-
             self.model = model
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +102,6 @@ class TrainWidget(Container):
                 return
             iou = model.meta["training"]["metrics"].get("val_iou")
             self.runner.say(f"saved {saved.name}" + (f" (validation IoU {iou:.3f})" if iou is not None else ""))
-            notify_models_changed()
+            models_changed()
 
         return self.runner.start(job, done, "training")

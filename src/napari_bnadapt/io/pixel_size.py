@@ -17,12 +17,10 @@ import numpy as np
 from ..errors import BNAdaptError
 from ..progress import Progress, Result, run_to_end
 from .stack_view import check_stack
+from .units import unit_to_nm
 
 #: Relative pixel-size difference (either way) above which the user is warned.
 TOLERANCE = 0.25
-
-_NM_PER_UNIT = {"nanometer": 1.0, "nm": 1.0, "micrometer": 1e3, "micron": 1e3, "µm": 1e3, "um": 1e3,
-                "angstrom": 0.1, "millimeter": 1e6, "mm": 1e6}
 
 
 def pixel_size_nm(scale: Sequence[float], units: Sequence[Any] | None = None) -> tuple[float, float] | None:
@@ -37,8 +35,9 @@ def pixel_size_nm(scale: Sequence[float], units: Sequence[Any] | None = None) ->
     if len(yx) != 2:
         return None
     names = [str(u).strip().lower() for u in tuple(units)[-2:]] if units is not None else ["pixel", "pixel"]
-    if all(n in _NM_PER_UNIT for n in names):
-        return (yx[0] * _NM_PER_UNIT[names[0]], yx[1] * _NM_PER_UNIT[names[1]])
+    nm = [unit_to_nm(n) for n in names]
+    if all(f is not None for f in nm):
+        return (yx[0] * nm[0], yx[1] * nm[1])
     if any(n not in ("pixel", "px", "") for n in names):  # a unit we cannot convert (e.g. "second")
         return None
     if yx == [1.0, 1.0]:

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from ..model.layout import MIN_SIDE
 from .memmap_pages import read_released
 
 #: Smallest side length (pixels) the U-Net can process (four 2x poolings).
-MIN_SIDE = 16
 #: In-memory arrays smaller than this are checked whole; larger ones are sampled.
 _FULL_CHECK_BYTES = 256 * 2**20
 _SAMPLE_SLICES = 8

@@ -153,7 +153,14 @@ _TIFF_DAMAGE = ("invalid page offset", "corrupted", "failed to reshape", "trunca
 
 
 class _LogCollector:
-    """Collects tifffile's log records: it logs damage (and recovers silently) instead of raising."""
+    """Collects tifffile's log records: it logs damage (and recovers silently) instead of raising.
+
+    A handler is attached to the ``tifffile`` logger for one read and removed afterwards;
+    the logger's level is never changed. Where the application has silenced tifffile
+    (``silenced``: WARNING records dropped), fewer records arrive: tifffile reports a cut-off
+    file at ERROR level, but with ERROR dropped too, damage is caught only by the size check
+    against the file and when the data are decoded, so the read says so in its notes.
+    """
 
     def __enter__(self) -> _LogCollector:
         import logging
@@ -163,14 +170,11 @@ class _LogCollector:
         self._handler = logging.Handler(level=logging.WARNING)
         self._handler.emit = self.records.append  # type: ignore[method-assign]
         self._logger.addHandler(self._handler)
-        self._level = self._logger.level
-        if self._logger.getEffectiveLevel() > logging.WARNING:  # someone silenced tifffile
-            self._logger.setLevel(logging.WARNING)
+        self.silenced = not self._logger.isEnabledFor(logging.WARNING)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._logger.removeHandler(self._handler)
-        self._logger.setLevel(self._level)
 
     def damage(self) -> list[str]:
         msgs = [r.getMessage() for r in self.records]
@@ -183,6 +187,9 @@ class _LogCollector:
 
 def _read_tiff(p: Path, lazy: bool, notes: list[str]) -> tuple[Any, StackInfo]:
     with _LogCollector() as log:
+        if log.silenced:
+            notes.append("tifffile's warnings are switched off in this process (logging level of 'tifffile'), "
+                         "so damage that tifffile only logs may go unnoticed.")
         data, info = _read_tiff_inner(p, lazy, notes, log)
     return data, info
 

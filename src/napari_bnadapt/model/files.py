@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import settings
 from ..errors import BNAdaptError, ModelFileError
+from .card import ModelCard
 
 if TYPE_CHECKING:
     import torch
@@ -40,15 +42,17 @@ _META_KEY = "napari_bnadapt"
 _EXTRA = "extra."
 _MODEL_SUFFIX = ".safetensors"
 BUNDLED_DIR = Path(__file__).parent / "bundled"
+#: The model the demo, the CLI and the widget start with (the toy model; the EM models are one choice away).
+DEFAULT_MODEL = "toy-perlin"
 
 
 def user_model_dir() -> Path:
     """Folder for the user's own models (``$BNADAPT_MODEL_DIR`` or ``~/.napari-bnadapt/models``).
 
     Models saved there (e.g. by the training widget) are listed by :func:`list_models`.
+    The variable is read through :func:`napari_bnadapt.settings.model_dir`.
     """
-    env = os.environ.get("BNADAPT_MODEL_DIR")
-    return Path(env) if env else Path.home() / ".napari-bnadapt" / "models"
+    return settings.model_dir() or Path.home() / ".napari-bnadapt" / "models"
 
 
 def _model_paths() -> dict[str, Path]:
@@ -116,7 +120,7 @@ def _read_safetensors_header(path: Path) -> dict[str, Any] | None:
     return header
 
 
-def model_card(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
+def model_card(name_or_path: str | os.PathLike[str]) -> ModelCard:
     """The metadata of a model file, read without loading the weights.
 
     Parameters
@@ -126,18 +130,15 @@ def model_card(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Returns
     -------
-    dict
-        The model card (architecture, normalization, pixel_size_nm, training,
-        adaptation, ...); ``{"name": ..., "imported": True}`` for a plain state dict.
+    ModelCard
+        Name, description, pixel size, training record and metrics, adaptation
+        provenance, calibration; ``imported=True`` for a plain state dict.
     """
     path = resolve_model_path(name_or_path)
     header = _read_safetensors_header(path)
     if header is None:
-        return {"name": path.stem, "imported": True, "path": str(path)}
-    meta = _parse_meta(header.get("__metadata__") or {}, path)
-    meta.setdefault("name", path.stem)
-    meta["path"] = str(path)
-    return meta
+        return ModelCard(name=path.stem, path=str(path), imported=True)
+    return ModelCard.from_meta(_parse_meta(header.get("__metadata__") or {}, path), path.stem, str(path))
 
 
 def _parse_meta(raw: dict[str, str], path: Path) -> dict[str, Any]:
@@ -179,7 +180,6 @@ def load_model(name_or_path: str | os.PathLike[str], device: str = "auto") -> UN
     ModelFileError
         The file is truncated, damaged, foreign, or holds code instead of weights.
     """
-
     path = resolve_model_path(name_or_path)
     header = _read_safetensors_header(path)
     if header is not None:
@@ -267,7 +267,6 @@ def _infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def default_meta(model: UNet, *, name: str | None = None) -> dict[str, Any]:
     """A minimal model card for a model that has none (8-bit input assumed)."""
-
     return {
         "name": name,
         "architecture": {"name": "UNet", **model.config()},

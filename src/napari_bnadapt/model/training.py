@@ -12,7 +12,7 @@ import datetime as _dt
 import platform
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,13 +24,19 @@ from ..io.stack_view import (
     resolve_normalization,
 )
 from ..metrics import dice, iou
-from ..progress import Progress, Result, run_to_end
+from ..progress import Progress, Result, forward, run_to_end, shares_docstring
 from ..stats.source_statistics import compute_source_statistics_iter
 from .device import get_device
 
+if TYPE_CHECKING:
+    import torch
+    from napari.layers import Image, Labels
+    from numpy.typing import ArrayLike
+
+    from .unet import UNet
+
 
 def _labels_view(labels: Any, shape: tuple[int, ...]) -> Any:
-
     view = check_stack(layer_data(labels, kind="labels"), what="training labels")
     if tuple(view.data.shape) != shape:
         raise BNAdaptError(f"the labels {tuple(view.data.shape)} and the images {shape} differ in shape")
@@ -58,9 +64,9 @@ def _dice_loss(logits: Any, target: Any) -> Any:
     return 1.0 - (2.0 * inter + 1.0) / (p.sum() + t.sum() + 1.0)
 
 
-def train_iter(
-    images: Any,
-    labels: Any,
+def train(
+    images: ArrayLike | Image,
+    labels: ArrayLike | Labels,
     *,
     width: int = 16,
     bilinear: bool = False,
@@ -72,7 +78,7 @@ def train_iter(
     eval_every: int = 100,
     patience: int = 5,
     seed: int = 0,
-    device: Any = "auto",
+    device: str | torch.device = "auto",
     intensity_range: tuple[float, float] | str | None = None,
     pixel_size_nm: tuple[float, float] | None = None,
     name: str | None = None,
@@ -82,8 +88,105 @@ def train_iter(
     source_statistics: bool = True,
     statistics_patches: int | None = 256,
     precision: str = "float32",
-) -> Iterator[Progress | Result[Any]]:
-    """Generator form of :func:`train`: yields :class:`Progress`, finally ``Result(model)``."""
+) -> UNet:
+    """Train a source U-Net on labelled images.
+
+    Parameters
+    ----------
+    images : array-like or napari Image layer
+        (Z, Y, X) training stack (or one (Y, X) image), greyscale.
+    labels : array-like or napari Labels layer
+        Same shape; 0 = background, > 0 = mitochondrion.
+    width : int, default 16
+        U-Net base width (16: about 1.9 M parameters, fast on a CPU).
+    bilinear : bool, default False
+        Bilinear upsampling instead of transposed convolutions.
+    steps : int, default 1500
+        Optimiser steps (each a batch of random crops).
+    batch_size : int, default 8
+        Crops per step.
+    patch_size : int, default 128
+        Crop side in pixels (rounded down to a multiple of 16 and to the slice size).
+    lr : float, default 1e-3
+        Learning rate of the optimiser (with Adam: cosine decay to 5 % of it).
+    val_fraction : float, default 0.1
+        Share of slices held out for validation (early stopping, best weights kept).
+    eval_every : int, default 100
+        Steps between validations.
+    patience : int, default 5
+        Stop after this many validations without improvement.
+    seed : int, default 0
+        Seeds the split, the crops and the initial weights.
+    device : str or torch.device, default "auto"
+        "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
+    intensity_range : (float, float), "auto" or None, default None
+        Grey-value range of the training data mapped to the model's 0..255 input
+        ("auto": the 0.5 and 99.5 percentiles of a sample; None: the data must lie in 0..255).
+    pixel_size_nm : (float, float) or None, default None
+        Pixel size (y, x) of the training data in nanometres, stored in the model card.
+    name : str or None, default None
+        The model's name, stored in the model card.
+    data_description : str, default ""
+        What the training data is, in words; stored in the model card.
+    augment : bool, default True
+        Random 90-degree rotations and flips.
+    optimizer : {"adam", "rmsprop"}, default "adam"
+        Adam with cosine decay (CPU-practical), or the thesis' RMSprop (momentum 0.999,
+        weight decay 1e-8, gradient norm clipped at 1, constant rate; the thesis used lr 1e-5).
+    source_statistics : bool, default True
+        After training, measure the latent Gaussians and output signals of the
+        model on a sample of the training patches and store them in the model
+        card (``meta["source_statistics"]``), for the reliability check; see
+        :func:`~napari_bnadapt.stats.source_statistics.compute_source_statistics`.
+    statistics_patches : int or None, default 256
+        Number of random training patches (of ``patch_size``) measured for them
+        (all of a smaller stack; None: up to 64 x 256 x 256 voxels).
+    precision : {"float32", "bfloat16"}, default "float32"
+        ``"bfloat16"``: mixed precision (autocast) for the forward pass; weights,
+        BatchNorm statistics, loss and optimiser stay float32. Faster on CPUs with
+        AVX-512 BF16 / AMX and on recent GPUs (no committed benchmark measures by how
+        much); the saved model is float32.
+
+    Returns
+    -------
+    UNet
+        The trained model (best validation weights) with its model card in ``model.meta``.
+    """
+    return run_to_end(train_iter(
+        images, labels, width=width, bilinear=bilinear, steps=steps, batch_size=batch_size, patch_size=patch_size,
+        lr=lr, val_fraction=val_fraction, eval_every=eval_every, patience=patience, seed=seed, device=device,
+        intensity_range=intensity_range, pixel_size_nm=pixel_size_nm, name=name, data_description=data_description,
+        augment=augment, optimizer=optimizer, source_statistics=source_statistics,
+        statistics_patches=statistics_patches, precision=precision,
+    ))
+
+
+@shares_docstring(train)
+def train_iter(
+    images: ArrayLike | Image,
+    labels: ArrayLike | Labels,
+    *,
+    width: int = 16,
+    bilinear: bool = False,
+    steps: int = 1500,
+    batch_size: int = 8,
+    patch_size: int = 128,
+    lr: float = 1e-3,
+    val_fraction: float = 0.1,
+    eval_every: int = 100,
+    patience: int = 5,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    intensity_range: tuple[float, float] | str | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
+    name: str | None = None,
+    data_description: str = "",
+    augment: bool = True,
+    optimizer: str = "adam",
+    source_statistics: bool = True,
+    statistics_patches: int | None = 256,
+    precision: str = "float32",
+) -> Iterator[Progress | Result[UNet]]:
     import torch
     import torch.nn.functional as F
 
@@ -210,74 +313,9 @@ def train_iter(
         # the source side of the reliability check travels with the model (a sample of training patches)
 
         few = statistics_patches is None or nz * h * w <= statistics_patches * ph * pw
-        for item in compute_source_statistics_iter(
+        yield from forward(compute_source_statistics_iter(
             model, images, n_patches=None if few else statistics_patches, patch_size=patch_size,
             batch_size=batch_size, seed=seed, device=dev, intensity_range=(norm.in_low, norm.in_high), in_place=True,
-        ):
-            if isinstance(item, Progress):
-                yield item
+        ))
         model.meta["training"]["seconds"] = round(time.perf_counter() - t0, 1)
     yield Result(model)
-
-
-def train(images: Any, labels: Any, **kwargs: Any) -> Any:
-    """Train a source U-Net on labelled images.
-
-    Parameters
-    ----------
-    images : array-like or napari Image layer
-        (Z, Y, X) training stack (or one (Y, X) image), greyscale.
-    labels : array-like or napari Labels layer
-        Same shape; 0 = background, > 0 = mitochondrion.
-    width : int, default 16
-        U-Net base width (16: about 1.9 M parameters, fast on a CPU).
-    bilinear : bool, default False
-        Bilinear upsampling instead of transposed convolutions.
-    steps : int, default 1500
-        Optimiser steps (each a batch of random crops).
-    batch_size : int, default 8
-        Crops per step.
-    patch_size : int, default 128
-        Crop side in pixels (rounded down to a multiple of 16 and to the slice size).
-    lr : float, default 1e-3
-        Adam learning rate (cosine decay to 5 % of it).
-    val_fraction : float, default 0.1
-        Share of slices held out for validation (early stopping, best weights kept).
-    eval_every : int, default 100
-        Steps between validations.
-    patience : int, default 5
-        Stop after this many validations without improvement.
-    seed : int, default 0
-        Seeds the split, the crops and the initial weights.
-    device : str, default "auto"
-    intensity_range : (float, float), "auto" or None
-        Grey-value range of the training data mapped to the model's 0..255 input.
-    pixel_size_nm : (float, float) or None
-        Pixel size (y, x) of the training data, stored in the model card.
-    name, data_description : str
-        Stored in the model card.
-    augment : bool, default True
-        Random 90-degree rotations and flips.
-    optimizer : {"adam", "rmsprop"}, default "adam"
-        Adam with cosine decay (CPU-practical), or the thesis' RMSprop (momentum 0.999,
-        weight decay 1e-8, gradient norm clipped at 1, constant rate; the thesis used lr 1e-5).
-    source_statistics : bool, default True
-        After training, measure the latent Gaussians and output signals of the
-        model on a sample of the training patches and store them in the model
-        card (``meta["source_statistics"]``), for the reliability check; see
-        :func:`~napari_bnadapt.stats.source_statistics.compute_source_statistics`.
-    statistics_patches : int or None, default 256
-        Number of random training patches (of ``patch_size``) measured for them
-        (all of a smaller stack; None: up to 64 x 256 x 256 voxels).
-    precision : {"float32", "bfloat16"}, default "float32"
-        ``"bfloat16"``: mixed precision (autocast) for the forward pass; weights,
-        BatchNorm statistics, loss and optimiser stay float32. Faster on CPUs with
-        AVX-512 BF16 / AMX and on recent GPUs (no committed benchmark measures by how
-        much); the saved model is float32.
-
-    Returns
-    -------
-    UNet
-        The trained model (best validation weights) with its model card in ``model.meta``.
-    """
-    return run_to_end(train_iter(images, labels, **kwargs))

@@ -7,7 +7,7 @@ stride 2 (or bilinear upsampling) -> concatenate the skip -> DoubleConv; a final
 
 The latent spaces ls0..ls4 are the outputs of the encoder stages (inc,
 down1..down4) taken after the stage's last BatchNorm and BEFORE its ReLU
-(science.md section 2); :meth:`UNet.latent_modules` returns those BatchNorm
+(docs/method.md, 'Latent spaces'); :meth:`UNet.latent_modules` returns those BatchNorm
 modules (plus the decoder's last one, ``dec``) so hooks can read them.
 """
 
@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .layout import LATENT_SPACES
+
 #: The input side length must be a multiple of this (four 2x poolings).
-SIZE_MULTIPLE = 16
 
 
 class DoubleConv(nn.Module):
@@ -136,16 +137,9 @@ class UNet(nn.Module):
         ``ls0``..``ls4`` are the encoder stages (inc, down1..down4); ``dec`` is
         the last BatchNorm of the decoder, just before the output convolution.
         """
-        return OrderedDict(
-            [
-                ("ls0", self.inc.bn2),
-                ("ls1", self.down1.conv.bn2),
-                ("ls2", self.down2.conv.bn2),
-                ("ls3", self.down3.conv.bn2),
-                ("ls4", self.down4.conv.bn2),
-                ("dec", self.up4.conv.bn2),
-            ]
-        )
+        modules = (self.inc.bn2, self.down1.conv.bn2, self.down2.conv.bn2, self.down3.conv.bn2,
+                   self.down4.conv.bn2, self.up4.conv.bn2)
+        return OrderedDict(zip(LATENT_SPACES, modules, strict=True))
 
 
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:

@@ -10,15 +10,22 @@ bench_cpu_throughput.py``). Raising the mmap and trim thresholds makes glibc reu
 the freed memory instead; the peak resident memory stays the same, but after a run
 the process keeps up to that peak instead of returning it.
 
-Applied once per process, on Linux with glibc only, when a CPU forward pass is
-about to start. Set the environment variable ``NAPARI_BNADAPT_MALLOC=default`` to
-leave the allocator alone.
+This is process-wide: ``mallopt`` changes ``malloc`` for napari and every other
+plugin in the process, not only for this package. It is applied once per process,
+on Linux with glibc only, when a CPU computation is about to start
+(:func:`napari_bnadapt.model.device.get_device`). The switch is the environment
+variable ``BNADAPT_MALLOC`` (``tuned``, the default, or ``default`` to leave glibc's
+allocator alone), read through :func:`napari_bnadapt.settings.malloc_tuning` at that
+first CPU computation. ``benchmarks/bench_allocator_napari.py`` measures what it
+costs in napari's resident memory.
 """
 
 from __future__ import annotations
 
-import os
 import platform
+from collections.abc import Callable
+
+from .. import settings
 
 #: Largest block glibc then serves from its heap instead of a fresh mmap (its maximum on 64-bit).
 MMAP_THRESHOLD = 32 * 2**20
@@ -29,24 +36,32 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 _state: dict[str, bool] = {}
 
 
+def _glibc_mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, or None off Linux/glibc or when it cannot be loaded."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
 def tune_cpu_allocator() -> bool:
     """Raise glibc's mmap and trim thresholds, once per process; True when they are (or were already) raised.
 
-    Does nothing, and returns False, off Linux/glibc or when ``NAPARI_BNADAPT_MALLOC``
-    is ``default``.
+    The first call decides, for the whole process: it does nothing, and returns False,
+    off Linux/glibc or when ``BNADAPT_MALLOC`` is ``default``
+    (:func:`napari_bnadapt.settings.malloc_tuning`); later calls return that first answer.
     """
     if "tuned" in _state:
         return _state["tuned"]
     tuned = False
-    if os.environ.get("NAPARI_BNADAPT_MALLOC", "").lower() != "default" and platform.system() == "Linux" \
-            and platform.libc_ver()[0] == "glibc":
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-                libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-        except (OSError, AttributeError):
-            tuned = False
+    if settings.malloc_tuning():
+        mallopt = _glibc_mallopt()
+        if mallopt is not None:
+            tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+                mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     _state["tuned"] = tuned
     return tuned

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import BNAdaptError
 from ..io.stack_view import StackView
 from ..model.device import get_device, model_on
-from ..model.unet import SIZE_MULTIPLE
+from ..model.layout import SIZE_MULTIPLE
 from ..progress import Progress
 from .allocator import MMAP_THRESHOLD
 from .fusion import inference_copy
@@ -45,7 +45,6 @@ def cpu_defaults(width: int) -> tuple[int, int]:
     within the blocks glibc reuses (:data:`napari_bnadapt.segmentation.allocator.MMAP_THRESHOLD`);
     never below 256 px.
     """
-
     pixels = min(CPU_PIXELS_PER_BATCH, MMAP_THRESHOLD // (4 * max(1, width)))
     side = int(pixels**0.5) // SIZE_MULTIPLE * SIZE_MULTIPLE
     return max(256, min(CPU_TILE, side)), max(256 * 256, pixels)
@@ -97,7 +96,6 @@ def iter_slice_probabilities(
     first slice not yet finished; only when one tile of the smallest size does not fit
     does it stop, with a message that says so.
     """
-
     dev = get_device(device)
     nz, h, w = view.shape3d
     if dev.type == "cpu":

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..errors import BNAdaptError
-from ..model.unet import SIZE_MULTIPLE
+from ..model.layout import SIZE_MULTIPLE
 
 
 def _ceil_to(n: int, m: int) -> int:

@@ -1,4 +1,4 @@
-"""Streaming Gaussian moments of latent activations (science.md section 2).
+"""Streaming Gaussian moments of latent activations (docs/method.md, 'Latent spaces').
 
 A latent space is the output of a BatchNorm layer taken BEFORE the ReLU that
 follows it. An activation of shape (N, C, H, W) is N*H*W samples of a

@@ -1,8 +1,8 @@
 """Source statistics: the latent Gaussians of a model on its own training data, kept in the model file.
 
-The reliability check (:mod:`napari_bnadapt.reliability_bound`) compares the latent
+The reliability check (:mod:`napari_bnadapt.bound.assess`) compares the latent
 Gaussians of the ADAPTED model on the target with those of the SOURCE model on
-the SOURCE images (science.md section 3). Users do not have the source images
+the SOURCE images (docs/method.md, 'The reliability bound'). Users do not have the source images
 at adaptation time, so the source side travels with the model: :func:`train`
 measures it on a sample of the training patches and stores it in the model
 file; :func:`compute_source_statistics` adds it to a model trained elsewhere.
@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,7 +39,14 @@ from ..errors import BNAdaptError
 from ..io.stack_view import check_stack, resolve_normalization
 from ..model.device import get_device, model_on
 from ..model.files import default_meta
-from ..progress import Progress, Result, run_to_end
+from ..progress import Progress, Result, forward, run_to_end, shares_docstring
+
+if TYPE_CHECKING:
+    import torch
+    from napari.layers import Image
+    from numpy.typing import ArrayLike
+
+    from ..model.unet import UNet
 
 __all__ = [
     "SIGNAL_NAMES",
@@ -190,7 +197,6 @@ def measure_iter(
 
 def model_normalization(model: Any) -> dict[str, Any]:
     """The model card's input normalisation (the 8-bit default for a model without one)."""
-
     meta = getattr(model, "meta", None) or {}
     return meta.get("normalization") or default_meta(model)["normalization"]
 
@@ -299,63 +305,19 @@ def read_source_statistics(model: Any) -> SourceStatistics | None:
 
 
 # ---------------------------------------------------------------- computing
-def compute_source_statistics_iter(
-    model: Any,
-    images: Any,
+def compute_source_statistics(
+    model: UNet,
+    images: ArrayLike | Image,
     *,
     n_patches: int | None = None,
     patch_size: int = 256,
     batch_size: int = 8,
     seed: int = 0,
-    device: Any = "auto",
+    device: str | torch.device = "auto",
     intensity_range: tuple[float, float] | str | None = None,
     full_cov_max_dim: int = FULL_COV_MAX_DIM,
     in_place: bool = False,
-) -> Iterator[Progress | Result[Any]]:
-    """Generator form of :func:`compute_source_statistics`: yields Progress, finally ``Result(model)``."""
-    import torch
-
-    from ..adabn.patches import iter_patch_batches
-
-    t0 = time.perf_counter()
-    view = check_stack(images, what="source images")
-    meta = getattr(model, "meta", None) or default_meta(model)
-    norm = resolve_normalization(view, model_normalization(model), intensity_range, what="source images")
-    plan = _plan(view, n_patches, patch_size, seed)
-    dev = get_device(device)
-    n_batches = -(-len(plan.corners) // batch_size)
-    batches = iter_patch_batches(view, plan, norm.apply, batch_size)
-    out = None
-    for item in measure_iter(
-        model, batches, n_batches, device=dev, full_cov_max_dim=full_cov_max_dim,
-        stage="measuring source statistics",
-    ):
-        if isinstance(item, Result):
-            out = item.value
-        else:
-            yield item
-    assert out is not None
-    moments, signals = out
-    provenance = {
-        "images": {"shape": list(view.data.shape), "dtype": str(view.dtype)},
-        "n_patches": len(plan.corners),
-        "patch_size": [plan.height, plan.width],
-        "exhaustive": plan.exhaustive,
-        "seed": seed,
-        "intensity_range": [norm.in_low, norm.in_high],
-        "full_cov_max_dim": int(full_cov_max_dim),
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "seconds": round(time.perf_counter() - t0, 2),
-        "torch": torch.__version__,
-    }
-    target = model if in_place else copy.deepcopy(model)
-    if getattr(target, "meta", None) is None or not target.meta:
-        target.meta = copy.deepcopy(meta)
-    store_source_statistics(target, SourceStatistics(moments, signals, provenance))
-    yield Result(target)
-
-
-def compute_source_statistics(model: Any, images: Any, **kwargs: Any) -> Any:
+) -> UNet:
     """Measure the source statistics of a model on its (labelled or not) source images.
 
     For a model trained elsewhere (``train`` stores them itself). The images
@@ -374,12 +336,14 @@ def compute_source_statistics(model: Any, images: Any, **kwargs: Any) -> Any:
         64 x 256 x 256 voxels, else that many voxels in random patches (as
         :func:`adapt` samples the target).
     patch_size : int, default 256
-        Patch side (rounded down to a multiple of 16 and to the slice size).
+        Patch side in pixels (rounded down to a multiple of 16 and to the slice size).
     batch_size : int, default 8
+        Patches per forward pass.
     seed : int, default 0
         Seed of the patch positions.
-    device : str, default "auto"
-    intensity_range : (float, float), "auto" or None
+    device : str or torch.device, default "auto"
+        "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
+    intensity_range : (float, float), "auto" or None, default None
         Grey-value mapping, as in :func:`predict`.
     full_cov_max_dim : int, default 256
         Full covariance for latent spaces with at most this many channels,
@@ -392,4 +356,56 @@ def compute_source_statistics(model: Any, images: Any, **kwargs: Any) -> Any:
     UNet
         The model (a copy unless ``in_place``) with ``meta["source_statistics"]``.
     """
-    return run_to_end(compute_source_statistics_iter(model, images, **kwargs))
+    return run_to_end(compute_source_statistics_iter(
+        model, images, n_patches=n_patches, patch_size=patch_size, batch_size=batch_size, seed=seed, device=device,
+        intensity_range=intensity_range, full_cov_max_dim=full_cov_max_dim, in_place=in_place,
+    ))
+
+
+@shares_docstring(compute_source_statistics)
+def compute_source_statistics_iter(
+    model: UNet,
+    images: ArrayLike | Image,
+    *,
+    n_patches: int | None = None,
+    patch_size: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    intensity_range: tuple[float, float] | str | None = None,
+    full_cov_max_dim: int = FULL_COV_MAX_DIM,
+    in_place: bool = False,
+) -> Iterator[Progress | Result[UNet]]:
+    import torch
+
+    from ..adabn.patches import iter_patch_batches
+
+    t0 = time.perf_counter()
+    view = check_stack(images, what="source images")
+    meta = getattr(model, "meta", None) or default_meta(model)
+    norm = resolve_normalization(view, model_normalization(model), intensity_range, what="source images")
+    plan = _plan(view, n_patches, patch_size, seed)
+    dev = get_device(device)
+    n_batches = -(-len(plan.corners) // batch_size)
+    batches = iter_patch_batches(view, plan, norm.apply, batch_size)
+    moments, signals = yield from forward(measure_iter(
+        model, batches, n_batches, device=dev, full_cov_max_dim=full_cov_max_dim,
+        stage="measuring source statistics",
+    ))
+    provenance = {
+        "images": {"shape": list(view.data.shape), "dtype": str(view.dtype)},
+        "n_patches": len(plan.corners),
+        "patch_size": [plan.height, plan.width],
+        "exhaustive": plan.exhaustive,
+        "seed": seed,
+        "intensity_range": [norm.in_low, norm.in_high],
+        "full_cov_max_dim": int(full_cov_max_dim),
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "torch": torch.__version__,
+    }
+    target = model if in_place else copy.deepcopy(model)
+    if getattr(target, "meta", None) is None or not target.meta:
+        target.meta = copy.deepcopy(meta)
+    store_source_statistics(target, SourceStatistics(moments, signals, provenance))
+    yield Result(target)

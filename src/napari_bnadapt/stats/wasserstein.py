@@ -1,6 +1,6 @@
 """Wasserstein-2 distances between Gaussians, with their sampling-noise floor.
 
-Formulas (science.md section 2; Givens and Shortt 1984; the normalised forms of
+Formulas (docs/method.md, 'Latent spaces and the Wasserstein distance'; Givens and Shortt 1984; the normalised forms of
 the BN-adaptation paper, Eq. 2-5):
 
 * plain:  ``W2^2 = |m1 - m2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)``
