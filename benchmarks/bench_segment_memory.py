@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slices", type=int, default=2048, help="1024 x 1024 slices (2048 = 2 GiB)")
     args = p.parse_args()
+    os.environ.setdefault("BNADAPT_MALLOC", "tuned")  # as the CLI runs (the measured child inherits it)
     with tempfile.TemporaryDirectory() as tmp:
         stack, store = Path(tmp) / "big.tif", Path(tmp) / "labels.zarr"
         make_stack(stack, args.slices)
@@ -75,7 +77,7 @@ def main() -> None:
         "output zarr (chunks 1 x 1024 x 1024)",
         f"footprint with torch and the model loaded: {r['footprint_mib']:.0f} MiB",
         f"adapting (64 patches): peak {r['adapt_peak_mib']:.0f} MiB, RSS after {r['after_adapt_mib']:.0f} MiB "
-        "(freed memory kept for reuse: napari_bnadapt.segmentation.allocator)",
+        "(allocator: BNADAPT_MALLOC={})".format(os.environ.get("BNADAPT_MALLOC", "default")),
         f"peak RSS while segmenting (VmHWM reset after adapting): {r['peak_mib']:.0f} MiB",
         f"peak above the footprint:        {r['extra_mib']:.0f} MiB (target < 1024 MiB)",
         f"RSS at the end:                  {r['rss_end_mib']:.0f} MiB",

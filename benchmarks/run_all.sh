@@ -13,6 +13,7 @@ else
 fi
 if [ -n "${DISPLAY:-}" ]; then
   echo "== bench_gui_responsiveness"; "$PY" benchmarks/bench_gui_responsiveness.py
+  echo "== bench_allocator_napari"; "$PY" benchmarks/bench_allocator_napari.py
 else
-  echo "(no display: skipped bench_gui_responsiveness; run this script under xvfb-run -a)"
+  echo "(no display: skipped bench_gui_responsiveness and bench_allocator_napari; run this script under xvfb-run -a)"
 fi

@@ -9,15 +9,12 @@ variable               values                default (unset or empty)    effect
 ``BNADAPT_MODEL_DIR``  a folder path (``~``  ``~/.napari-bnadapt/models`` folder of the user's own models: listed by
                        is expanded)                                      ``list_models``, loadable by name, where the
                                                                          training widget saves
-``BNADAPT_MALLOC``     ``tuned`` or          ``tuned``                   ``tuned``: on the first CPU computation, raise
+``BNADAPT_MALLOC``     ``tuned`` or          ``default``                 ``tuned``: on the first CPU computation, raise
                        ``default``                                       glibc's mmap threshold to 32 MiB and trim
                                                                          threshold to 512 MiB (``mallopt``; Linux/glibc
                                                                          only). Process-wide: it changes ``malloc`` for
-                                                                         napari and every plugin in the process. CPU
-                                                                         segmentation runs 1.4-1.6x faster; the process
-                                                                         keeps more freed memory after a run (see
-                                                                         ``docs/big-volumes.md``). ``default``: leave
-                                                                         glibc's allocator alone.
+                                                                         napari and every plugin in the process.
+                                                                         ``default``: leave glibc's allocator alone.
 =====================  ====================  ==========================  ==========================================
 
 Values are case-insensitive and surrounding blanks are ignored. An unknown value of
@@ -25,8 +22,13 @@ Values are case-insensitive and surrounding blanks are ignored. An unknown value
 :class:`RuntimeWarning` names the variable and its accepted values.
 
 The allocator default was chosen by ``benchmarks/bench_allocator_napari.py``
-(``benchmarks/results/bench_allocator_napari.txt``): napari's resident memory after an
-Adapt & segment run with and without the tuning, against the run time.
+(``benchmarks/results/bench_allocator_napari.txt``): in napari, where adapting and
+segmenting run in a worker thread, the tuning saved 4 % of the CPU time of a run of
+16 x 1024 x 1024 and left napari 58 MiB (8 %) larger after it, so it is off unless asked
+for. Segmenting on the main thread of a script (``benchmarks/bench_cpu_throughput.py``)
+it made ``nb.segment`` 1.4-1.6x faster: set ``BNADAPT_MALLOC=tuned`` there. The
+``bnadapt`` command line owns its process and segments on its main thread, so it sets
+``BNADAPT_MALLOC=tuned`` for itself unless the variable is already set.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ PREFIX = "BNADAPT_"
 #: Every switch: name -> one-line description (the table above is the full documentation).
 SWITCHES: dict[str, str] = {
     f"{PREFIX}MODEL_DIR": "folder of the user's own models (default ~/.napari-bnadapt/models)",
-    f"{PREFIX}MALLOC": "'tuned' (default) or 'default': glibc allocator tuning for CPU inference, process-wide",
+    f"{PREFIX}MALLOC": "'default' (the default: glibc left alone) or 'tuned': glibc allocator tuning, process-wide",
 }
 #: Accepted values of ``BNADAPT_MALLOC``: value -> whether glibc's allocator is tuned.
 MALLOC_VALUES: dict[str, bool] = {"tuned": True, "default": False}
-_MALLOC_DEFAULT = "tuned"
+_MALLOC_DEFAULT = "default"
 
 
 def _read(name: str) -> str | None:
@@ -63,7 +65,7 @@ def model_dir() -> Path | None:
 
 
 def malloc_tuning() -> bool:
-    """Whether ``BNADAPT_MALLOC`` asks for glibc's allocator to be tuned (``tuned``, the default).
+    """Whether ``BNADAPT_MALLOC`` asks for glibc's allocator to be tuned (``tuned``; the default is ``default``).
 
     An unknown value falls back to the default, with a :class:`RuntimeWarning`.
     """

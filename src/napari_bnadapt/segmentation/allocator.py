@@ -7,17 +7,18 @@ kernel when they are freed. Either way every forward pass faults its working set
 in again, page by page: on the 2-core benchmark machine that cost 35-45 % of the
 segmentation time (1.5 million page faults for 24 Mpixel; ``benchmarks/
 bench_cpu_throughput.py``). Raising the mmap and trim thresholds makes glibc reuse
-the freed memory instead; the peak resident memory stays the same, but after a run
+the freed memory instead; the peak resident memory changes little, but after a run
 the process keeps up to that peak instead of returning it.
 
 This is process-wide: ``mallopt`` changes ``malloc`` for napari and every other
-plugin in the process, not only for this package. It is applied once per process,
-on Linux with glibc only, when a CPU computation is about to start
-(:func:`napari_bnadapt.model.device.get_device`). The switch is the environment
-variable ``BNADAPT_MALLOC`` (``tuned``, the default, or ``default`` to leave glibc's
-allocator alone), read through :func:`napari_bnadapt.settings.malloc_tuning` at that
-first CPU computation. ``benchmarks/bench_allocator_napari.py`` measures what it
-costs in napari's resident memory.
+plugin in the process, not only for this package. So it is off by default and
+applied only when the environment variable ``BNADAPT_MALLOC`` is ``tuned`` (read
+through :func:`napari_bnadapt.settings.malloc_tuning`): once per process, on Linux
+with glibc only, when the first CPU computation is about to start
+(:func:`napari_bnadapt.model.device.get_device`). It pays on the main thread of a
+script (``nb.segment`` 1.4-1.6x faster); in napari, where the widget adapts and
+segments in a worker thread, it saved 4 % of the CPU time and left napari 58 MiB
+larger after a run (``benchmarks/bench_allocator_napari.py``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def tune_cpu_allocator() -> bool:
     """Raise glibc's mmap and trim thresholds, once per process; True when they are (or were already) raised.
 
     The first call decides, for the whole process: it does nothing, and returns False,
-    off Linux/glibc or when ``BNADAPT_MALLOC`` is ``default``
+    off Linux/glibc or unless ``BNADAPT_MALLOC`` is ``tuned``
     (:func:`napari_bnadapt.settings.malloc_tuning`); later calls return that first answer.
     """
     if "tuned" in _state:
