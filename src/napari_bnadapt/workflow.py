@@ -173,7 +173,10 @@ def run_iter(
         used, result.adapt_report = yield from forward(
             adapt_iter(model, images, device=device, intensity_range=intensity_range, **adapt_options))
         if assess:
-            if read_source_statistics(model) is None:
+            if not hasattr(model, "latent_modules"):  # a model built elsewhere
+                result.reliability_note = ("reliability not assessed: it needs this project's U-Net (named latent "
+                                           "spaces) and source statistics in the model file")
+            elif read_source_statistics(model) is None:
                 result.reliability_note = "reliability not assessed: this model file has no source statistics"
             else:
                 result.reliability = yield from forward(reliability_iter(

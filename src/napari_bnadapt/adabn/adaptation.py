@@ -17,6 +17,10 @@ layers change, and only in a copy of the model. Three estimators
     Schneider et al. (NeurIPS 2020): ``mu = N/(N+n) mu_s + n/(N+n) mu_t`` and the
     same for the variance, with ``N = prior`` and ``n`` the number of target
     patches; useful when the target set is tiny.
+
+Any ``torch.nn.Module`` with BatchNorm is adapted the same way (:mod:`napari_bnadapt.model.foreign`).
+TorchScript takes no Python hooks: each batch's statistics are read back from the BatchNorm buffers
+and combined here, the same three estimators (the report's notes say so); traced models are refused.
 """
 
 from __future__ import annotations
@@ -100,6 +104,8 @@ class AdaptReport:
     layers : list of LayerShift
     intensity_range : (float, float)
         The grey values mapped onto the model's input range.
+    notes : list of str
+        How a model built elsewhere was handled (TorchScript: statistics read batch by batch).
     """
 
     mode: str
@@ -117,6 +123,7 @@ class AdaptReport:
     seconds: float
     intensity_range: tuple[float, float]
     layers: list[LayerShift] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (stored in the adapted model's card)."""
@@ -145,6 +152,7 @@ class AdaptReport:
         ]
         if not self.converged and math.isfinite(self.drift):
             lines.append("  -> the estimates still move: use more patches (n_patches) or a larger patch_size")
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -206,16 +214,22 @@ class BatchNormStatistics:
 
 
 def _bn_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.modules.batchnorm._BatchNorm]]:
-    from ..model.unet import batchnorm_layers
+    import torch
 
+    from ..model.foreign import batchnorm_layers, require_module
+
+    require_module(model)
     layers = batchnorm_layers(model)
     if not layers:
+        hint = (" (a frozen or optimised TorchScript model, torch.jit.freeze / optimize_for_inference, has its "
+                "BatchNorm folded into the convolutions: export the unfrozen model)"
+                if isinstance(model, torch.jit.ScriptModule) else "")
         raise BNAdaptError(
             "this model has no BatchNorm layers, so BatchNorm adaptation cannot change it; "
-            "use a model trained with BatchNorm (every napari-bnadapt U-Net has them)"
+            "use a model trained with BatchNorm (every napari-bnadapt U-Net has them)" + hint
         )
     for name, bn in layers:
-        if not bn.track_running_stats or bn.running_mean is None:
+        if not getattr(bn, "track_running_stats", True) or getattr(bn, "running_mean", None) is None:
             raise BNAdaptError(f"the BatchNorm layer {name!r} keeps no running statistics; it cannot be adapted")
     return layers
 
@@ -235,6 +249,8 @@ def adapt_batchnorm_iter(
 
     The generic engine behind :func:`adapt`, for any network with BatchNorm
     layers (the toy classification experiment uses it directly). Call it on a copy.
+    Plain modules are measured with forward pre-hooks on the BatchNorm inputs; a model with
+    TorchScript BatchNorm layers through their running buffers, batch by batch (module docstring).
 
     Parameters
     ----------
@@ -270,6 +286,10 @@ def adapt_batchnorm_iter(
     if mode == "prior" and prior is not None and prior < 0:
         raise BNAdaptError(f"prior must be >= 0, not {prior}")
     layers = _bn_layers(model)
+    if any(isinstance(bn, torch.jit.ScriptModule) for _, bn in layers):  # no hooks: read the buffers
+        yield from _adapt_batchwise_iter(model, layers, batches, n_batches, mode=mode, alpha=alpha, prior=prior,
+                                         n_samples=n_samples, total_items=total_items)
+        return
     source = {n: (bn.running_mean.detach().clone(), bn.running_var.detach().clone()) for n, bn in layers}
     momenta = {n: bn.momentum for n, bn in layers}
     counters = {n: bn.num_batches_tracked.clone() for n, bn in layers if bn.num_batches_tracked is not None}
@@ -307,12 +327,7 @@ def adapt_batchnorm_iter(
         if split:
             half = {n: pooled[n].half.mean_var() for n, _ in layers}
         if mode == "prior":
-            big_n = 16.0 if prior is None else float(prior)
-            small_n = float(n_samples or seen)
-            wt = small_n / (big_n + small_n)
-            target = {
-                n: ((1 - wt) * source[n][0] + wt * m, (1 - wt) * source[n][1] + wt * v) for n, (m, v) in target.items()
-            }
+            target = _mix_prior(source, target, prior, n_samples or seen)
         for name, bn in layers:
             bn.running_mean.copy_(target[name][0].to(bn.running_mean.dtype))
             bn.running_var.copy_(target[name][1].to(bn.running_var.dtype))
@@ -324,14 +339,87 @@ def adapt_batchnorm_iter(
             if name in counters:  # a counter PyTorch bumps in train mode; not a statistic
                 bn.num_batches_tracked.copy_(counters[name])
         model.eval()
-    drift = math.nan  # unknown: a single batch without a split
-    if half is not None:
-        drift = 0.0
-        for name, _ in layers:
-            sd = source[name][1].double().clamp_min(1e-12).sqrt()
-            d = ((half[name][0].double() - target[name][0].double()).abs() / sd).mean().item()
-            drift = max(drift, d)
+    drift = _drift(source, half, target)
     yield Result(BatchNormStatistics(source=source, target=target, drift=drift, layers=layers))
+
+
+def _mix_prior(source: dict[str, Any], target: dict[str, Any], prior: float | None, n: int) -> dict[str, Any]:
+    """Schneider et al.: ``N/(N+n)`` source plus ``n/(N+n)`` target, mean and variance alike."""
+    wt = float(n) / ((16.0 if prior is None else float(prior)) + float(n))
+    return {k: ((1 - wt) * source[k][0] + wt * m, (1 - wt) * source[k][1] + wt * v) for k, (m, v) in target.items()}
+
+
+def _drift(source: dict[str, Any], half: dict[str, Any] | None, target: dict[str, Any]) -> float:
+    """Largest mean |half - final| over the layers, in source sigmas (NaN: no half-sample estimate)."""
+    if half is None:
+        return math.nan  # unknown: a single batch without a split
+    drift = 0.0
+    for name in target:
+        sd = source[name][1].double().clamp_min(1e-12).sqrt()
+        drift = max(drift, ((half[name][0].double() - target[name][0].double()).abs() / sd).mean().item())
+    return drift
+
+
+def _adapt_batchwise_iter(
+    model: Any, layers: list[tuple[str, Any]], batches: Iterable[Any], n_batches: int, *, mode: str, alpha: float,
+    prior: float | None, n_samples: int | None, total_items: int | None,
+) -> Iterator[Progress | Result[BatchNormStatistics]]:
+    """:func:`adapt_batchnorm_iter` for TorchScript modules (no hooks, the momentum a compiled constant).
+
+    Each batch's statistics (mean, unbiased variance) are read back from the running buffers
+    (:class:`~napari_bnadapt.model.foreign.BatchStatisticsReader`) and combined in float64: pooled
+    with the variance between batches (cumulative, prior) or averaged with rate ``alpha`` (ema). The
+    half-sample estimate is the one after the batch that reaches half of ``total_items`` (ema, or no
+    ``total_items``: after half of the batches, as for plain modules).
+    """
+    import torch
+
+    from ..model.foreign import BatchStatisticsReader
+
+    reader = BatchStatisticsReader(model, layers)
+    source = reader.source
+    shift = {n: m.double() for n, (m, _) in source.items()}
+    sums = {n: [0, 0.0, 0.0] for n in source}  # items, sum w (mu - shift), sum w (var + (mu - shift)^2)
+    ema = {n: (m.double(), v.double()) for n, (m, v) in source.items()}
+
+    def current() -> dict[str, tuple[Any, Any]]:
+        if mode == "ema":
+            return {k: (m.clone(), v.clone()) for k, (m, v) in ema.items()}
+        out = {}
+        for k, (items, s1, s2) in sums.items():
+            m = s1 / items
+            out[k] = (m + shift[k], (s2 / items - m * m).clamp_min(0))
+        return out
+
+    half, half_seen, seen, ok = None, 0, 0, False
+    split_at = total_items // 2 if total_items and total_items >= 2 else None
+    try:
+        yield Progress("adapting BatchNorm", 0, n_batches)
+        for i, x in enumerate(batches):
+            w = int(x.shape[0])
+            reader.reset()
+            with torch.no_grad():
+                model(x)
+            for name, (mu, var) in reader.read(first=i == 0).items():
+                acc, d = sums[name], mu - shift[name]
+                acc[0], acc[1], acc[2] = acc[0] + w, acc[1] + w * d, acc[2] + w * (var + d * d)
+                ema[name] = ((1 - alpha) * ema[name][0] + alpha * mu, (1 - alpha) * ema[name][1] + alpha * var)
+            seen += w
+            if half is None and (seen >= split_at if split_at and mode != "ema" else i + 1 == n_batches // 2):
+                half, half_seen = current(), seen
+            yield Progress("adapting BatchNorm", i + 1, n_batches)
+        if seen == 0:
+            raise BNAdaptError("no target data was given to adapt on")
+        target = current()
+        if half_seen == seen:  # the "half" already held everything: convergence cannot be judged
+            half = None
+        if mode == "prior":
+            target = _mix_prior(source, target, prior, n_samples or seen)
+        reader.write(target)
+        ok = True
+    finally:
+        reader.finish(restore_source=not ok)
+    yield Result(BatchNormStatistics(source=source, target=target, drift=_drift(source, half, target), layers=layers))
 
 
 def _current(
@@ -375,8 +463,12 @@ def adapt(
 
     Parameters
     ----------
-    model : UNet
-        The source model (see :func:`load_model`).
+    model : UNet or torch.nn.Module
+        The source model (see :func:`load_model`), or a model built elsewhere: any PyTorch
+        ``nn.Module`` or TorchScript module (``torch.jit.script``/``torch.jit.load``) with BatchNorm
+        layers, one grey input channel and 1 (sigmoid) or 2 (softmax) output channels
+        (:mod:`napari_bnadapt.model.foreign`). Its weights are never changed, only the BatchNorm
+        statistics of the copy. A traced TorchScript model is refused (its BatchNorm cannot adapt).
     images : array-like or napari Image layer
         The unlabelled target: (Y, X) image or (Z, Y, X) stack (numpy,
         ``tifffile.memmap``, zarr, dask); only the sampled patches are read.
@@ -401,12 +493,14 @@ def adapt(
     intensity_range : (float, float), "auto" or None, default None
         Grey-value mapping, as in :func:`predict`: ``(lo, hi)`` in the data's grey
         values maps onto the model's input range; "auto": the 0.5 and 99.5 percentiles
-        of a sample; None: the data must already be in the model's range.
+        of a sample; None: the data must already be in the model's range. A model built
+        elsewhere without a card (``model.meta``) takes ``lo`` -> 0, ``hi`` -> 1, not
+        standardised (:func:`napari_bnadapt.model.foreign.meta_for` sets another convention).
 
     Returns
     -------
-    (UNet, AdaptReport)
-        The adapted copy (its card records the adaptation) and the report.
+    (UNet or torch.nn.Module, AdaptReport)
+        The adapted copy (its card ``meta`` records the adaptation) and the report.
     """
     return run_to_end(adapt_iter(
         model, images, device=device, mode=mode, alpha=alpha, prior=prior, n_patches=n_patches,
@@ -433,10 +527,16 @@ def adapt_iter(
 
     from .patches import iter_patch_batches, plan_patches
 
+    from ..model.foreign import card_of, check_adaptable, copy_model, describe, traced_error
+
     t0 = time.perf_counter()
     _bn_layers(model)  # refuse a model without BatchNorm before reading any data
+    kind = describe(model)
+    if kind.kind == "traced":  # the same for a traced graph, read without running it
+        raise traced_error(kind)
     view = check_stack(images)
-    meta = getattr(model, "meta", None) or default_meta(model)
+    card = card_of(model)
+    meta = card or default_meta(model)
     norm = resolve_normalization(view, meta["normalization"], intensity_range)
     plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
     if batch_size < 1:
@@ -444,7 +544,8 @@ def adapt_iter(
     deep = max(1, (plan.height // 16) * (plan.width // 16))
     batch_size = max(batch_size, -(-MIN_DEEP_SAMPLES_PER_BATCH // deep))
     dev = get_device(device)
-    adapted = copy.deepcopy(model).to(dev)
+    adapted = copy_model(model).to(dev)
+    check_adaptable(adapted, dev)  # models built elsewhere: one grey channel in, 1 or 2 out, BatchNorm that adapts
     n_batches = -(-len(plan.corners) // batch_size)
     batches = (torch.from_numpy(b).to(dev) for b in iter_patch_batches(view, plan, norm.apply, batch_size))
     stats = yield from forward(adapt_batchnorm_iter(adapted, batches, n_batches, mode=mode, alpha=alpha,
@@ -466,6 +567,7 @@ def adapt_iter(
         seconds=time.perf_counter() - t0,
         intensity_range=(norm.in_low, norm.in_high),
         layers=_layer_shifts(stats),
+        notes=_notes(kind, card is None, norm),
     )
     adapted.meta = copy.deepcopy(meta)
     adapted.meta["name"] = f"{meta.get('name') or 'model'}-adapted"
@@ -475,3 +577,19 @@ def adapt_iter(
         "report": report.to_dict(),
     }
     yield Result((adapted, report))
+
+
+def _notes(kind: Any, no_card: bool, norm: Any) -> list[str]:
+    """What the report says about a model built elsewhere (nothing for this project's U-Net)."""
+    if kind.is_unet:
+        return []
+    notes = [f"{kind}: segmentation runs it as it is (no BatchNorm folding); the reliability check needs "
+             "this project's U-Net"]
+    if kind.is_torchscript:
+        notes.append("TorchScript takes no Python hooks: each batch's BatchNorm statistics were read back from "
+                     "the running buffers and combined here (convergence judged on whole batches)")
+    if no_card:
+        notes.append(f"no model card: grey values {norm.in_low:g}..{norm.in_high:g} were mapped to "
+                     f"{norm.low:g}..{norm.high:g}" + ("" if (norm.mean, norm.std) == (0.0, 1.0) else
+                                                      f", then standardised with mean {norm.mean:g}, std {norm.std:g}"))
+    return notes

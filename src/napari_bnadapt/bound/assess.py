@@ -222,7 +222,11 @@ def reliability(
     ------
     BNAdaptError
         The source model has no source statistics (see
-        :func:`~napari_bnadapt.stats.source_statistics.compute_source_statistics`).
+        :func:`~napari_bnadapt.stats.source_statistics.compute_source_statistics`), or
+        a model is not this project's U-Net: the check compares its named latent spaces
+        (``latent_modules()``) with statistics that only this project's ``train`` /
+        ``compute_source_statistics`` store, so a model built elsewhere (a torch-em or BiaPy
+        U-Net, a TorchScript module) is refused with a sentence that says so.
     """
     return run_to_end(reliability_iter(
         source_model, adapted_model, images, device=device, intensity_range=intensity_range, n_patches=n_patches,
@@ -248,7 +252,12 @@ def reliability_iter(
 ) -> Iterator[Progress | Result[ReliabilityReport]]:
     from ..adabn.patches import plan_patches
 
+    from ..model.foreign import RELIABILITY_MESSAGE, describe
+
     t0 = time.perf_counter()
+    for model in (source_model, adapted_model):  # latent spaces by name: this project's U-Net only
+        if not hasattr(model, "latent_modules"):
+            raise BNAdaptError(RELIABILITY_MESSAGE.format(what=describe(model)))
     stats = read_source_statistics(source_model)
     if stats is None:
         raise BNAdaptError(
@@ -299,7 +308,7 @@ def reliability_iter(
     if dec.beyond_calibration:
         notes.append("the distance is beyond the largest one seen in the calibration: no bound is claimed")
     if cal is not None and not dec.meaningful and not dec.gate_failures:
-        notes.append(f"the calibrated distance is not meaningful here: {dec['reason']}")
+        notes.append(f"the calibrated distance is not meaningful here: {dec.reason}")
     cal_summary = {}
     x_label = None
     bound_so = None

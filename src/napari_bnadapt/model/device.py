@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -41,8 +40,9 @@ def get_device(device: "str | torch.device | None" = "auto") -> "torch.device":
     Returns
     -------
     torch.device
-        The device to compute on. When it is the CPU, glibc's allocator is tuned
-        for forward passes first (:func:`napari_bnadapt.segmentation.allocator.tune_cpu_allocator`).
+        The device to compute on. When it is the CPU and ``BNADAPT_MALLOC=tuned`` is set, glibc's
+        allocator is tuned for forward passes first, once per process
+        (:func:`napari_bnadapt.segmentation.allocator.tune_cpu_allocator`).
     """
     dev = _resolve(device)
     if dev.type == "cpu":
@@ -77,22 +77,38 @@ def _resolve(device: "str | torch.device | None") -> "torch.device":
     return dev
 
 
+def _same_device(a: "torch.device", b: "torch.device") -> bool:
+    """Whether two devices are the same one: ``cuda`` (no index) is the current CUDA device, e.g. ``cuda:0``."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        import torch
+
+        current = torch.cuda.current_device() if a.type == "cuda" else 0
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index
+
+
 @contextmanager
 def model_on(model: "torch.nn.Module", device: "torch.device") -> "Iterator[torch.nn.Module]":
     """Use ``model`` in eval mode on ``device`` without changing the caller's model.
 
-    The model is used as is when it already lives on ``device`` (its train/eval
-    flag is restored afterwards); otherwise a copy is moved there, so the
-    caller's model never changes device behind their back.
+    The model is used as is when it already lives on ``device`` (the train/eval
+    flag of every submodule is restored afterwards, one by one: a wrapper in train
+    mode around a model in eval mode stays so); otherwise a copy is moved there, so
+    the caller's model never changes device behind their back.
     """
+    from .foreign import copy_model  # TorchScript modules too, with their card
+
     try:
         current = next(model.parameters()).device
     except StopIteration:
         current = device
-    m = model if current == device else copy.deepcopy(model).to(device)
-    was_training = m.training
+    m = model if _same_device(current, device) else copy_model(model).to(device)
+    flags = [(sub, sub.training) for sub in m.modules()]
     m.eval()
     try:
         yield m
     finally:
-        m.train(was_training)
+        for sub, training in flags:
+            sub.training = training

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import BNAdaptError
 from ..io.stack_view import StackView
 from ..model.device import get_device, model_on
+from ..model.foreign import check_declared_channels, forward_error, is_project_unet, output_to_foreground
 from ..model.layout import SIZE_MULTIPLE
 from ..progress import Progress
 from .allocator import MMAP_THRESHOLD
@@ -89,7 +90,10 @@ def iter_slice_probabilities(
     Low-level engine of :func:`predict_iter` and :func:`segment_iter`. With ``fused``
     the network runs as an inference copy with BatchNorm folded into the
     convolutions, in channels-last layout (:mod:`napari_bnadapt.segmentation.fusion`: the same
-    function, faster; see ``benchmarks/bench_cpu_throughput.py``).
+    function, faster; see ``benchmarks/bench_cpu_throughput.py``). A model built elsewhere
+    (:mod:`napari_bnadapt.model.foreign`) runs as it is, in eval mode; its output becomes a probability
+    by :func:`~napari_bnadapt.model.foreign.output_to_foreground` (1 channel: sigmoid, 2: softmax), and
+    a first batch it cannot take (not one grey input channel) ends with a sentence that says why.
 
     Out of memory (GPU or host), the engine backs off instead of failing: it halves
     the batch, then the tile side (down to :data:`MIN_TILE`), and carries on from the
@@ -112,8 +116,9 @@ def iter_slice_probabilities(
     yield Progress("segmenting", 0, nz)
     # inference mode is thread-local: it wraps each forward pass only, never a yield
     with model_on(model, dev) as m:
+        if not is_project_unet(m):  # a model built elsewhere: the channels it declares (the first batch checks the rest)
+            check_declared_channels(m)
         if fused:
-
             m = inference_copy(m, dev)
         while True:
             bs = batch_size or max(1, budget // (tiler.th * tiler.tw))
@@ -172,10 +177,12 @@ def _slice_probabilities(
                 dev.type, enabled=use_amp, dtype=torch.bfloat16 if dev.type == "cpu" else torch.float16
             ):
                 logits = m(x)
-            prob = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+            prob = output_to_foreground(logits, tuple(x.shape)).cpu().numpy()
         except Exception as exc:
             if _is_out_of_memory(exc):
                 raise _OutOfMemory(len(batch)) from exc
+            if isinstance(exc, RuntimeError) and not is_project_unet(m):  # e.g. not one input channel
+                raise forward_error(exc, tuple(x.shape)) from exc
             raise
         for (z, y, xx, _), p in zip(batch, prob):
             a = acc[z]

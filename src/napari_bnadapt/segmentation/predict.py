@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import BNAdaptError
 from ..io.stack_view import Normalization, StackView, check_stack, resolve_normalization
 from ..model.files import default_meta
+from ..model.foreign import card_of
 from ..progress import Progress, Result, run_to_end, shares_docstring
 from .engine import iter_slice_probabilities
 
@@ -34,7 +35,7 @@ def _prepare(
     model: UNet, images: ArrayLike | Image, intensity_range: tuple[float, float] | str | None
 ) -> tuple[StackView, Normalization]:
     view = check_stack(images)
-    meta = getattr(model, "meta", None) or default_meta(model)
+    meta = card_of(model) or default_meta(model)
     return view, resolve_normalization(view, meta["normalization"], intensity_range)
 
 
@@ -62,9 +63,11 @@ def predict(
 
     Parameters
     ----------
-    model : UNet
+    model : UNet or torch.nn.Module
         A source or adapted model (see :func:`load_model`, :func:`adapt`). It is
-        not changed; when ``device`` differs from the model's, a copy is used.
+        not changed; when ``device`` differs from the model's, a copy is used. A model
+        built elsewhere (any ``nn.Module`` or TorchScript module with one grey input channel
+        and 1 or 2 output channels, :mod:`napari_bnadapt.model.foreign`) runs as it is.
     images : array-like or napari Image layer
         A (Y, X) image or (Z, Y, X) stack (numpy, ``tifffile.memmap``, zarr,
         dask): read one slice at a time.
@@ -83,7 +86,8 @@ def predict(
     intensity_range : (float, float), "auto" or None, default None
         How to map grey values to the model's range; see
         :func:`napari_bnadapt.io.stack_view.resolve_normalization`. None requires data
-        already in the model's range (8-bit for the bundled models).
+        already in the model's range (8-bit for the bundled models; [0, 1] for a model
+        built elsewhere without a card, where ``(lo, hi)`` maps ``lo`` -> 0, ``hi`` -> 1).
     amp : bool or None, default None
         Mixed precision (float16 on CUDA); None = on for CUDA, off elsewhere.
     out : array-like or None, default None
@@ -148,8 +152,8 @@ def segment(
 
     Parameters
     ----------
-    model : UNet
-        A source or adapted model; not changed.
+    model : UNet or torch.nn.Module
+        A source or adapted model, or one built elsewhere (see :func:`predict`); not changed.
     images : array-like or napari Image layer
         (Y, X) image or (Z, Y, X) stack, read one slice at a time.
     threshold : float, default 0.5

@@ -96,7 +96,9 @@ class OutputSignals:
         """Add a batch of logits (torch tensor (B, 2, H, W))."""
         import torch
 
-        p = torch.softmax(logits.detach().float(), dim=1)[:, 1].double()
+        from ..model.foreign import output_to_foreground
+
+        p = output_to_foreground(logits.detach()).double()
         b = int(p.shape[0])
         per_pix = p[0].numel()
         fg = (p > 0.5).double()
@@ -133,7 +135,9 @@ class OutputSignals:
 
 def _modules(model: Any) -> dict[str, Any]:
     if not hasattr(model, "latent_modules"):
-        raise BNAdaptError("the model does not name its latent spaces (not a napari-bnadapt U-Net)")
+        from ..model.foreign import RELIABILITY_MESSAGE, describe
+
+        raise BNAdaptError(RELIABILITY_MESSAGE.format(what=describe(model)))
     mods = dict(model.latent_modules())
     if hasattr(model, "outc"):
         mods["out"] = model.outc
