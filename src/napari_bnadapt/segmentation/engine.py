@@ -70,7 +70,9 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError) or (oom and isinstance(exc, oom)):
         return True
     msg = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+    # cuDNN / cuBLAS report a failed workspace allocation in their own words
+    words = ("out of memory", "can't allocate memory", "alloc_failed", "not_enough_workspace")
+    return isinstance(exc, RuntimeError) and any(w in msg for w in words)
 
 
 def iter_slice_probabilities(
@@ -166,13 +168,13 @@ def _slice_probabilities(
 
     def run_batch() -> None:
         x = torch.from_numpy(np.stack([t for *_, t in batch])[:, None])
-        if dev.type == "cuda":  # page-locked host memory: a faster, asynchronous copy to the GPU
-            x = x.pin_memory().to(dev, non_blocking=True)
-        else:
-            x = x.to(dev)
-        if fused:
-            x = x.contiguous(memory_format=torch.channels_last)
         try:
+            if dev.type == "cuda":  # page-locked host memory: a faster, asynchronous copy to the GPU
+                x = x.pin_memory().to(dev, non_blocking=True)
+            else:
+                x = x.to(dev)
+            if fused:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast(
                 dev.type, enabled=use_amp, dtype=torch.bfloat16 if dev.type == "cpu" else torch.float16
             ):
