@@ -13,7 +13,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "real"
-BUNDLED = REPO / "src" / "napari_bnadapt" / "models"
+BUNDLED = REPO / "src" / "napari_bnadapt" / "model" / "bundled"
 
 #: dataset -> where its files are, which slices train and test, and its model card
 RECIPES: dict[str, dict[str, Any]] = {

@@ -21,3 +21,13 @@ def test_reliability_stays_a_function_after_internal_imports():
     import napari_bnadapt.bound.calibration  # noqa: F401
 
     assert callable(nb.reliability) and nb.reliability.__name__ == "reliability"
+
+
+def test_every_lazy_public_name_resolves():
+    import napari_bnadapt as nb
+    from napari_bnadapt import experiments
+
+    for name in nb.__all__:
+        assert getattr(nb, name) is not None, name
+    for name in ("Dataset", "UNetScale", "ExperimentResult", "ToyScale"):
+        assert isinstance(getattr(experiments, name), type), name

@@ -59,10 +59,14 @@ DEFAULT_OUT = Path("bnadapt-experiments")
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Dataset", "ExperimentResult", "UNetScale"):
-        from . import _common
+    if name in ("Dataset", "UNetScale"):
+        from . import datasets
 
-        return getattr(_common, name)
+        return getattr(datasets, name)
+    if name == "ExperimentResult":
+        from .results import ExperimentResult
+
+        return ExperimentResult
     if name == "ToyScale":
         from .toy_uda import ToyScale
 
