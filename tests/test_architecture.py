@@ -126,3 +126,10 @@ def test_every_module_imports_alone_in_a_fresh_interpreter(module):
     code = f"import sys; sys.path.insert(0, {env_src!r}); import {module}"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_architecture_page_names_every_module():
+    page = (PKG.parents[1] / "docs" / "architecture.md").read_text()
+    missing = [m for m, p in MODULES.items() if p.name != "__init__.py" and f" {p.name} " not in page
+               and f" {p.name}," not in page and f", {p.name} " not in page]
+    assert missing == []
