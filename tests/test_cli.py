@@ -82,3 +82,21 @@ def test_demo_without_display_falls_back_to_text(monkeypatch, capsys):
     before = float(out.split("IoU without adaptation: ")[1].split()[0])
     after = float(out.split("IoU with BatchNorm adaptation: ")[1].split()[0])
     assert "no display" in out and before < 0.3 and after >= 0.97  # measured 0.208 -> 0.984
+
+
+def test_export_writes_a_bioimageio_package_and_never_overwrites(tmp_path, capsys):
+    pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed (pip install 'napari-bnadapt[bioimageio]')")
+    import zipfile
+
+    out = tmp_path / "toy.zip"
+    assert main(["export", "--model", "toy-perlin", "--output", str(out)]) == 0
+    assert "bioimage.io model package" in capsys.readouterr().out
+    with zipfile.ZipFile(out) as z:
+        assert {"rdf.yaml", "torchscript.pt", "state_dict.pt", "test_input.npy"} <= set(z.namelist())
+    before = out.read_bytes()
+    assert main(["export", "--model", "toy-perlin", "--output", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["export", "--model", "toy-perlin", "--output", str(out), "--overwrite", "--name", "toy again"]) == 0
+    assert b"toy again" in zipfile.ZipFile(out).read("rdf.yaml")
+    assert main(["export", "--model", "toy-perlin", "--output", str(tmp_path / "x.safetensors")]) == 2
+    assert "must be a .zip" in capsys.readouterr().err

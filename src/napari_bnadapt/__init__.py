@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "load_model": "model.files",
     "save_model": "model.files",
     "model_card": "model.files",
+    "export_bioimageio": "model.bioimageio_export",
     "adapt": "adabn.adaptation",
     "adapt_iter": "adabn.adaptation",
     "AdaptReport": "adabn.adaptation",

@@ -1,4 +1,4 @@
-"""The ``bnadapt`` command line: train, adapt, segment, generate, models, demo.
+"""The ``bnadapt`` command line: train, adapt, segment, export, generate, models, demo.
 
 Every subcommand is one call of a public core function; errors about the
 user's input are printed as one clear sentence (exit code 2), not a traceback.
@@ -7,17 +7,20 @@ user's input are printed as one clear sentence (exit code 2), not a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from .errors import BNAdaptError
 from .model.files import DEFAULT_MODEL
+from .settings import PREFIX
 
 EPILOG = """examples:
   bnadapt generate --n 8 --shape 256 256 --mu0 136 --mu1 178 --output target.tif --labels truth.tif
   bnadapt segment --model toy-perlin --adapt --input target.tif --output labels.tif --truth truth.tif
   bnadapt adapt --model toy-perlin --input target.tif --output adapted.safetensors
+  bnadapt export --model adapted.safetensors --output adapted-bioimageio.zip
   bnadapt train --images src.tif --labels src_labels.tif --output my-model.safetensors
   bnadapt models
 """
@@ -170,6 +173,24 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .model.bioimageio_export import export_bioimageio
+    from .model.files import load_model
+
+    if not args.output.lower().endswith(".zip"):
+        raise BNAdaptError(f"the package {args.output!r} must be a .zip file")
+    _check_output(args.output, args.overwrite)
+    model = load_model(args.model, device="cpu")
+    test_image = None
+    if args.test_image:
+        images, _ = _read(args.test_image, "test image")
+        test_image = images[images.shape[0] // 2] if images.ndim == 3 else images
+    path = export_bioimageio(model, args.output, test_image=test_image, name=args.name, authors=args.author,
+                             license=args.license, overwrite=args.overwrite)
+    print(f"saved {path} (bioimage.io model package: open it in deepImageJ, ilastik, BiaPy or QuPath)")
+    return 0
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .model.files import load_model
     from .progress import run_to_end
@@ -209,8 +230,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _has_display() -> bool:
-    import os
-
     if sys.platform.startswith("linux"):
         return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     return True
@@ -295,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=_cmd_adapt)
 
+    p = sub.add_parser("export", help="export a model as a bioimage.io package (deepImageJ, ilastik, BiaPy, QuPath)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name or file (.safetensors, e.g. an adapted model)")
+    p.add_argument("--output", required=True, help="the package to write (.zip)")
+    p.add_argument("--name", help="the package's name (default: the model's)")
+    p.add_argument("--author", action="append", help="an author's name (repeat for several)")
+    p.add_argument("--license", default="BSD-3-Clause", help="SPDX licence of the package (default BSD-3-Clause)")
+    p.add_argument("--test-image", help="image for the test tensors (its middle slice; default: a toy sample)")
+    p.add_argument("--overwrite", action="store_true", help="replace the package if it exists")
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("train", help="train a source model on labelled images")
     p.add_argument("--images", required=True, help="training image stack")
     p.add_argument("--labels", required=True, help="training labels (0 = background, >0 = mitochondrion)")
@@ -348,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bnadapt`` console script."""
+    # the CLI owns its process and runs the network on its main thread, where the tuned
+    # allocator is 1.4-1.6x faster (settings.py); an explicit BNADAPT_MALLOC wins
+    os.environ.setdefault(f"{PREFIX}MALLOC", "tuned")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -304,12 +304,23 @@ class AdaptSegmentWidget(Container):
 
     # --- saving ------------------------------------------------------------
     def save_adapted_model(self, path: str | Path, overwrite: bool = False) -> Path | None:
-        """Save the last adapted model to ``path`` (never over an existing file unless ``overwrite``)."""
+        """Save the last adapted model to ``path`` (never over an existing file unless ``overwrite``).
+
+        A ``.zip`` path exports a bioimage.io package (for deepImageJ, ilastik, ...), with the last
+        run's reliability report when it assessed this model; anything else a ``.safetensors`` model file.
+        """
         if self.adapted_model is None:
             self.runner.say("adapt a model first", error=True)
             return None
         try:
-            saved = save_model(self.adapted_model, path, overwrite=overwrite)
+            if str(path).lower().endswith(".zip"):
+                from ..model.bioimageio_export import export_bioimageio
+
+                res = self.last_result
+                report = res.reliability if res is not None and res.model is self.adapted_model else None
+                saved = export_bioimageio(self.adapted_model, path, reliability=report, overwrite=overwrite)
+            else:
+                saved = save_model(self.adapted_model, path, overwrite=overwrite)
         except BNAdaptError as exc:
             self.runner.say(str(exc), error=True)
             return None
@@ -320,8 +331,11 @@ class AdaptSegmentWidget(Container):
         from qtpy.QtWidgets import QFileDialog
 
         # Qt's save dialog asks before replacing an existing file
-        path, _ = QFileDialog.getSaveFileName(self.native, "Save adapted model", "adapted.safetensors",
-                                              "Models (*.safetensors)")
+        path, chosen = QFileDialog.getSaveFileName(
+            self.native, "Save adapted model", "adapted.safetensors",
+            "napari-bnadapt model (*.safetensors);;bioimage.io package (*.zip)")
         if path:
+            suffix = ".zip" if "*.zip" in chosen or path.lower().endswith(".zip") else ".safetensors"
             # the dialog confirmed replacing exactly this name; a name we extend is checked again
-            self.save_adapted_model(path, overwrite=path.endswith(".safetensors"))
+            exact = path.lower().endswith(suffix)
+            self.save_adapted_model(path if exact else path + suffix, overwrite=exact)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import napari.layers
 import numpy as np
 
 
@@ -41,7 +42,8 @@ def unique_name(viewer: Any, name: str) -> str:
 
 def layers_of(viewer: Any, kind: str) -> list[Any]:
     """The viewer's layers of one type ("image", "labels")."""
-    return [layer for layer in viewer.layers if layer._type_string == kind]
+    cls = {"image": napari.layers.Image, "labels": napari.layers.Labels}[kind]
+    return [layer for layer in viewer.layers if isinstance(layer, cls)]
 
 
 def add_result(viewer: Any, data: Any, like: Any, name: str | None = None, kind: str = "labels", **kwargs: Any) -> Any:

@@ -166,7 +166,9 @@ def load_model(name_or_path: str | os.PathLike[str], device: str = "auto") -> UN
         A bundled or user model name (e.g. ``"toy-perlin"``), or a path to a
         ``.safetensors`` model file, or to a plain PyTorch state dict
         (``.pt``/``.pth``) of this project's U-Net, read with
-        ``torch.load(weights_only=True)`` (no code is ever executed).
+        ``torch.load(weights_only=True)`` (no code is ever executed), or a bioimage.io
+        model package (``.zip``, ``rdf.yaml``/``bioimageio.yaml``) with TorchScript weights or a
+        state dict of this U-Net (see :mod:`napari_bnadapt.model.bioimageio_import`).
     device : str, default "auto"
         Where to put the model: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
 
@@ -181,6 +183,10 @@ def load_model(name_or_path: str | os.PathLike[str], device: str = "auto") -> UN
         The file is truncated, damaged, foreign, or holds code instead of weights.
     """
     path = resolve_model_path(name_or_path)
+    from .bioimageio_import import is_bioimageio_source, load_bioimageio_model
+
+    if is_bioimageio_source(path):  # a bioimage.io package (.zip) or its rdf.yaml / bioimageio.yaml
+        return load_bioimageio_model(path, device)
     header = _read_safetensors_header(path)
     if header is not None:
         from safetensors import SafetensorError
@@ -266,7 +272,15 @@ def _infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def default_meta(model: UNet, *, name: str | None = None) -> dict[str, Any]:
-    """A minimal model card for a model that has none (8-bit input assumed)."""
+    """A minimal model card for a model that has none (8-bit input assumed).
+
+    A model that is not this project's U-Net gets
+    :func:`napari_bnadapt.model.foreign.meta_for`'s card instead: grey values mapped to [0, 1].
+    """
+    from .foreign import is_project_unet, meta_for
+
+    if not is_project_unet(model):
+        return meta_for(model, name=name)
     return {
         "name": name,
         "architecture": {"name": "UNet", **model.config()},
@@ -311,6 +325,14 @@ def save_model(model: UNet, path: str | os.PathLike[str], overwrite: bool = Fals
     import torch
     from safetensors.torch import save_file
 
+    from .unet import UNet
+
+    if not isinstance(model, UNet):
+        raise BNAdaptError(
+            f"save_model writes this project's U-Net; this is a {type(model).__name__}. Save a model built "
+            "elsewhere with torch.save(model.state_dict(), ...) or torch.jit.save, or as a bioimage.io package "
+            "(napari_bnadapt.export_bioimageio)"
+        )
     path = Path(path).expanduser()
     if path.suffix != _MODEL_SUFFIX:
         path = path.with_name(path.name + _MODEL_SUFFIX)
