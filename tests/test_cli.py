@@ -85,7 +85,6 @@ def test_demo_without_display_falls_back_to_text(monkeypatch, capsys):
 
 
 def test_export_writes_a_bioimageio_package_and_never_overwrites(tmp_path, capsys):
-    pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed (pip install 'napari-bnadapt[bioimageio]')")
     import zipfile
 
     out = tmp_path / "toy.zip"

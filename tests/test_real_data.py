@@ -79,10 +79,13 @@ def test_adapt_and_reliability_on_real_vnc_crop(real, toy_model, one_torch_threa
     assert report.n_patches > 0 and np.isfinite(report.drift)
     assert report.layers  # per-layer shifts were measured
     rel = nb.reliability(toy_model, adapted, images, device="cpu")
-    assert rel.verdict in {"reliable", "uncertain", "unreliable"}
-    assert rel.sentence
-    assert rel.iou_lower_bound is None or 0.0 <= rel.iou_lower_bound <= 1.0
-    assert any(np.isfinite(d.value) for d in rel.distances)
+    # the toy model's numbers mean nothing on real EM, but the verdict must follow the documented rule
+    # from its bound (docs/reliability.md: reliable >= 0.8, unreliable < 0.5 or gated); measured: 0.63, uncertain
+    assert rel.sentence and rel.iou_lower_bound is not None and 0.0 <= rel.iou_lower_bound <= 1.0
+    expected = ("unreliable" if rel.gate_failures or rel.iou_lower_bound < 0.5
+                else "reliable" if rel.iou_lower_bound >= 0.8 else "uncertain")
+    assert rel.verdict == expected, (rel.verdict, rel.iou_lower_bound, rel.gate_failures)
+    assert [d.name for d in rel.distances if not np.isfinite(d.value)] == ["ls4"]  # 128 channels: under-sampled
     seg = nb.segment(adapted, images, device="cpu")
     assert seg.shape == images.shape
     assert state_bytes(toy_model) == before  # the source model is never changed
@@ -93,8 +96,7 @@ def test_adabn_on_the_real_pair_does_not_lower_iou_and_the_bound_is_computed(rea
 
     import napari_bnadapt as nb
 
-    if "lucchi-pp" not in nb.list_models():
-        pytest.skip("the bundled lucchi-pp model is not installed")
+    assert "lucchi-pp" in nb.list_models(), "the bundled lucchi-pp model is missing from the package"
     model = nb.load_model("lucchi-pp", device="cpu")
     before = state_bytes(model)
     # VNC held-out slices 14-19 (the VNC model never trained on them), a 512 x 512 crop of each
@@ -103,10 +105,16 @@ def test_adabn_on_the_real_pair_does_not_lower_iou_and_the_bound_is_computed(rea
     source_only = nb.iou(nb.segment(model, images, device="cpu"), truth)
     adapted, report = nb.adapt(model, images, device="cpu")
     adapted_iou = nb.iou(nb.segment(adapted, images, device="cpu"), truth)
-    assert adapted_iou >= source_only, (source_only, adapted_iou)
+    # docs/real-data.md, whole slices: 0.053 -> 0.455; on this crop measured 0.002 -> 0.441
+    assert source_only < 0.1, source_only
+    assert adapted_iou >= 0.42 and adapted_iou > source_only + 0.3, (source_only, adapted_iou)
     assert report.n_patches > 0
     rel = nb.reliability(model, adapted, images, device="cpu")
     assert rel.calibration_x is not None and np.isfinite(rel.calibration_x)  # the calibrated distance was measured
-    assert rel.iou_lower_bound is not None or rel.gate_failures  # a bound, or the stated reason for none
-    assert rel.verdict in {"reliable", "uncertain", "unreliable"}
+    # docs/real-data.md: "the report promises IoU >= 0.70 (uncertain). The true IoU is 0.455: the bound fails
+    # on this shift" (measured on the crop: bound 0.700, uncertain, true 0.441). If this changes, so must the docs.
+    assert not rel.gate_failures
+    assert rel.verdict == "uncertain"
+    assert rel.iou_lower_bound == pytest.approx(0.70, abs=0.01)
+    assert rel.iou_lower_bound > adapted_iou  # the documented violation of the bound on real cross-lab data
     assert state_bytes(model) == before

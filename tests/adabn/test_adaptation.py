@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import napari_bnadapt as nb
-from napari_bnadapt.adabn.adaptation import CONVERGENCE_TOLERANCE, adapt_batchnorm_iter
+from napari_bnadapt.adabn.adaptation import CONVERGENCE_TOLERANCE
+from napari_bnadapt.adabn.estimators import adapt_batchnorm_iter
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.io.stack_view import Normalization
 from napari_bnadapt.model.unet import batchnorm_layers
@@ -21,15 +22,18 @@ def test_brightness_shift_collapses_and_adaptation_restores(toy_model, bright_st
     before = nb.iou(nb.segment(toy_model, images, device="cpu"), truth)
     adapted, report = nb.adapt(toy_model, images, device="cpu")
     after = nb.iou(nb.segment(adapted, images, device="cpu"), truth)
-    assert before < 0.5
-    assert after >= 0.85
+    # measured (seeds 11/12, 48 images of 64 x 64): 0.217 before (all white: the foreground fraction is
+    # 0.21), 0.981 after; docs/models.md: in-domain IoU 0.983, so AdaBN should restore almost all of it
+    assert before < 0.3
+    assert after >= 0.97
     assert report.converged and report.n_voxels == images.size
     assert np.isfinite(report.drift)  # one batch, but judged by pooling half of the patches on their own
 
 
 def test_in_domain_iou(toy_model, source_stack):
     images, truth = source_stack
-    assert nb.iou(nb.segment(toy_model, images, device="cpu"), truth) >= 0.90
+    # docs/models.md: test IoU 0.983 on fresh images; measured 0.983 on this stack
+    assert nb.iou(nb.segment(toy_model, images, device="cpu"), truth) >= 0.97
 
 
 def _exact_pooled_statistics(model, batches):
@@ -123,6 +127,27 @@ def test_modes_and_reproducibility(toy_model, bright_stack):
         v = dict(m.named_modules())[name].running_mean
         assert 0 < float((v - s).norm()) < float((c - s).norm())
     assert rp.prior == 16
+
+
+def test_prior_mode_is_the_documented_weighted_average(toy_model, bright_stack):
+    """docs/method.md: mu = N/(N+n) mu_s + n/(N+n) mu_t (same for the variance), n = number of target patches.
+
+    mu_t is what the cumulative estimator measures on the same patches, in every layer (both
+    modes run the same train-mode passes; the prior is mixed in at the end).
+    """
+    images = bright_stack[0]
+    cumulative, _ = nb.adapt(toy_model, images, device="cpu")
+    prior, report = nb.adapt(toy_model, images, device="cpu", mode="prior", prior=16)
+    assert report.n_patches == 48  # the whole stack: one patch per image
+    w = report.n_patches / (16 + report.n_patches)
+    src, cum, pri = (dict(batchnorm_layers(m)) for m in (toy_model, cumulative, prior))
+    assert len(src) == 18
+    for name in src:
+        for stat in ("running_mean", "running_var"):
+            s, c = getattr(src[name], stat).double(), getattr(cum[name], stat).double()
+            assert not torch.allclose(s, c)  # the target really differs from the source here
+            np.testing.assert_allclose(getattr(pri[name], stat).double(), (1 - w) * s + w * c,
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{name}.{stat}")
 
 
 def test_small_patches_get_larger_batches(toy_model, bright_stack):

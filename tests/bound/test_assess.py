@@ -116,6 +116,17 @@ def test_report_text_is_readable(good, failed):
     assert "IoU of the adapted model >=" in str(good[0])
 
 
+def test_too_little_data_gives_an_uncertain_report_not_an_error(toy_model):
+    """docs/reliability.md: `uncertain` when the calibrated distance is not meaningful (too little data)."""
+    from napari_bnadapt import synthetic
+
+    images = synthetic.generate(4, (96, 96), seed=0, mu0=136, mu1=178)[0]  # dec: m_eff ~23 < 10 x 8
+    adapted, _ = nb.adapt(toy_model, images, device="cpu")
+    report = reliability(toy_model, adapted, images, device="cpu")
+    assert report.verdict == "uncertain" and report.iou_lower_bound is None
+    assert "not meaningful" in str(report)
+
+
 def test_generator_form_and_the_models_stay_untouched(toy_model, bright_small):
     images, _ = bright_small
     adapted, _ = nb.adapt(toy_model, images[:8], device="cpu")

@@ -1,14 +1,14 @@
 """Tiny versions of the experiments (seconds each): the findings' directions, resumability, the CLI.
 
-Scales here are far below the documented default scale; they check that the
-machinery works and that each finding points the right way, not its numbers.
+Scales here are far below the documented default scale (width 4, 30 training steps: IoUs of about
+0.6, not 0.95), so the numbers are not the documented ones; each finding must still point the
+documented way by a clear margin (the measured tiny-scale values are in the comments).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import math
 import shutil
 
@@ -17,8 +17,6 @@ import pytest
 from napari_bnadapt import experiments as E
 from napari_bnadapt.errors import BNAdaptError
 
-#: the figures need matplotlib (the napari extra); everything else runs without it
-HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 TINY = {"image_size": 32, "n_train": 40, "n_test": 8, "width": 4, "steps": 30, "eval_every": 30}
 
 
@@ -30,19 +28,23 @@ def _rows(path):
 @pytest.fixture(scope="module")
 def brightness(tmp_path_factory):
     return E.run("brightness", out=tmp_path_factory.mktemp("brightness"), scale=TINY,
-                 only=["b50", "b130"], figures=HAVE_MPL)
+                 only=["b50", "b130"], figures=True)
 
 
 def test_brightness_adaptation_corrects_the_shift(brightness):
     f = brightness.findings
-    # without adaptation: all white on brighter targets, all black on darker ones (thesis Fig. 5.6)
-    assert f["predicted_fg_target_brighter"] > 0.8
-    assert f["predicted_fg_target_darker"] < 0.05
-    assert f["source_only_target_darker"] < 0.05
-    assert f["source_only_target_brighter"] == pytest.approx(f["true_fg"], abs=0.08)
-    # with AdaBN the off-diagonal pairs come close to the diagonal
-    assert f["offdiag_adapted"] > f["offdiag_source_only"] + 0.2
-    assert f["offdiag_over_diag_adapted"] > 0.8
+    # without adaptation: all white on brighter targets, all black on darker ones (thesis Fig. 5.6;
+    # docs/experiments.md: all white > 90 % foreground, all black < 2 %); measured 99.7 % and 0 %
+    assert f["predicted_fg_target_brighter"] > 0.95
+    assert f["predicted_fg_target_darker"] < 0.02
+    assert f["share_offdiag_all_black_or_white"] == 1.0
+    assert f["source_only_target_darker"] < 0.02
+    assert f["source_only_target_brighter"] == pytest.approx(f["true_fg"], abs=0.05)  # 0.233 vs 0.260
+    # with AdaBN the off-diagonal pairs come close to the diagonal (docs: ratio 0.985, >= 0.9 asked;
+    # every off-diagonal pair improves); measured 0.116 -> 0.599, ratio 1.06
+    assert f["offdiag_adapted"] > f["offdiag_source_only"] + 0.4
+    assert f["share_offdiag_improved"] == 1.0
+    assert f["offdiag_over_diag_adapted"] > 0.9
 
 
 def test_results_folder_layout(brightness):
@@ -52,12 +54,22 @@ def test_results_folder_layout(brightness):
     for col in ("src_mu0", "tgt_sigma1", "iou_source_only", "iou_adapted", "w2_ls0", "snw2_ls0", "tnw2_ls0",
                 "floor_ls0", "tnw2_dec"):
         assert col in r
-    assert all(math.isfinite(float(r["tnw2_ls0"])) and float(r["tnw2_ls0"]) >= 0 for r in rows)
+    for r in rows:
+        assert 0.0 <= float(r["iou_source_only"]) <= 1.0 and 0.0 <= float(r["iou_adapted"]) <= 1.0
+        assert math.isfinite(float(r["tnw2_ls0"])) and float(r["tnw2_ls0"]) > 0 and float(r["floor_ls0"]) > 0
+    # the findings are the CSV's numbers: recompute the off-diagonal / diagonal means from the rows
+    f = brightness.findings
+    for kind in ("source_only", "adapted"):
+        off = [float(r[f"iou_{kind}"]) for r in rows if r["source_id"] != r["target_id"]]
+        diag = [float(r[f"iou_{kind}"]) for r in rows if r["source_id"] == r["target_id"]]
+        assert len(off) == len(diag) == 2
+        assert f[f"offdiag_{kind}"] == pytest.approx(sum(off) / 2, abs=1e-9)
+        assert f[f"diag_{kind}"] == pytest.approx(sum(diag) / 2, abs=1e-9)
     assert (brightness.folder / "summary.json").exists()
-    if HAVE_MPL:
-        names = sorted(p.name for p in brightness.figures)
-        assert names == ["exp_brightness_iou.png", "exp_brightness_scatter.png"]
-        assert all(p.stat().st_size > 10_000 for p in brightness.figures)
+    # the figures (matplotlib is a declared test dependency: always checked, never skipped)
+    names = sorted(p.name for p in brightness.figures)
+    assert names == ["exp_brightness_iou.png", "exp_brightness_scatter.png"]
+    assert all(p.stat().st_size > 10_000 for p in brightness.figures)
 
 
 def test_distance_hard_to_easy_beats_easy_to_hard(tmp_path):
@@ -66,6 +78,8 @@ def test_distance_hard_to_easy_beats_easy_to_hard(tmp_path):
     assert res.rows == 4
     # thesis 5.1.1: training on the harder dataset and testing on the easier one works better
     assert f["share_hard_to_easy_better_source_only"] == 1.0
+    assert f["share_hard_to_easy_better_adapted"] == 1.0  # docs: 45 of 45 with adaptation too
+    assert f["mean_hard_to_easy_minus_easy_to_hard_source_only"] > 0.2  # docs +0.33; measured +0.40
     assert f["diag_adapted"] > 0.3
 
 
@@ -74,7 +88,7 @@ def test_mixed_is_asymmetric(tmp_path):
     f = res.findings
     assert res.rows == 4
     # thesis 5.1.3: swapping source and target changes the result
-    assert f["asymmetry_source_only"]["mean_abs_asymmetry"] > 0.05
+    assert f["asymmetry_source_only"]["mean_abs_asymmetry"] > 0.1  # measured 0.15 (docs, default scale: 0.26)
     assert set(f["blocks"]) == {"brightness->brightness", "brightness->misc", "misc->brightness", "misc->misc"}
 
 
@@ -82,7 +96,8 @@ def test_grid800_adaptation_helps_and_resume_recomputes_nothing(tmp_path):
     only = ["m64_d24_s6_6", "m144_d42_s30_30", "m160_d32_s12_24"]
     full = E.run("grid800", out=tmp_path / "a", scale=TINY, only=only, figures=False)
     assert full.rows == 3
-    assert full.findings["mean_adapted"] > full.findings["mean_source_only"]
+    # docs/experiments.md: mean 0.54 -> 0.95 at the default scale; measured here 0.13 -> 0.57
+    assert full.findings["mean_adapted"] > full.findings["mean_source_only"] + 0.3
 
     # a run that stops after its first row (cancelled), in the middle of writing the second
     part = tmp_path / "b"
@@ -108,20 +123,21 @@ def test_shapes_runs_and_adaptation_does_not_hurt_on_average(tmp_path):
     res = E.run("shapes", out=tmp_path, scale=TINY, only=["m64_d24_s6_6", "m144_d42_s6_6"], figures=False)
     rows = _rows(res.csv)
     assert rows[0]["tgt_shapes"] == "triangles+distractors"
-    assert res.findings["mean_adapted"] > res.findings["mean_source_only"]
+    # docs/experiments.md: mean 0.40 -> 0.81 at the default scale; measured here 0.10 -> 0.62
+    assert res.findings["mean_adapted"] > res.findings["mean_source_only"] + 0.3
 
 
 def test_toy_uda_loglinear_direction(tmp_path):
     res = E.run("toy-uda", out=tmp_path, scale={"n_train": 2000, "steps": 400, "n_targets": 40, "n_test": 4000},
-                figures=HAVE_MPL)
+                figures=True)
     f = res.findings
     assert res.rows == 40
-    assert f["boundary_target"]["acc_adapted"] > f["boundary_target"]["acc_source_only"] + 0.2
+    assert f["boundary_target"]["acc_adapted"] > f["boundary_target"]["acc_source_only"] + 0.3  # 0.48 -> 0.92
     # the larger the target-normalised W2 between true and estimated statistics, the larger the loss
-    assert f["loglinear"]["pearson_log1p_tnw2_vs_loss"] > 0.5
-    assert f["loglinear"]["spearman_tnw2_vs_rel_perf"] < -0.5
-    if HAVE_MPL:
-        assert sorted(p.name for p in res.figures) == ["exp_toy_uda_boundary.png", "exp_toy_uda_relation.png"]
+    # (docs/experiments.md: Spearman -0.93 over 200 points; measured here with 40: Pearson 0.81, Spearman -0.87)
+    assert f["loglinear"]["pearson_log1p_tnw2_vs_loss"] > 0.7
+    assert f["loglinear"]["spearman_tnw2_vs_rel_perf"] < -0.8
+    assert sorted(p.name for p in res.figures) == ["exp_toy_uda_boundary.png", "exp_toy_uda_relation.png"]
 
 
 def test_cli_parser_and_refusal_to_overwrite(tmp_path, capsys):

@@ -5,18 +5,25 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
+import npe2
 
-npe2 = pytest.importorskip("npe2")
+from napari_bnadapt.gui.reader import READER_SUFFIXES
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_manifest_valid_and_found_in_this_install():
     pm = npe2.PluginManifest.from_distribution("napari-bnadapt")
     assert pm.name == "napari-bnadapt"
-    assert {w.display_name for w in pm.contributions.widgets} >= {"Adapt & segment", "Train a source model"}
-    assert {s.key for s in pm.contributions.sample_data} >= {"toy_source", "toy_brightness_target", "toy_stack_3d"}
-    assert pm.contributions.readers
+    # docs/napari.md: three dock widgets, four samples, one reader for files and folders
+    assert {w.display_name for w in pm.contributions.widgets} >= {"Adapt & segment", "Train a source model",
+                                                                  "Reliability"}
+    assert {s.key for s in pm.contributions.sample_data} >= {"toy_source", "toy_brightness_target",
+                                                             "toy_contrast_target", "toy_stack_3d"}
+    commands = {c.id: c.python_name for c in pm.contributions.commands}
+    ours = [r for r in pm.contributions.readers
+            if commands.get(r.command) == "napari_bnadapt.gui.reader:get_reader"]
+    assert len(ours) == 1 and ours[0].accepts_directories
     for cmd in pm.contributions.commands:  # every command points at something importable
         mod, _, attr = cmd.python_name.partition(":")
         assert hasattr(__import__(mod, fromlist=[attr]), attr), cmd.python_name
@@ -42,3 +49,9 @@ def test_manifest_and_model_in_built_wheel(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                          env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}).stdout.split()
     assert out[0].startswith(str(tmp_path / "site")) and int(out[1]) >= 2
+
+
+def test_installed_manifest_routes_every_documented_suffix_to_the_reader():
+    pm = npe2.PluginManifest.from_distribution("napari-bnadapt")
+    reader = next(r for r in pm.contributions.readers if r.command == "napari-bnadapt.read_stack")
+    assert sorted(reader.filename_patterns) == sorted("*" + s for s in READER_SUFFIXES)

@@ -1,12 +1,11 @@
 """GUI tests through the plugin manifest (run under xvfb-run in CI)."""
 
+import napari  # noqa: F401  (a declared dependency: a missing napari fails here, it is not skipped)
 import numpy as np
 import pytest
+import pytestqt  # noqa: F401
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
-
-from ..conftest import state_bytes  # noqa: E402
+from ..conftest import state_bytes
 
 PLUGIN = "napari-bnadapt"
 TIMEOUT_MS = 120_000
@@ -55,20 +54,32 @@ def test_one_click_adaptation_adds_scaled_labels_and_raises_iou(viewer, qtbot):
     np.testing.assert_allclose(out.translate, image.translate)
     assert viewer.layers[-1].name.endswith("probability]")
     res = w.last_result
-    assert res["iou_before"] < 0.5 and res["iou"] > 0.85, res
-    assert "IoU before adaptation" in w.status.value
+    # measured with the library on this sample: 0.208 without adaptation (all white), 0.984 after
+    assert res.iou_source_only < 0.3 and res.iou >= 0.97, res
+    assert "IoU without adaptation" in w.status.value
     # the reliability panel shows the label-free assessment of this run
     rep = panel.report
-    assert rep is not None and rep.verdict in ("reliable", "uncertain") and "reliability" in w.status.value
-    assert rep.iou_lower_bound is None or rep.iou_lower_bound <= res["iou"] + 1e-9
+    # docs/reliability.md: a +40 brightness shift is RELIABLE with a bound of 0.97 (measured 0.968)
+    assert rep is not None and rep.verdict == "reliable" and "reliability" in w.status.value
+    assert 0.95 <= rep.iou_lower_bound <= res.iou
     assert panel.table.rowCount() >= 5 and rep.verdict.upper() in panel.verdict.text()
     np.testing.assert_array_equal(image.data, keep)  # the user's image is untouched
     assert w.save.enabled and w.run_adapt.enabled
-    # a second run never replaces the first result
-    w.start(adapt=False)
+    # a second run never replaces the first result: the same run again (same layer names wanted)
+    # ADDS two layers under new names and leaves the first two as they were
+    first = list(viewer.layers)
+    first_data = [np.array(layer.data, copy=True) for layer in first]
+    w.start(adapt=True)
     _wait(qtbot, w)
+    assert list(viewer.layers)[:len(first)] == first  # the same layer objects, in place
+    for layer, data in zip(first, first_data):
+        np.testing.assert_array_equal(layer.data, data)
+    added = list(viewer.layers)[len(first):]
+    assert [layer._type_string for layer in added] == ["labels", "image"]
     names = [layer.name for layer in viewer.layers]
     assert len(names) == len(set(names))
+    assert added[0].name.startswith(out.name) and added[0].name != out.name
+    np.testing.assert_array_equal(added[0].data, out.data)  # the same (seeded) result, as a new layer
 
 
 def test_cancel_stops_and_changes_nothing(viewer, qtbot):
@@ -120,7 +131,7 @@ def test_save_adapted_model_never_overwrites(viewer, qtbot, tmp_path):
     saved = w.save_adapted_model(tmp_path / "b.safetensors")
     import napari_bnadapt as nb
 
-    assert nb.model_card(saved)["adaptation"]["source_model"] == "toy-perlin"
+    assert nb.model_card(saved).adaptation["source_model"] == "toy-perlin"
 
 
 def test_train_widget_saves_a_listed_model(viewer, qtbot, tmp_path, monkeypatch):
@@ -136,8 +147,11 @@ def test_train_widget_saves_a_listed_model(viewer, qtbot, tmp_path, monkeypatch)
     qtbot.waitUntil(lambda: not t.runner.running, timeout=TIMEOUT_MS)
     assert (tmp_path / "tiny.safetensors").exists(), t.status.value
     assert "tiny" in a.model.choices
-    t.start()  # same name again: refused, file kept
-    assert "exists" in t.status.value
+    saved = (tmp_path / "tiny.safetensors").read_bytes()
+    assert t.start() is None  # same name again: refused before any training, file kept
+    assert "exists" in t.status.value and not t.runner.running
+    assert (tmp_path / "tiny.safetensors").read_bytes() == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.safetensors"]  # nothing written beside it
 
 
 def test_load_stack_with_voxel_size_crop_and_downsample(viewer, tmp_path):
@@ -175,7 +189,7 @@ def test_console_helpers_accept_layers(viewer):
     image.scale = (30.0, 4.0, 4.0)
     model = nb.load_model("toy-perlin", device="cpu")
     labels = nb.segment(model, image, device="cpu")
-    assert nb.iou(labels, truth) > 0.85
+    assert nb.iou(labels, truth) >= 0.97  # in domain: measured 0.984 (docs/models.md: 0.983)
     layer = nb.add_result(viewer, labels, like=image, name="toy source")  # name taken: made unique
     assert layer.name == "toy source (2)"
     np.testing.assert_allclose(layer.scale, image.scale)
@@ -183,7 +197,7 @@ def test_console_helpers_accept_layers(viewer):
 
 def test_errors_inside_a_run_end_it_with_a_message(viewer, qtbot, monkeypatch):
     """A RuntimeError in the worker (as torch raises them) must not leave the widget 'running'."""
-    import napari_bnadapt.segmentation.predict as inference
+    import napari_bnadapt.workflow as inference  # the workflow the widget runs
 
     def broken(*args, **kwargs):
         yield from ()
@@ -233,7 +247,7 @@ def test_pixel_size_mismatch_is_said_and_rescaling_adds_a_new_layer(viewer, qtbo
 
 @pytest.mark.parametrize("shown, passed", [(0, None), (256, 256)])
 def test_tile_size_auto_passes_none_and_a_set_size_passes_it(viewer, qtbot, monkeypatch, shown, passed):
-    import napari_bnadapt.segmentation.predict as inference
+    import napari_bnadapt.workflow as inference  # the workflow the widget runs
 
     seen = {}
 

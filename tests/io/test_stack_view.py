@@ -56,8 +56,11 @@ def test_16bit(toy_model, img):
         nb.segment(toy_model, x16)
     # same grey levels after mapping (up to float rounding at the threshold)
     assert (nb.segment(toy_model, x16, intensity_range=(0, 65535)) == nb.segment(toy_model, img)).mean() > 0.999
+    # "auto" maps the 0.5 and 99.5 percentiles (docs/method.md); here every slice is sampled
     auto = nb.segment(toy_model, x16, intensity_range="auto")
-    assert auto.shape == img.shape
+    lo, hi = np.percentile(x16, [0.5, 99.5])
+    np.testing.assert_array_equal(auto, nb.segment(toy_model, x16, intensity_range=(float(lo), float(hi))))
+    assert (auto != nb.segment(toy_model, x16, intensity_range=(0, 65535))).any()  # really another mapping
     # 16-bit data that stays in 0..255 is accepted as is
     np.testing.assert_array_equal(nb.segment(toy_model, img.astype(np.uint16)), nb.segment(toy_model, img))
 

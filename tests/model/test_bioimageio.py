@@ -20,7 +20,7 @@ import pytest
 import napari_bnadapt as nb
 from napari_bnadapt.errors import BNAdaptError, ModelFileError
 
-pytest.importorskip("bioimageio.core", reason="bioimageio.core is not installed (pip install 'napari-bnadapt[bioimageio]')")
+import bioimageio.core  # noqa: E402,F401  (the [bioimageio] extra: part of [all], installed in CI)
 
 #: bioimage.io core / our predictor on the test tensor: the same float32 network, but a different normalisation
 #: arithmetic ((x - M) / S against ((x - low) / (high - low) - mean) / std) and our BatchNorm-folded copy;
@@ -368,7 +368,7 @@ def test_foreign_architecture_with_torchscript_uses_the_torchscript(package, tmp
 
 # ------------------------------------------------------------------ the widget's save
 def test_widget_saves_a_package_with_the_reliability_report(adapted, tmp_path, monkeypatch):
-    widget = pytest.importorskip("napari_bnadapt.gui.adapt_widget", reason="napari/Qt is not installed")
+    import napari_bnadapt.gui.adapt_widget as widget
     from types import SimpleNamespace
 
     model, report = adapted

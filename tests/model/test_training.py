@@ -22,7 +22,7 @@ def test_short_training_learns_and_records_card(small_data):
     model = items[-1].value
     assert any(isinstance(i, Progress) and i.stage == "training" for i in items)
     card = model.meta["training"]
-    assert card["metrics"]["val_iou"] > 0.6  # far above chance (about 0.2) after 60 steps
+    assert card["metrics"]["val_iou"] > 0.88  # measured 0.903 after 60 steps (chance: about 0.2)
     assert card["recipe"]["seed"] == 1 and card["data"]["train_slices"] == 36
     assert model.meta["normalization"]["mean"] == pytest.approx(images.mean() / 255, abs=0.02)
 
@@ -60,7 +60,7 @@ def test_bfloat16_mixed_precision_trains_a_float32_model(small_data, tmp_path):
     m = nb.train(images, masks, width=8, steps=60, batch_size=8, patch_size=64, lr=3e-3, eval_every=30, seed=1,
                  device="cpu", precision="bfloat16", source_statistics=False)
     assert m.meta["training"]["recipe"]["precision"] == "bfloat16"
-    assert m.meta["training"]["metrics"]["val_iou"] > 0.6  # learns like float32 (test above)
+    assert m.meta["training"]["metrics"]["val_iou"] > 0.88  # learns like float32 (test above): measured 0.900
     assert all(t.dtype == torch.float32 for t in m.state_dict().values() if t.is_floating_point())
     assert all(p.is_contiguous() for p in m.parameters())  # channels-last was for training only
     path = nb.save_model(m, tmp_path / "bf16.safetensors")

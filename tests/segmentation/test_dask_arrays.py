@@ -1,11 +1,11 @@
 """Dask arrays are segmented chunk by chunk, locally and on a dask.distributed cluster, as in memory."""
 
+import dask.array as da
+import distributed
 import numpy as np
 import pytest
 
 import napari_bnadapt as nb
-
-da = pytest.importorskip("dask.array")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,6 @@ def test_dask_equals_in_memory(toy_model, stack):
 
 
 def test_local_cluster_of_two_workers(toy_model, stack):
-    distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster, distributed.Client(cluster):
         lazy = da.from_array(stack, chunks=(3, 128, 128))

@@ -37,8 +37,9 @@ def test_single_tile_equals_untiled(toy_model, toy_image):
 def test_tiled_blends_without_seams(toy_model, toy_image):
     whole = _direct(toy_model, toy_image)
     tiled = nb.predict(toy_model, toy_image, tile_size=96, overlap=32, batch_size=3, device="cpu")
-    assert np.abs(tiled - whole).mean() < 0.01
-    assert ((tiled > 0.5) == (whole > 0.5)).mean() > 0.99
+    # measured: mean difference 0.0005, 99.96 % of the pixels on the same side of 0.5
+    assert np.abs(tiled - whole).mean() < 0.002
+    assert ((tiled > 0.5) == (whole > 0.5)).mean() > 0.999
 
 
 def test_tile_starts_cover_everything():
@@ -72,17 +73,30 @@ def test_cpu_defaults_keep_a_full_resolution_activation_within_32_mib():
 
 
 def test_stack_2d_and_one_slice_shapes(toy_model, source_stack):
-    images = source_stack[0]
+    images, truth = source_stack
     lab = nb.segment(toy_model, images[:5], device="cpu")
-    assert lab.shape == (5, 64, 64) and lab.dtype == np.uint8 and set(np.unique(lab)) <= {0, 1}
+    assert lab.shape == (5, 64, 64) and lab.dtype == np.uint8 and set(np.unique(lab)) == {0, 1}
+    assert nb.iou(lab, truth[:5]) >= 0.97  # in domain (docs/models.md: 0.983; measured 0.981)
     one = nb.segment(toy_model, images[:1], device="cpu")
     assert one.shape == (1, 64, 64)
     np.testing.assert_array_equal(one[0], nb.segment(toy_model, images[0], device="cpu"))
 
 
 def test_instances(toy_model, source_stack):
-    inst = nb.segment(toy_model, source_stack[0][:4], instances=True, device="cpu")
-    assert inst.dtype == np.uint32 and inst.max() > 1
+    """One label per connected object (3D connectivity in a stack) over exactly the semantic foreground."""
+    from scipy import ndimage
+
+    images = source_stack[0][:4]
+    inst = nb.segment(toy_model, images, instances=True, device="cpu")
+    sem = nb.segment(toy_model, images, device="cpu")
+    assert inst.dtype == np.uint32 and inst.shape == sem.shape
+    np.testing.assert_array_equal(inst > 0, sem > 0)
+    ref, n = ndimage.label(sem)  # face connectivity in 3D
+    assert n == 12  # measured: 16 objects in the 4 slices, 12 once connected through z
+    assert sorted(np.unique(inst)) == list(range(n + 1))  # labels 1..n, no gaps
+    # the same partition: every object of one labelling is exactly one object of the other
+    pairs = set(zip(inst[sem > 0].tolist(), ref[sem > 0].tolist()))
+    assert len(pairs) == n
 
 
 def test_memmap_input(tmp_path, toy_model, source_stack):
@@ -98,7 +112,9 @@ def test_sizes_not_multiple_of_16(toy_model):
     from napari_bnadapt import synthetic
 
     img = synthetic.generate(1, (37, 53), seed=1)[0]
-    assert nb.predict(toy_model, img, device="cpu").shape == (1, 37, 53)
+    p = nb.predict(toy_model, img, device="cpu")
+    assert p.shape == (1, 37, 53)
+    np.testing.assert_allclose(p[0], _direct(toy_model, img[0]), atol=1e-5)  # reflect-padded, then cropped
 
 
 def test_unavailable_device_is_a_clear_error(toy_model, toy_image):
@@ -124,8 +140,9 @@ def test_bad_threshold(toy_model, toy_image):
 
 def test_zarr_and_dask_inputs_and_zarr_output(tmp_path, toy_model, source_stack):
     """Lazy inputs are read slice by slice; the result can go straight into a zarr array."""
-    zarr = pytest.importorskip("zarr")
-    da = pytest.importorskip("dask.array")
+    import dask.array as da
+    import zarr
+
     images = source_stack[0][:6]
     expected = nb.segment(toy_model, images, device="cpu")
     z = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=images.shape, chunks=(1, 64, 64), dtype="u1")

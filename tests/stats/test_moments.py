@@ -228,8 +228,20 @@ def test_latent_moments_context_manager_and_distance():
     a = lm.moments["bn"]
     b = collect_latent_moments(model, [x + 0.5 for x in _batches(n=3)], {"bn": model[1]})["bn"]
     d = distance(a, b, "target")
-    assert d.dim == 4 and d.value > 0 and d.floor > 0
+    assert d.dim == 4 and d.floor > 0
     assert d.m_eff_ref == pytest.approx(a.effective_count)
+    # the value, against an independent computation from the BatchNorm outputs themselves: tnW2^2
+    # whitened by the SECOND Gaussian with its symmetric inverse square root (eigh, not Cholesky)
+    with torch.no_grad():
+        xa = np.concatenate([_flat(model[1](model[0](x)).numpy()) for x in _batches(n=3)])
+        xb = np.concatenate([_flat(model[1](model[0](x + 0.5)).numpy()) for x in _batches(n=3)])
+    w, v = np.linalg.eigh(np.cov(xb, rowvar=False))
+    whiten = (v / np.sqrt(w)) @ v.T
+    z = whiten @ (xa.mean(0) - xb.mean(0))
+    lam = np.linalg.eigvalsh(whiten @ np.cov(xa, rowvar=False) @ whiten)
+    want = float(z @ z + np.sum((np.sqrt(lam) - 1) ** 2))
+    assert want > 10 * d.floor  # a real shift (+0.5 on the input), far above the noise
+    assert d.value == pytest.approx(want, rel=1e-6)
     # a stored dict works as well
     d2 = distance(a.to_dict(), b.to_dict(), "target")
     assert d2.value == pytest.approx(d.value, rel=1e-12)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import mpmath as mp
 import numpy as np
 import pytest
+import torch
 
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.stats.wasserstein import (
@@ -16,8 +18,6 @@ from napari_bnadapt.stats.wasserstein import (
     w2_squared,
     w2_squared_diag,
 )
-
-mp = pytest.importorskip("mpmath")
 
 
 def _spd(rng, n, cond_floor=0.5, scale=1.0):
@@ -140,6 +140,26 @@ def test_matches_mpmath_reference(mp_case, normalize):
     assert abs(got - want) <= 1e-9 * abs(want), (got, want)
 
 
+def test_closed_forms_for_known_gaussians():
+    """Shifted copies and scaled covariances, whose W2^2 is known in closed form, at several sizes of shift."""
+    rng = np.random.default_rng(12)
+    n = 6
+    s = _spd(rng, n)
+    u = rng.standard_normal(n)
+    maha = float(u @ np.linalg.solve(s, u))
+    for t in (0.0, 0.5, 1.0, 3.0):  # a pure mean shift: |t u|^2 plain, t^2 u^T S^-1 u whitened
+        m2 = t * u
+        assert w2_squared(np.zeros(n), s, m2, s) == pytest.approx(t * t * float(u @ u), rel=1e-10, abs=1e-12)
+        assert w2_squared(np.zeros(n), s, m2, s, "source") == pytest.approx(t * t * maha, rel=1e-10, abs=1e-12)
+    for c in (0.25, 1.0, 4.0):  # S2 = c S1: tr(S1) (sqrt(c) - 1)^2 plain, n (sqrt(c) - 1)^2 whitened
+        want = float(np.trace(s)) * (np.sqrt(c) - 1) ** 2
+        assert w2_squared(u, s, u, c * s) == pytest.approx(want, rel=1e-9, abs=1e-12)
+        assert w2_squared(u, s, u, c * s, "source") == pytest.approx(n * (np.sqrt(c) - 1) ** 2, rel=1e-9, abs=1e-12)
+        assert w2_squared(u, s, u, c * s, "target") == pytest.approx(n * (1 / np.sqrt(c) - 1) ** 2, rel=1e-9, abs=1e-12)
+    # one dimension: (m1 - m2)^2 + (s1 - s2)^2
+    assert w2_squared([1.0], [[4.0]], [-2.0], [[9.0]]) == pytest.approx(9.0 + 1.0)
+
+
 # ----------------------------------------------------------------- numerics
 @pytest.mark.parametrize("n,rank", [(64, 20), (128, 40)])
 def test_identical_rank_deficient_is_zero_not_negative(n, rank):
@@ -201,7 +221,6 @@ def test_huge_common_offset():
 
 
 def test_torch_and_numpy_inputs_agree():
-    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
     n = 24
     m1, m2, s1, s2 = rng.standard_normal(n), rng.standard_normal(n), _spd(rng, n), _spd(rng, n)

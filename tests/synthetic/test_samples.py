@@ -69,7 +69,7 @@ def test_import_is_light():
         "bad = [m for m in ('napari', 'torch', 'qtpy', 'PyQt5', 'PyQt6', 'scipy') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    src = str(Path(sample_data.__file__).parents[1])
+    src = str(Path(sample_data.__file__).parents[2])
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,5 +1,6 @@
 """AdaBN: re-estimate a model's BatchNorm statistics on an unlabelled target stack.
 
-- ``adaptation``: the estimators (cumulative, EMA, prior-weighted) and ``adapt`` / ``adapt_iter``.
+- ``adaptation``: ``adapt`` / ``adapt_iter`` and the ``AdaptReport``.
+- ``estimators``: the cumulative, EMA and prior-weighted estimators of the BatchNorm statistics.
 - ``patches``: where the adaptation (and the latent statistics) sample patches from a stack.
 """

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..adabn.adaptation import adapt_batchnorm_iter
+from ..adabn.estimators import adapt_batchnorm_iter
 from ..progress import Progress, Result, forward, run_to_end
 from ..stats.wasserstein import w2_squared, w2_squared_diag
 from ._figures import figure, save

@@ -48,6 +48,7 @@ class Runner:
         self.cancel = cancel
         self.run_buttons = run_buttons
         self.worker: Any = None
+        self._links: list[tuple[Any, Callable[..., Any]]] = []
         self._pbr: Any = None
         self._stage = ""
         cancel.enabled = False
@@ -85,11 +86,15 @@ class Runner:
                 on_done(value)
 
         worker = create_worker(guarded, _start_thread=False)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(returned)
-        worker.errored.connect(lambda e: self.say(friendly_error(e), error=True))
-        worker.aborted.connect(lambda: self.say("cancelled: nothing was changed"))
-        worker.finished.connect(self._on_finished)
+        self._links = [
+            (worker.yielded, self._on_progress),
+            (worker.returned, returned),
+            (worker.errored, lambda e: self.say(friendly_error(e), error=True)),
+            (worker.aborted, lambda: self.say("cancelled: nothing was changed")),
+            (worker.finished, self._on_finished),
+        ]
+        for signal, slot in self._links:
+            signal.connect(slot)
         self.worker = worker
         self._pbr = napari_progress(total=0, desc=desc)
         self._stage = ""
@@ -131,15 +136,16 @@ class Runner:
         if self._pbr is not None:
             self._pbr.close()
             self._pbr = None
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            # napari's task-status registry keeps finished workers: cut their links to this
-            # widget, so a closed widget (and the models it holds) can be freed
-            for signal in (worker.yielded, worker.returned, worker.errored, worker.aborted, worker.finished):
-                try:
-                    signal.disconnect()
-                except (TypeError, RuntimeError):  # nothing connected any more
-                    pass
+        self.worker = None
+        # napari's task-status registry keeps finished workers: cut their links to this widget
+        # (only ours: others may still be waiting for this very signal), so a closed widget and
+        # the models it holds can be freed
+        links, self._links = self._links, []
+        for signal, slot in links:
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):  # already disconnected
+                pass
         for b in self.run_buttons:
             b.enabled = True
         self.cancel.enabled = False

@@ -93,7 +93,9 @@ def inference_copy(model: Any, device: Any, channels_last: bool = True) -> Any:
 
     BatchNorm folded into the convolutions, the decoder's concatenations split into
     sums of convolutions, channels-last layout. A model that is not a U-Net of this
-    package is returned as it is.
+    package (a TorchScript module, any model built elsewhere: its layout is unknown) is
+    returned as it is, not copied: the engine runs it in eval mode under
+    :func:`~napari_bnadapt.model.device.model_on`, which restores its flags.
     """
     import torch
 
