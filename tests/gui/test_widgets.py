@@ -265,3 +265,20 @@ def test_tile_size_auto_passes_none_and_a_set_size_passes_it(viewer, qtbot, monk
     w.start(adapt=False)
     _wait(qtbot, w)
     assert seen["tile_size"] == passed
+
+
+def test_a_package_is_exported_in_the_background(viewer, qtbot, tmp_path):
+    viewer.open_sample(PLUGIN, "toy_brightness_target")
+    w = _adapt_widget(viewer)
+    w.image.value = viewer.layers["toy target (brighter)"]
+    w.start(adapt=True)
+    _wait(qtbot, w)
+    target = tmp_path / "adapted.zip"
+    assert w.save_adapted_model(target, wait=False) is None  # returns at once: a worker exports
+    assert w.runner.running
+    _wait(qtbot, w)
+    assert target.is_file() and f"saved the adapted model to {target}" in w.status.value
+    target.write_bytes(b"mine")
+    w.save_adapted_model(target, wait=False)  # never over an existing file
+    _wait(qtbot, w)
+    assert target.read_bytes() == b"mine" and "already exists" in w.status.value

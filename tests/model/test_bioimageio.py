@@ -385,7 +385,7 @@ def test_widget_saves_a_package_with_the_reliability_report(adapted, tmp_path, m
     from qtpy.QtWidgets import QFileDialog
 
     calls = []
-    fake = SimpleNamespace(native=None, save_adapted_model=lambda path, overwrite: calls.append((path, overwrite)))
+    fake = SimpleNamespace(native=None, save_adapted_model=lambda path, overwrite, **kw: calls.append((path, overwrite)))
     for chosen, expected in [("bioimage.io package (*.zip)", ".zip"), ("napari-bnadapt model (*.safetensors)",
                                                                        ".safetensors")]:
         def dialog(parent, title, name, filters, _chosen=chosen):

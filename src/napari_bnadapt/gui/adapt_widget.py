@@ -29,7 +29,7 @@ from ..model.files import (
     resolve_model_path,
     save_model,
 )
-from ..progress import forward
+from ..progress import Progress, forward
 from ..workflow import WorkflowResult, run_iter
 from .layers import layers_of, transform_kwargs, unique_name
 from .loading import StackLoader
@@ -303,21 +303,26 @@ class AdaptSegmentWidget(Container):
         self.runner.say("; ".join(msg))
 
     # --- saving ------------------------------------------------------------
-    def save_adapted_model(self, path: str | Path, overwrite: bool = False) -> Path | None:
+    def save_adapted_model(self, path: str | Path, overwrite: bool = False, *, wait: bool = True) -> Path | None:
         """Save the last adapted model to ``path`` (never over an existing file unless ``overwrite``).
 
         A ``.zip`` path exports a bioimage.io package (for deepImageJ, ilastik, ...), with the last
         run's reliability report when it assessed this model; anything else a ``.safetensors`` model file.
+        With ``wait=False`` (the save dialog) a package is exported in a worker thread, so the window
+        stays responsive for the seconds it takes; the status line says when it is written.
         """
         if self.adapted_model is None:
             self.runner.say("adapt a model first", error=True)
             return None
         try:
             if str(path).lower().endswith(".zip"):
-                from ..model.bioimageio_export import export_bioimageio
+                from ..model.bioimageio_export import export_bioimageio  # torch: only when exporting
 
                 res = self.last_result
                 report = res.reliability if res is not None and res.model is self.adapted_model else None
+                if not wait:
+                    self._export_in_background(path, overwrite, report)
+                    return None
                 saved = export_bioimageio(self.adapted_model, path, reliability=report, overwrite=overwrite)
             else:
                 saved = save_model(self.adapted_model, path, overwrite=overwrite)
@@ -326,6 +331,19 @@ class AdaptSegmentWidget(Container):
             return None
         self.runner.say(f"saved the adapted model to {saved}")
         return saved
+
+    def _export_in_background(self, path: str | Path, overwrite: bool, report: Any) -> Any:
+        model, what = self.adapted_model, "exporting a bioimage.io package"
+
+        def job() -> Any:
+            from ..model.bioimageio_export import export_bioimageio  # torch: only when exporting
+
+            yield Progress(what, 0, 1)
+            saved = export_bioimageio(model, path, reliability=report, overwrite=overwrite)
+            yield Progress(what, 1, 1)
+            return saved
+
+        return self.runner.start(job, lambda saved: self.runner.say(f"saved the adapted model to {saved}"), what)
 
     def _save_dialog(self) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -338,4 +356,4 @@ class AdaptSegmentWidget(Container):
             suffix = ".zip" if "*.zip" in chosen or path.lower().endswith(".zip") else ".safetensors"
             # the dialog confirmed replacing exactly this name; a name we extend is checked again
             exact = path.lower().endswith(suffix)
-            self.save_adapted_model(path if exact else path + suffix, overwrite=exact)
+            self.save_adapted_model(path if exact else path + suffix, overwrite=exact, wait=False)
