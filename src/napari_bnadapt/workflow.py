@@ -19,6 +19,7 @@ from .adabn.adaptation import AdaptReport, adapt_iter
 from .bound.assess import reliability_iter
 from .bound.report import ReliabilityReport
 from .errors import BNAdaptError
+from .io.stack_view import layer_data
 from .metrics import iou
 from .model.device import get_device
 from .progress import Progress, Result, forward, run_to_end
@@ -156,9 +157,12 @@ def run_iter(
     ------
     Progress, then Result[WorkflowResult]
     """
-    if truth is not None and tuple(np.shape(truth)) != tuple(np.shape(images)):
-        raise BNAdaptError(f"the ground truth {tuple(np.shape(truth))} does not match the image "
-                           f"{tuple(np.shape(images))}")
+    images = layer_data(images)
+    if truth is not None:
+        truth = layer_data(truth, kind="labels")
+        if tuple(np.shape(truth)) != tuple(np.shape(images)):
+            raise BNAdaptError(f"the ground truth {tuple(np.shape(truth))} does not match the image "
+                               f"{tuple(np.shape(images))}")
     adapt_options = dict(adapt_options or {})
     tiling = dict(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
                   intensity_range=intensity_range)
