@@ -11,7 +11,12 @@ import numpy as np
 from ..errors import BNAdaptError
 from ..io.stack_view import StackView
 from ..model.device import get_device, model_on
-from ..model.foreign import check_declared_channels, forward_error, is_project_unet, output_to_foreground
+from ..model.foreign import (
+    check_declared_channels,
+    forward_error,
+    is_project_unet,
+    output_to_foreground,
+)
 from ..model.layout import SIZE_MULTIPLE
 from ..progress import Progress
 from .allocator import MMAP_THRESHOLD

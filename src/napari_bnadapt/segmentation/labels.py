@@ -10,6 +10,29 @@ from ..errors import BNAdaptError
 from ..progress import Progress, Result
 
 
+def check_threshold(threshold: float) -> None:
+    """Refuse a probability threshold outside (0, 1) with a clear message."""
+    if not 0.0 < threshold < 1.0:
+        raise BNAdaptError(f"threshold must be between 0 and 1, not {threshold}")
+
+
+def label_objects(mask: np.ndarray, into: np.ndarray | None = None) -> Iterator[Progress | Result[np.ndarray]]:
+    """One uint32 label per connected object of ``mask`` (3D connectivity in stacks).
+
+    ``into``: a preallocated uint32 array of the mask's shape to write into (e.g. a zarr array).
+    Yields Progress, finally a Result with the labels (``into`` when given).
+    """
+    from scipy import ndimage  # scipy only when objects are labelled
+
+    yield Progress("labelling objects", 0, 1)
+    labelled, _ = ndimage.label(mask, output=np.uint32)
+    if into is not None:
+        into[...] = labelled
+        labelled = into
+    yield Progress("labelling objects", 1, 1)
+    yield Result(labelled)
+
+
 def to_labels(
     probabilities: np.ndarray, threshold: float = 0.5, instances: bool = False
 ) -> Iterator[Progress | Result[np.ndarray]]:
@@ -29,15 +52,9 @@ def to_labels(
     ------
     Progress, then Result[numpy.ndarray]
     """
-    if not 0.0 < threshold < 1.0:
-        raise BNAdaptError(f"threshold must be between 0 and 1, not {threshold}")
+    check_threshold(threshold)
     mask = (np.asarray(probabilities) > threshold).astype(np.uint8)
-    if not instances:
+    if instances:
+        yield from label_objects(mask)
+    else:
         yield Result(mask)
-        return
-    from scipy import ndimage  # scipy only when objects are labelled
-
-    yield Progress("labelling objects", 0, 1)
-    labelled, _ = ndimage.label(mask, output=np.uint32)
-    yield Progress("labelling objects", 1, 1)
-    yield Result(labelled)

@@ -20,8 +20,9 @@ from ..errors import BNAdaptError
 from ..io.stack_view import Normalization, StackView, check_stack, resolve_normalization
 from ..model.files import default_meta
 from ..model.foreign import card_of
-from ..progress import Progress, Result, run_to_end, shares_docstring
+from ..progress import Progress, Result, forward, run_to_end, shares_docstring
 from .engine import iter_slice_probabilities
+from .labels import check_threshold, label_objects
 
 if TYPE_CHECKING:
     import torch
@@ -209,8 +210,7 @@ def segment_iter(
     amp: bool | None = None,
     out: ArrayLike | None = None,
 ) -> Iterator[Progress | Result[np.ndarray | ArrayLike]]:
-    if not 0.0 < threshold < 1.0:
-        raise BNAdaptError(f"threshold must be between 0 and 1, not {threshold}")
+    check_threshold(threshold)
     view, norm = _prepare(model, images, intensity_range)
     labels = _allocate(None if instances else out, tuple(view.data.shape), np.uint8)
     for item in iter_slice_probabilities(
@@ -226,11 +226,5 @@ def segment_iter(
             else:
                 labels[z] = mask
     if instances:
-        from scipy import ndimage
-
-        yield Progress("labelling objects", 0, 1)
-        inst = _allocate(out, labels.shape, np.uint32)
-        inst[...], _ = ndimage.label(labels, output=np.uint32)
-        yield Progress("labelling objects", 1, 1)
-        labels = inst
+        labels = yield from forward(label_objects(labels, _allocate(out, labels.shape, np.uint32)))
     yield Result(labels)
