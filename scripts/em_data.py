@@ -42,6 +42,42 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+#: source models trained on several datasets, or with the domain-randomising recipe (docs/real-data.md)
+ROBUST: dict[str, dict[str, Any]] = {
+    "generalist": {
+        "name": "em-generalist",
+        "sources": ["lucchi", "vnc"],
+        "pixel_size_nm": (5.0, 5.0),
+        "steps": 6000,
+        "description": "every labelled EM volume of the project at 5 nm: Lucchi++ FIB-SEM train volume "
+        "(mouse CA1, 42 x 768 x 1024, ~5 nm) and VNC ssTEM slices 0-13 (Drosophila, 4.6 nm, resampled); "
+        "EM domain randomisation",
+    },
+    "lucchi-robust": {
+        "name": "lucchi-pp-robust",
+        "sources": ["lucchi"],
+        "pixel_size_nm": (5.0, 5.0),
+        "steps": 5000,
+        "description": RECIPES["lucchi"]["description"] + "; EM domain randomisation",
+    },
+    "vnc-robust": {
+        "name": "vnc-robust",
+        "sources": ["vnc"],
+        "pixel_size_nm": (4.6, 4.6),
+        "steps": 4000,
+        "description": RECIPES["vnc"]["description"] + "; EM domain randomisation",
+    },
+}
+
+
+def model_recipe(key: str) -> dict[str, Any]:
+    """A model's training recipe: a single-dataset one of :data:`RECIPES` (flips and rotations only,
+    as the first bundled models were trained) or a robust one of :data:`ROBUST` (EM augmentation)."""
+    if key in ROBUST:
+        return {"augment": "em", **ROBUST[key]}
+    r = RECIPES[key]
+    return {"augment": "geometric", "sources": [key], **{k: r[k] for k in ("name", "pixel_size_nm", "steps", "description")}}
+
 def available(data: Path = DATA) -> bool:
     """Whether every file of both datasets is there."""
     return all((data / r["folder"] / f).exists() for r in RECIPES.values() for f in r["train"][:2] + r["test"][:2])
@@ -86,4 +122,4 @@ def test_iou(model: Any, dataset: str, data: Path = DATA) -> float:
     import napari_bnadapt as nb
 
     images, labels = load_split(dataset, "test", data)
-    return nb.iou(nb.segment(model, images) > 0, labels > 0)
+    return nb.iou(nb.segment(model, images, pixel_size_nm=RECIPES[dataset]["pixel_size_nm"]) > 0, labels > 0)

@@ -32,18 +32,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from em_data import BUNDLED, DATA, RECIPES, load_split, split_description, test_iou  # noqa: E402
+from em_data import BUNDLED, DATA, RECIPES, ROBUST, load_split, model_recipe, split_description, test_iou  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", choices=sorted(RECIPES))
+    ap.add_argument("dataset", choices=sorted(RECIPES) + sorted(ROBUST))
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--patch-size", type=int, default=256)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--patience", type=int, default=6, help="validations without improvement before stopping")
-    ap.add_argument("--precision", choices=["float32", "bfloat16"], default="bfloat16")
+    ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16 is faster only on CPUs with native bfloat16 (AVX-512 BF16, AMX); "
+                    "on AVX2-only CPUs it is about 5x slower")
+    ap.add_argument("--init", default=None, help="fine-tune from this model (a name or a file) instead of from scratch")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", type=Path, default=DATA)
@@ -57,25 +61,32 @@ def main(argv: list[str] | None = None) -> int:
     from napari_bnadapt.progress import run_to_end, tqdm_callback
 
     torch.set_num_threads(args.threads)
-    r = RECIPES[args.dataset]
+    r = model_recipe(args.dataset)
     path = args.out / f"{r['name']}.safetensors"
     if path.exists() and not args.overwrite:
         print(f"{path} exists: pass --overwrite to replace it", file=sys.stderr)
         return 2
-    images, labels = load_split(args.dataset, "train", args.data)
-    print(f"train images {images.shape} {images.dtype}, labels {labels.shape}", flush=True)
+    splits = [load_split(s, "train", args.data) for s in r["sources"]]
+    for s, (im, lb) in zip(r["sources"], splits):
+        print(f"{s}: train images {im.shape} {im.dtype}, labels {lb.shape}", flush=True)
     t0 = time.perf_counter()
     gen = nb.train_iter(
-        images, labels, width=16, bilinear=True, steps=args.steps or r["steps"], batch_size=args.batch_size,
-        patch_size=args.patch_size, lr=1e-3, val_fraction=0.1, eval_every=args.eval_every,
+        [im for im, _ in splits], [lb for _, lb in splits], width=16, bilinear=True,
+        steps=args.steps or r["steps"], batch_size=args.batch_size,
+        patch_size=args.patch_size, lr=args.lr, val_fraction=0.1, eval_every=args.eval_every,
         patience=args.patience, seed=args.seed, device="cpu", pixel_size_nm=r["pixel_size_nm"], name=r["name"],
-        data_description=r["description"], precision=args.precision,
+        data_description=r["description"], precision=args.precision, augment=r["augment"],
+        volume_pixel_sizes_nm=[RECIPES[s]["pixel_size_nm"] for s in r["sources"]],
+        init=nb.load_model(args.init) if args.init else None,
     )
     model = run_to_end(gen, tqdm_callback())
     wall = time.perf_counter() - t0
     metrics = model.meta["training"]["metrics"]
-    metrics["test_iou"] = round(test_iou(model, args.dataset, args.data), 4)
-    metrics["test_set"] = split_description(args.dataset, "test")
+    by_set = {RECIPES[s]["label"]: round(test_iou(model, s, args.data), 4) for s in r["sources"]}
+    metrics["test_iou"] = round(sum(by_set.values()) / len(by_set), 4)
+    metrics["test_set"] = "; ".join(split_description(s, "test") for s in r["sources"])
+    if len(by_set) > 1:
+        metrics["test_iou_by_set"] = by_set
     model.meta["training"]["command"] = "python scripts/train_em_models.py " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
     nb.save_model(model, path, overwrite=args.overwrite)

@@ -18,6 +18,16 @@ def toy_model():
 
 
 @pytest.fixture(scope="session")
+def toy_model_5nm(toy_model):
+    """A copy of the toy model whose card says it was trained at 5 x 5 nm pixels."""
+    import copy
+
+    model = copy.deepcopy(toy_model)
+    model.meta["pixel_size_nm"] = [5.0, 5.0]
+    return model
+
+
+@pytest.fixture(scope="session")
 def source_stack():
     from napari_bnadapt import synthetic
 

@@ -99,3 +99,28 @@ def test_export_writes_a_bioimageio_package_and_never_overwrites(tmp_path, capsy
     assert b"toy again" in zipfile.ZipFile(out).read("rdf.yaml")
     assert main(["export", "--model", "toy-perlin", "--output", str(tmp_path / "x.safetensors")]) == 2
     assert "must be a .zip" in capsys.readouterr().err
+
+
+def test_segment_takes_the_pixel_size_and_writes_on_the_input_grid(tmp_path, capsys, toy_model_5nm, recwarn):
+    import napari_bnadapt as nb
+    from napari_bnadapt.io.resample import PixelSizeWarning
+
+    model = nb.save_model(toy_model_5nm, tmp_path / "five-nm.safetensors")
+    img, out, out2 = tmp_path / "t.tif", tmp_path / "labels.tif", tmp_path / "as-is.tif"
+    main(["generate", "--n", "2", "--shape", "48", "48", "--output", str(img)])
+    capsys.readouterr()
+    assert main(["segment", "--model", str(model), "--input", str(img), "--output", str(out),
+                 "--pixel-size", "10", "10", "--device", "cpu", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "resampled to the model's pixel size" in err and "zoom 2 x 2" in err
+    assert tifffile.imread(out).shape == (2, 48, 48)
+    # no --pixel-size and none in the file: said once, by the CLI; the run goes on as it is
+    assert main(["segment", "--model", str(model), "--input", str(img), "--output", str(out2),
+                 "--device", "cpu", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("pixel size is unknown") == 1 and "--pixel-size" in err
+    assert not [w for w in recwarn if issubclass(w.category, PixelSizeWarning)]
+    assert not np.array_equal(tifffile.imread(out), tifffile.imread(out2))
+    assert main(["segment", "--model", str(model), "--input", str(img), "--output", str(tmp_path / "x.tif"),
+                 "--pixel-size", "0", "10", "--quiet"]) == 2
+    assert "positive" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from napari_bnadapt.cli import main
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.segmentation import predict as predict_module
 
-from .conftest import state_bytes
+from .conftest import SOURCE, state_bytes
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,83 @@ def test_demo_runs_the_workflow(monkeypatch):
     res = demo.run_demo(device="cpu")
     assert seen["adapt"] is True and isinstance(res, workflow.WorkflowResult)
     assert res.iou_source_only < 0.25 and res.iou > 0.97
+
+
+@pytest.fixture(scope="module")
+def coarse_target():
+    """A brighter toy target of 2 slices at 10 nm pixels (for a model trained at 5 nm), and its truth."""
+    from napari_bnadapt import synthetic
+
+    from .conftest import BRIGHT
+
+    return synthetic.generate(2, (48, 48), seed=44, **BRIGHT)
+
+
+def test_run_resamples_to_the_model_pixel_size_and_returns_the_input_grid(toy_model_5nm, coarse_target):
+    import warnings
+
+    from napari_bnadapt.io.resample import PixelSizeWarning
+
+    images, truth = coarse_target
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PixelSizeWarning)
+        res = workflow.run(toy_model_5nm, images, truth=truth, keep_probabilities=True, device="cpu",
+                           pixel_size_nm=(10.0, 10.0))
+    assert res.labels.shape == res.probabilities.shape == truth.shape == (2, 48, 48)
+    assert res.zoom == (2.0, 2.0) and res.adapt_report.zoom == (2.0, 2.0)
+    assert res.adapt_report.patch_size == (96, 96)  # adapted on the resampled stack
+    assert any("resampled" in n for n in res.reliability.notes)
+    np.testing.assert_array_equal(res.labels, (res.probabilities > 0.5).astype(np.uint8))
+    lines = [line for line in res.summary() if line.startswith("pixel size:")]
+    assert len(lines) == 1 and "zoom 2 x 2" in lines[0] and "image's own grid" in lines[0]
+    plain = workflow.run(toy_model_5nm, images, device="cpu", pixel_size_nm=(5.0, 5.0))
+    assert plain.zoom is None and not any(line.startswith("pixel size:") for line in plain.summary())
+    assert not np.array_equal(plain.labels, res.labels)
+
+
+def test_run_with_an_unknown_pixel_size_warns_once_and_runs_as_is(toy_model, toy_model_5nm, coarse_target):
+    import warnings
+
+    from napari_bnadapt.io.resample import PixelSizeWarning
+
+    images, truth = coarse_target
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # every warning, not once per place: the run itself must say it once
+        res = workflow.run(toy_model_5nm, images, truth=truth, device="cpu")  # adapt, assess, two predictions
+    said = [w for w in seen if issubclass(w.category, PixelSizeWarning)]
+    assert len(said) == 1 and "pixel size is unknown" in str(said[0].message)
+    assert res.zoom is None and "pixel size is unknown" in res.pixel_size_note
+    assert any("pixel size is unknown" in line for line in res.summary())
+    as_is = workflow.run(toy_model, images, truth=truth, device="cpu")  # neither known
+    np.testing.assert_array_equal(res.labels, as_is.labels)
+    assert as_is.pixel_size_note is None
+
+
+def test_guard_keeps_the_source_statistics_in_domain_and_adapts_a_shifted_stack(toy_model, target):
+    from napari_bnadapt import synthetic
+
+    same = synthetic.generate(48, (64, 64), seed=21, **SOURCE)[0]  # drawn like the toy model's training data
+    res = workflow.run(toy_model, same, assess=False, device="cpu")
+    assert res.need is not None and not res.need.needed
+    assert res.need.message in res.summary() and "already matches" in res.need.message
+    src = dict(toy_model.state_dict())
+    for k, v in res.model.state_dict().items():  # the source statistics segmented
+        if k.endswith(("running_mean", "running_var")):
+            assert np.array_equal(v.cpu().numpy(), src[k].cpu().numpy()), k
+    images, _ = target
+    shifted = workflow.run(toy_model, images, assess=False, device="cpu")
+    assert shifted.need.needed and shifted.model is not toy_model
+    unguarded = workflow.run(toy_model, same, assess=False, device="cpu", guard=False)
+    assert unguarded.need is None
+
+
+def test_test_time_augmentation_and_the_research_options_run(toy_model, target):
+    images, truth = target
+    keep = state_bytes(toy_model)
+    res = workflow.run(toy_model, images[:2], truth=truth[:2], assess=False, device="cpu", tta=4, entropy=True,
+                       adapt_options={"n_patches": 8, "patch_size": 128})
+    assert res.labels.shape == images[:2].shape and res.iou > 0.9
+    assert res.entropy_report is not None and "entropy step" in "; ".join(res.summary())
+    assert state_bytes(toy_model) == keep
+    with pytest.raises(BNAdaptError, match="tta must be one of"):
+        workflow.run(toy_model, images, tta=3)

@@ -49,6 +49,17 @@ _EXPORTS: dict[str, str] = {
     "AmbiguousDatasetError": "io.stack_info",
     "rescale": "io.pixel_size",
     "pixel_size_nm": "io.pixel_size",
+    "predict_tta": "segmentation.tta",
+    "predict_tta_iter": "segmentation.tta",
+    "segment_tta": "segmentation.tta",
+    "entropy_step": "adabn.entropy",
+    "entropy_step_iter": "adabn.entropy",
+    "adaptation_needed": "adabn.need",
+    "choose_zoom": "adabn.scale_search",
+    "choose_zoom_iter": "adabn.scale_search",
+    "ZoomChoice": "adabn.scale_search",
+    "object_size_summary": "adabn.scale_search",
+    "Augmentation": "model.augment",
 }
 # public submodules reachable as attributes (``nb.synthetic``, ``nb.sample_data``, ...) -> their module
 _SUBMODULES: dict[str, str] = {

@@ -59,15 +59,24 @@ def _write_tiff(path: str, data: Any, info: Any = None) -> None:
     tifffile.imwrite(path, arr, compression="zlib" if arr.dtype != np.float32 else None, **kwargs)
 
 
-def _warn_pixel_size(model: Any, info: Any) -> None:
-    """Print a warning when the file's pixel size differs from the model's by more than 25 %."""
-    from .io.pixel_size import mismatch_message
+def _pixel_size(args: argparse.Namespace, model: Any, info: Any) -> Any:
+    """The image's pixel size for the library: --pixel-size, else the file's; says once what happens with it.
+
+    The sentence (resampled to the model's pixel size, or which one is unknown) is printed here,
+    once; the value returned lets the library decide the same without saying it again.
+    """
+    from .io.resample import model_pixel_size, resolve_grid
 
     vs = getattr(info, "voxel_size_nm", None)
-    image_nm = tuple(vs[-2:]) if vs and all(vs[-2:]) else None
-    msg = mismatch_message(image_nm, model.meta.get("pixel_size_nm"))
-    if msg:
-        print(f"warning: {msg} (napari_bnadapt.rescale does it in a script)", file=sys.stderr)
+    image_nm = args.pixel_size or (tuple(vs[-2:]) if vs and all(vs[-2:]) else None)
+    grid = resolve_grid(image_nm, model_pixel_size(model))
+    sentence = grid.sentence()
+    if grid.resamples:
+        print(f"note: {sentence}", file=sys.stderr)
+    elif sentence:
+        hint = " (give --pixel-size Y_NM X_NM to compare them)" if grid.image_nm is None else ""
+        print(f"warning: {sentence}{hint}", file=sys.stderr)
+    return grid.pass_on()
 
 
 def _intensity(args: argparse.Namespace) -> Any:
@@ -130,7 +139,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .model.files import save_model
+    from .model.files import load_model, save_model
     from .model.training import train_iter
     from .progress import run_to_end
 
@@ -144,7 +153,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             patch_size=args.patch_size, lr=args.lr, val_fraction=args.val_fraction, eval_every=args.eval_every,
             patience=args.patience, seed=args.seed, device=args.device, intensity_range=_intensity(args),
             pixel_size_nm=px, name=args.name or Path(args.output).stem.replace(".safetensors", ""),
-            data_description=args.description,
+            data_description=args.description, augment=args.augment,
+            init=load_model(args.init, device="cpu") if args.init else None,
         ),
         _progress(args),
     )
@@ -162,9 +172,10 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     _check_output(args.output, args.overwrite)
     model = load_model(args.model, device=args.device)
     images, info = _read(args.input, "image file")
-    _warn_pixel_size(model, info)
+    px = _pixel_size(args, model, info)
     adapted, report = run_to_end(
-        adapt_iter(model, images, device=args.device, intensity_range=_intensity(args), **_adapt_kwargs(args)),
+        adapt_iter(model, images, device=args.device, intensity_range=_intensity(args), pixel_size_nm=px,
+                   **_adapt_kwargs(args)),
         _progress(args),
     )
     print(report)
@@ -200,14 +211,16 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         _check_output(out, args.overwrite)
     model = load_model(args.model, device=args.device)
     images, info = _read(args.input, "image file")
-    _warn_pixel_size(model, info)
+    px = _pixel_size(args, model, info)
     truth = _read(args.truth, "ground-truth file")[0] if args.truth else None
     res = run_to_end(
         run_iter(
             model, images, adapt=args.adapt, assess=args.adapt and not args.no_assess, truth=truth,
             threshold=args.threshold, instances=args.instances, keep_probabilities=bool(args.probabilities),
-            device=args.device, intensity_range=_intensity(args), tile_size=args.tile_size, overlap=args.overlap,
-            batch_size=args.batch_size, adapt_options=_adapt_kwargs(args),
+            device=args.device, intensity_range=_intensity(args), pixel_size_nm=px, tile_size=args.tile_size,
+            overlap=args.overlap,
+            batch_size=args.batch_size, adapt_options=_adapt_kwargs(args), guard=not args.no_guard, tta=args.tta,
+            search_scale=args.search_scale, entropy=args.entropy_step,
         ),
         _progress(args),
     )
@@ -262,6 +275,13 @@ def _add_common(p: argparse.ArgumentParser, *, device: bool = True, intensity: b
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_pixel_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pixel-size", type=float, nargs=2, metavar=("Y_NM", "X_NM"),
+                   help="the image's pixel size in nm (default: the file's voxel size, when it has one); when it "
+                        "differs from the model's by more than 2 %%, the stack is resampled to the model's pixel "
+                        "size internally and the results are written on the image's own grid")
+
+
 def _add_adapt_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("adaptation (BatchNorm statistics re-estimated on your stack)")
     g.add_argument("--mode", default="cumulative", choices=["cumulative", "ema", "prior"],
@@ -293,10 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", action="store_true", help="adapt the model's BatchNorm statistics to this stack first")
     p.add_argument("--no-assess", action="store_true",
                    help="with --adapt: skip the label-free reliability check (it needs source statistics in the model file)")
+    p.add_argument("--no-guard", action="store_true",
+                   help="with --adapt: use the adapted statistics even when the stack already matches the model's "
+                   "training data (by default the source statistics are kept then)")
+    p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
+                   help="test-time augmentation: average over this many flipped/rotated views (default 1: off)")
+    p.add_argument("--search-scale", action="store_true",
+                   help="choose the zoom at which predicted mitochondria match the training sizes (no labels)")
+    p.add_argument("--entropy-step", action="store_true",
+                   help="with --adapt: tune the BatchNorm affine parameters by entropy minimisation (research option)")
     p.add_argument("--truth", help="ground-truth labels TIFF: prints the IoU (before and after adaptation)")
     p.add_argument("--probabilities", help="also write the float32 foreground probability to this TIFF")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     p.add_argument("--instances", action="store_true", help="one label per object instead of 0/1")
+    _add_pixel_size(p)
     p.add_argument("--tile-size", type=int, default=None,
                    help="largest tile side in pixels, multiple of 16 (default: 576 on CPU, 1024 on GPU)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
@@ -310,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name or .safetensors file (never modified)")
     p.add_argument("--input", required=True, help="the unlabelled target stack")
     p.add_argument("--output", help="where to save the adapted model (.safetensors)")
+    _add_pixel_size(p)
     _add_adapt_options(p)
     _add_common(p)
     p.set_defaults(func=_cmd_adapt)
@@ -341,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=100, help="steps between validations (default 100)")
     p.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping (default 5)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--augment", default="em", choices=["em", "geometric", "off"],
+                   help="em: flips/rotations plus EM domain randomisation (scale, grey-value curves, blur, noise, "
+                   "stripes; default); geometric: flips and rotations only; off: none")
+    p.add_argument("--init", default=None, help="fine-tune from this model (name or file) instead of from scratch")
     _add_common(p)
     p.set_defaults(func=_cmd_train)
 

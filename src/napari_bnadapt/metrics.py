@@ -10,7 +10,7 @@ from .errors import BNAdaptError
 from .io.stack_view import layer_data
 
 
-def _counts(pred: Any, truth: Any) -> tuple[int, int, int]:
+def foreground_counts(pred: Any, truth: Any) -> tuple[int, int, int]:
     """(intersection, |pred|, |truth|) of the foreground (> 0), slice by slice for big volumes."""
     p, t = layer_data(pred, kind=None), layer_data(truth, kind=None)
     if tuple(p.shape) != tuple(t.shape):
@@ -39,12 +39,12 @@ def iou(pred: Any, truth: Any) -> float:
     float
         |P & T| / |P | T| in [0, 1]; 1.0 when both are empty.
     """
-    inter, a, b = _counts(pred, truth)
+    inter, a, b = foreground_counts(pred, truth)
     union = a + b - inter
     return 1.0 if union == 0 else inter / union
 
 
 def dice(pred: Any, truth: Any) -> float:
     """Foreground Dice coefficient 2|P & T| / (|P| + |T|), pooled; 1.0 when both are empty."""
-    inter, a, b = _counts(pred, truth)
+    inter, a, b = foreground_counts(pred, truth)
     return 1.0 if a + b == 0 else 2.0 * inter / (a + b)

@@ -16,15 +16,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .adabn.adaptation import AdaptReport, adapt_iter
+from .adabn.entropy import EntropyReport, entropy_step_iter
+from .adabn.need import NeedVerdict, adaptation_needed, apply_verdict
+from .adabn.scale_search import ZoomChoice, choose_zoom_iter
 from .bound.assess import reliability_iter
 from .bound.report import ReliabilityReport
 from .errors import BNAdaptError
+from .io.resample import model_grid, resolve_grid
 from .io.stack_view import layer_data
 from .metrics import iou
 from .model.device import get_device
 from .progress import Progress, Result, forward, run_to_end
 from .segmentation.labels import to_labels
 from .segmentation.predict import predict_iter
+from .segmentation.tta import TRANSFORM_COUNTS, predict_tta_iter
 from .stats.source_statistics import read_source_statistics
 
 if TYPE_CHECKING:
@@ -60,6 +65,21 @@ class WorkflowResult:
         (only computed when adapting with a ground truth).
     iou : float or None
         IoU of ``labels`` against ``truth``.
+    zoom : (float, float) or None
+        Model-grid pixels per image pixel (y, x) when the stack was resampled to the model's
+        pixel size (``pixel_size_nm``); None when it ran as it is. The results are always on the
+        image's own grid.
+    pixel_size_note : str or None
+        The resampling, or which pixel size was unknown, in one sentence (None: they matched, or
+        neither was known).
+    notes : list of str
+        Further sentences for :meth:`summary`.
+    need : NeedVerdict or None
+        Whether the target needed adaptation at all (``guard``); when not, the source statistics segmented.
+    zoom_choice : ZoomChoice or None
+        The label-free scale search's choice (``search_scale``).
+    entropy_report : EntropyReport or None
+        The entropy step's report (``entropy``).
     """
 
     labels: np.ndarray
@@ -74,6 +94,11 @@ class WorkflowResult:
     iou_source_only: float | None = None
     iou: float | None = None
     notes: list[str] = field(default_factory=list)
+    zoom: tuple[float, float] | None = None
+    pixel_size_note: str | None = None
+    need: NeedVerdict | None = None
+    zoom_choice: ZoomChoice | None = None
+    entropy_report: EntropyReport | None = None
 
     @property
     def model_name(self) -> str | None:
@@ -82,7 +107,7 @@ class WorkflowResult:
 
     def summary(self) -> list[str]:
         """The run's outcome as short sentences (what the CLI prints and the widget shows)."""
-        out: list[str] = []
+        out: list[str] = [f"pixel size: {self.pixel_size_note}"] if self.pixel_size_note else []
         if self.adapt_report is not None:
             rep = self.adapt_report
             out.append(f"adapted on {rep.device} in {rep.seconds:.1f} s from {rep.n_patches} patches"
@@ -96,6 +121,14 @@ class WorkflowResult:
             out.append(f"reliability: {rel.verdict}{bound}")
         elif self.reliability_note:
             out.append(self.reliability_note)
+        if self.zoom_choice is not None:
+            out.append(f"scale search: {self.zoom_choice.reason}")
+        if self.need is not None and not self.need.needed:
+            out.append(self.need.message)
+        if self.entropy_report is not None:
+            e = self.entropy_report
+            out.append(f"entropy step: {e.steps_run} of {e.steps} steps kept, mean entropy {e.entropy_before:.3f} -> "
+                       f"{e.entropy_after:.3f}" + (f" ({e.guard})" if e.guard else ""))
         if self.iou is not None:
             if self.iou_source_only is not None:
                 out.append(f"IoU without adaptation {self.iou_source_only:.3f}, with adaptation {self.iou:.3f}")
@@ -116,10 +149,15 @@ def run_iter(
     keep_probabilities: bool = False,
     device: str = "auto",
     intensity_range: tuple[float, float] | str | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
     tile_size: int | None = None,
     overlap: int = 64,
     batch_size: int | None = None,
     adapt_options: dict[str, Any] | None = None,
+    guard: bool = True,
+    tta: int = 1,
+    search_scale: bool = False,
+    entropy: bool = False,
 ) -> Iterator[Progress | Result[WorkflowResult]]:
     """Adapt, segment, assess and score one stack; yields Progress, finally a Result.
 
@@ -147,17 +185,51 @@ def run_iter(
         "auto", "cpu", "cuda", "mps".
     intensity_range : (float, float), "auto" or None
         How grey values map to the model's range (see :func:`napari_bnadapt.predict`).
+    pixel_size_nm : (float, float) or None, default None
+        The image's (y, x) pixel size in nm (None: a napari layer's scale and units, else unknown).
+        When it and the model's training pixel size differ by more than
+        :data:`~napari_bnadapt.io.pixel_size.RESAMPLE_TOLERANCE` (2 %), adaptation, the reliability
+        check and the segmentation run on the stack resampled to the model's pixel size, and the
+        labels and probabilities come back on the image's own grid (same shape); ``zoom`` records it.
+        Either one unknown: runs as it is, and one :class:`~napari_bnadapt.io.resample.PixelSizeWarning`
+        says so (``pixel_size_note`` too).
     tile_size, overlap, batch_size
         Tiling of the segmentation, as in :func:`napari_bnadapt.predict`.
     adapt_options : dict, optional
         Further keyword arguments of :func:`napari_bnadapt.adapt` (``mode``,
         ``alpha``, ``prior``, ``n_patches``, ``patch_size``, ``batch_size``, ``seed``).
+    guard : bool, default True
+        "No adaptation needed": when the target's BatchNorm statistics differ from the source's
+        by no more than their sampling noise (:func:`~napari_bnadapt.adabn.need.adaptation_needed`),
+        segment with the source statistics instead (AdaBN on in-domain data can only add noise).
+    tta : {1, 2, 4, 8}, default 1
+        Test-time augmentation: average the probabilities over this many flipped/rotated views
+        (:func:`~napari_bnadapt.segmentation.tta.predict_tta`; the segmentation costs ``tta`` times more).
+    search_scale : bool, default False
+        Before adapting, choose the zoom at which predicted mitochondria have the sizes the model
+        was trained on (:func:`~napari_bnadapt.adabn.scale_search.choose_zoom`, no labels) and run
+        at that zoom; ``zoom_choice`` says which and why. Needs the model's pixel size in its card.
+    entropy : bool, default False
+        After AdaBN, the entropy step on the BatchNorm affine parameters
+        (:func:`~napari_bnadapt.adabn.entropy.entropy_step`; a research option: it lowered the IoU
+        on the real EM pair, see docs/real-data.md).
 
     Yields
     ------
     Progress, then Result[WorkflowResult]
     """
+    if tta not in TRANSFORM_COUNTS:
+        raise BNAdaptError(f"tta must be one of {TRANSFORM_COUNTS}, not {tta!r}")
+    grid = model_grid(model, images, pixel_size_nm)  # decided (and said) once for the whole run
     images = layer_data(images)
+    px = grid.pass_on()
+    choice = None
+    if search_scale:
+        choice = yield from forward(choose_zoom_iter(model, images, pixel_size_nm=px, device=device,
+                                                     intensity_range=intensity_range))
+        if choice.effective_pixel_size_nm() is not None:
+            px = choice.effective_pixel_size_nm()
+            grid = resolve_grid(px, grid.model_nm)
     if truth is not None:
         truth = layer_data(truth, kind="labels")
         if tuple(np.shape(truth)) != tuple(np.shape(images)):
@@ -165,9 +237,10 @@ def run_iter(
                                f"{tuple(np.shape(images))}")
     adapt_options = dict(adapt_options or {})
     tiling = dict(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
-                  intensity_range=intensity_range)
+                  intensity_range=intensity_range, pixel_size_nm=px)
     result = WorkflowResult(labels=np.zeros(0, np.uint8), probabilities=None, model=model, source_model=model,
-                            adapted=adapt, device=str(get_device(device)))
+                            adapted=adapt, device=str(get_device(device)), zoom=grid.zoom,
+                            pixel_size_note=grid.sentence(), zoom_choice=choice)
     if truth is not None and adapt:
         before = yield from forward(predict_iter(model, images, **tiling))
         result.iou_source_only = iou(before > threshold, truth)
@@ -175,7 +248,8 @@ def run_iter(
     used = model
     if adapt:
         used, result.adapt_report = yield from forward(
-            adapt_iter(model, images, device=device, intensity_range=intensity_range, **adapt_options))
+            adapt_iter(model, images, device=device, intensity_range=intensity_range, pixel_size_nm=px,
+                       **adapt_options))
         if assess:
             if not hasattr(model, "latent_modules"):  # a model built elsewhere
                 result.reliability_note = ("reliability not assessed: it needs this project's U-Net (named latent "
@@ -185,8 +259,18 @@ def run_iter(
             else:
                 result.reliability = yield from forward(reliability_iter(
                     model, used, images, device=device, intensity_range=intensity_range,
-                    seed=adapt_options.get("seed", 0)))
-    prob = yield from forward(predict_iter(used, images, **tiling))
+                    seed=adapt_options.get("seed", 0), pixel_size_nm=px))
+        if guard:
+            result.need = adaptation_needed(model, used, result.adapt_report)
+            used = apply_verdict(model, used, result.need)
+        if entropy and (result.need is None or result.need.needed):
+            used, result.entropy_report = yield from forward(entropy_step_iter(
+                used, images, device=device, intensity_range=intensity_range, pixel_size_nm=px,
+                seed=adapt_options.get("seed", 0)))
+    if tta > 1:
+        prob = yield from forward(predict_tta_iter(used, images, transforms=tta, **tiling))
+    else:
+        prob = yield from forward(predict_iter(used, images, **tiling))
     result.labels = yield from forward(to_labels(prob, threshold, instances))
     result.probabilities = prob if keep_probabilities else None
     result.model = used
@@ -207,15 +291,21 @@ def run(
     keep_probabilities: bool = False,
     device: str = "auto",
     intensity_range: tuple[float, float] | str | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
     tile_size: int | None = None,
     overlap: int = 64,
     batch_size: int | None = None,
     adapt_options: dict[str, Any] | None = None,
+    guard: bool = True,
+    tta: int = 1,
+    search_scale: bool = False,
+    entropy: bool = False,
     callback: Any = None,
 ) -> WorkflowResult:
     """Blocking form of :func:`run_iter` (same parameters; ``callback`` receives each Progress)."""
     return run_to_end(run_iter(
         model, images, adapt=adapt, assess=assess, truth=truth, threshold=threshold, instances=instances,
         keep_probabilities=keep_probabilities, device=device, intensity_range=intensity_range,
-        tile_size=tile_size, overlap=overlap, batch_size=batch_size, adapt_options=adapt_options,
+        pixel_size_nm=pixel_size_nm, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+        adapt_options=adapt_options, guard=guard, tta=tta, search_scale=search_scale, entropy=entropy,
     ), callback)

@@ -192,3 +192,20 @@ def test_suspended_generators_leave_grad_mode_alone(toy_model, bright_stack):
         next(gen)
         assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         gen.close()
+
+
+def test_patches_come_from_the_stack_resampled_to_the_model_pixel_size(toy_model, toy_model_5nm):
+    from napari_bnadapt import synthetic
+
+    images, _ = synthetic.generate(2, (48, 48), seed=41)
+    _, plain = nb.adapt(toy_model, images, device="cpu")
+    _, same = nb.adapt(toy_model_5nm, images, device="cpu", pixel_size_nm=(5.0, 5.0))
+    adapted, rep = nb.adapt(toy_model_5nm, images, device="cpu", pixel_size_nm=(10.0, 10.0))
+    assert same.zoom is None and same.patch_size == plain.patch_size == (48, 48)
+    assert [layer.mean_shift for layer in same.layers] == [layer.mean_shift for layer in plain.layers]
+    # 48 x 48 at 10 nm is 96 x 96 at the model's 5 nm: the whole (resampled) stack in 96 px patches
+    assert rep.zoom == (2.0, 2.0) and rep.patch_size == (96, 96) and rep.n_voxels == 2 * 96 * 96
+    assert any("resampled to the model's 5 x 5 nm" in n for n in rep.notes) and "zoom 2 x 2" in str(rep)
+    assert [layer.mean_shift for layer in rep.layers] != [layer.mean_shift for layer in plain.layers]
+    assert adapted.meta["adaptation"]["target"]["pixel_size_nm"] == [10.0, 10.0]
+    assert adapted.meta["adaptation"]["report"]["zoom"] == (2.0, 2.0)

@@ -260,3 +260,15 @@ def test_supervised_research_mode(toy_model, bright_small):
         assert want > 10 * r.floor, r.name  # a real distance (measured 14-690), far above the noise
         assert r.value == pytest.approx(want, rel=1e-6), r.name
     assert {r.name: r.form for r in rows}["ls0"] == "full"  # 8 channels, well sampled: full covariance
+
+
+def test_reliability_is_measured_on_the_stack_resampled_to_the_model_pixel_size(toy_model_5nm):
+    from napari_bnadapt import synthetic
+
+    images, _ = synthetic.generate(2, (48, 48), seed=43, **BRIGHT)
+    adapted, _ = nb.adapt(toy_model_5nm, images, device="cpu", pixel_size_nm=(10.0, 10.0))
+    rep = reliability(toy_model_5nm, adapted, images, device="cpu", pixel_size_nm=(10.0, 10.0))
+    assert rep.n_voxels == 2 * 96 * 96  # 48 px at 10 nm = 96 px at the model's 5 nm
+    assert any("measured on the stack resampled to the model's 5 x 5 nm" in n for n in rep.notes)
+    same = reliability(toy_model_5nm, adapted, images, device="cpu", pixel_size_nm=(5.0, 5.0))
+    assert same.n_voxels == 2 * 48 * 48 and not any("resampled" in n for n in same.notes)

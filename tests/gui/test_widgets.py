@@ -245,6 +245,38 @@ def test_pixel_size_mismatch_is_said_and_rescaling_adds_a_new_layer(viewer, qtbo
     assert "unknown" in w.scale_note.value and w.rescale.native.isHidden()
 
 
+def test_a_layer_at_another_pixel_size_is_resampled_internally_and_labelled_on_its_grid(viewer, qtbot, tmp_path,
+                                                                                        toy_model_5nm):
+    import napari_bnadapt as nb
+    from napari_bnadapt import synthetic, workflow
+
+    from ..conftest import BRIGHT
+
+    path = nb.save_model(toy_model_5nm, tmp_path / "five-nm.safetensors")
+    images, _ = synthetic.generate(2, (48, 64), seed=45, **BRIGHT)
+    image = viewer.add_image(images, name="em", scale=(1.0, 10.0, 10.0), translate=(0.0, 3.0, 7.0))
+    w = _adapt_widget(viewer)
+    w.image.value = image
+    w.add_model_file(path)
+    assert "resampled internally to the model's 5 x 5 nm" in w.scale_note.value
+    assert "results on your layer's grid" in w.scale_note.value
+    w.add_probabilities.value = True
+    assert w.start(adapt=True) is not None
+    _wait(qtbot, w)
+    labels, prob = viewer.layers[-2], viewer.layers[-1]
+    assert labels._type_string == "labels" and labels.name == "em [toy-perlin adapted]"
+    for layer in (labels, prob):
+        assert layer.data.shape == image.data.shape
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+    res = w.last_result
+    assert res.zoom == (2.0, 2.0) and res.adapt_report.zoom == (2.0, 2.0)
+    assert "zoom 2 x 2" in w.status.value
+    # the core workflow reads the same pixel size from the layer itself
+    direct = workflow.run(toy_model_5nm, image, adapt=False, device="cpu")
+    assert direct.zoom == (2.0, 2.0) and direct.labels.shape == image.data.shape
+
+
 @pytest.mark.parametrize("shown, passed", [(0, None), (256, 256)])
 def test_tile_size_auto_passes_none_and_a_set_size_passes_it(viewer, qtbot, monkeypatch, shown, passed):
     import napari_bnadapt.workflow as inference  # the workflow the widget runs
@@ -282,3 +314,25 @@ def test_a_package_is_exported_in_the_background(viewer, qtbot, tmp_path):
     w.save_adapted_model(target, wait=False)  # never over an existing file
     _wait(qtbot, w)
     assert target.read_bytes() == b"mine" and "already exists" in w.status.value
+
+
+def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
+    """Flip averaging, the scale search and the 'already matches' guard are passed to the one workflow."""
+    import napari_bnadapt.gui.adapt_widget as adapt_widget
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        yield from ()
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(adapt_widget, "run_iter", record)
+    viewer.open_sample(PLUGIN, "toy_source")
+    w = _adapt_widget(viewer)
+    assert (w.tta.value, w.search_scale.value, w.guard.value) == (1, False, True)  # the defaults
+    w.tta.value, w.search_scale.value, w.guard.value = 4, True, False
+    w.image.value = viewer.layers["toy source"]
+    w.start(adapt=True)
+    _wait(qtbot, w)
+    assert (seen["tta"], seen["search_scale"], seen["guard"]) == (4, True, False)

@@ -188,3 +188,66 @@ def test_out_of_memory_for_the_smallest_tile_is_a_clear_message(toy_model):
     picky = _Picky(toy_model, max_side=64)
     with pytest.raises(BNAdaptError, match="out of memory on cpu even for one tile of 128 x 128"):
         nb.predict(picky, np.full((1, 300, 300), 120, np.uint8), device="cpu")
+
+
+# ------------------------------------------------------------------ pixel size
+@pytest.fixture(scope="module")
+def coarse_stack():
+    """Toy images at twice the model's pixel size (10 nm for a 5 nm model): objects half as large."""
+    from napari_bnadapt import synthetic
+
+    images, _ = synthetic.generate(3, (64, 80), seed=31)
+    return nb.rescale(images, (0.5, 0.5))
+
+
+def test_predict_at_another_pixel_size_runs_on_the_model_grid_and_returns_the_input_grid(toy_model_5nm, coarse_stack):
+    import warnings
+
+    from napari_bnadapt.io.pixel_size import zoom_slice
+    from napari_bnadapt.io.resample import PixelSizeWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PixelSizeWarning)  # both pixel sizes known: nothing to warn about
+        prob = nb.predict(toy_model_5nm, coarse_stack, device="cpu", pixel_size_nm=(10.0, 10.0))
+    assert prob.shape == coarse_stack.shape == (3, 32, 40) and prob.dtype == np.float32
+    # the reference, by hand: each slice up to 5 nm, the network there, the probability back down
+    up = np.stack([zoom_slice(s, (64, 80)) for s in coarse_stack])
+    on_model_grid = nb.predict(toy_model_5nm, up, device="cpu", pixel_size_nm=(5.0, 5.0))
+    back = np.stack([np.clip(zoom_slice(p, (32, 40)), 0, 1) for p in on_model_grid])
+    np.testing.assert_allclose(prob, back, atol=1e-6)
+    as_is = nb.predict(toy_model_5nm, coarse_stack, device="cpu", pixel_size_nm=(5.0, 5.0))
+    assert np.abs(prob - as_is).max() > 0.1  # resampling changed what the network saw
+    # labels: the resampled-back probability, thresholded on the input's grid
+    labels = nb.segment(toy_model_5nm, coarse_stack, device="cpu", pixel_size_nm=(10.0, 10.0))
+    np.testing.assert_array_equal(labels, (prob > 0.5).astype(np.uint8))
+    # out= is written slice by slice on the input's grid; 2D in, 2D out
+    out = np.full(coarse_stack.shape, -1.0, np.float32)
+    assert nb.predict(toy_model_5nm, coarse_stack, device="cpu", pixel_size_nm=(10.0, 10.0), out=out) is out
+    np.testing.assert_allclose(out, prob, atol=1e-6)
+    flat = nb.segment(toy_model_5nm, coarse_stack[1], device="cpu", pixel_size_nm=(10.0, 10.0))
+    np.testing.assert_array_equal(flat, labels[1])
+
+
+def test_equal_or_nearly_equal_pixel_sizes_do_not_resample(toy_model, toy_model_5nm, coarse_stack):
+    plain = nb.predict(toy_model, coarse_stack, device="cpu")  # nothing known: runs as it is
+    for px in [(5.0, 5.0), (5.05, 4.95)]:  # within RESAMPLE_TOLERANCE (2 %)
+        np.testing.assert_array_equal(nb.predict(toy_model_5nm, coarse_stack, device="cpu", pixel_size_nm=px), plain)
+
+
+def test_unknown_pixel_size_warns_once_and_runs_as_is(toy_model, toy_model_5nm, coarse_stack):
+    import warnings
+
+    from napari_bnadapt.io.resample import PixelSizeWarning
+
+    plain = nb.segment(toy_model, coarse_stack, device="cpu")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        labels = nb.segment(toy_model_5nm, coarse_stack, device="cpu")
+    said = [w for w in seen if issubclass(w.category, PixelSizeWarning)]
+    assert len(said) == 1 and "pixel size is unknown" in str(said[0].message)
+    np.testing.assert_array_equal(labels, plain)
+
+
+def test_too_small_at_the_model_pixel_size_is_refused_before_any_work(toy_model_5nm):
+    with pytest.raises(BNAdaptError, match="at the model's 5 x 5 nm pixel size"):
+        nb.predict(toy_model_5nm, np.zeros((40, 40), np.uint8), device="cpu", pixel_size_nm=(1.0, 1.0))

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BNAdaptError
+from ..io.resample import model_grid
 from ..io.stack_view import check_stack, resolve_normalization
 from ..model.device import get_device
 from ..model.files import default_meta
@@ -107,7 +108,11 @@ class AdaptReport:
     intensity_range : (float, float)
         The grey values mapped onto the model's input range.
     notes : list of str
-        How a model built elsewhere was handled (TorchScript: statistics read batch by batch).
+        How a model built elsewhere was handled (TorchScript: statistics read batch by batch), and
+        the resampling to the model's pixel size.
+    zoom : (float, float) or None
+        Model-grid pixels per image pixel (y, x) when the patches were drawn from the stack
+        resampled to the model's pixel size (``pixel_size_nm``); None when it ran as it is.
     """
 
     mode: str
@@ -126,6 +131,7 @@ class AdaptReport:
     intensity_range: tuple[float, float]
     layers: list[LayerShift] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    zoom: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (stored in the adapted model's card)."""
@@ -184,6 +190,7 @@ def adapt(
     batch_size: int = 8,
     seed: int = 0,
     intensity_range: tuple[float, float] | str | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
 ) -> tuple[UNet, AdaptReport]:
     """Adapt a source-trained model to a target stack by BatchNorm adaptation.
 
@@ -224,6 +231,13 @@ def adapt(
         of a sample; None: the data must already be in the model's range. A model built
         elsewhere without a card (``model.meta``) takes ``lo`` -> 0, ``hi`` -> 1, not
         standardised (:func:`napari_bnadapt.model.foreign.meta_for` sets another convention).
+    pixel_size_nm : (float, float) or None, default None
+        The image's (y, x) pixel size in nm (None: a napari layer's scale and units, else unknown).
+        When it and the model's training pixel size (``model.meta["pixel_size_nm"]``) differ by more
+        than :data:`~napari_bnadapt.io.pixel_size.RESAMPLE_TOLERANCE` (2 %), the patches are drawn
+        from the stack resampled (linear, slice by slice) to the model's pixel size, so
+        ``patch_size`` counts pixels of the model's grid; the report records the ``zoom``. Either one
+        unknown: runs as it is, and a :class:`~napari_bnadapt.io.resample.PixelSizeWarning` says so once.
 
     Returns
     -------
@@ -233,6 +247,7 @@ def adapt(
     return run_to_end(adapt_iter(
         model, images, device=device, mode=mode, alpha=alpha, prior=prior, n_patches=n_patches,
         patch_size=patch_size, batch_size=batch_size, seed=seed, intensity_range=intensity_range,
+        pixel_size_nm=pixel_size_nm,
     ))
 
 
@@ -250,6 +265,7 @@ def adapt_iter(
     batch_size: int = 8,
     seed: int = 0,
     intensity_range: tuple[float, float] | str | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
 ) -> Iterator[Progress | Result[tuple[UNet, AdaptReport]]]:
     import torch
 
@@ -271,7 +287,9 @@ def adapt_iter(
     card = card_of(model)
     meta = card or default_meta(model)
     norm = resolve_normalization(view, meta["normalization"], intensity_range)
-    plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
+    grid = model_grid(model, images, pixel_size_nm)
+    work = grid.view(view)  # the stack at the model's pixel size (resampled lazily), or as it is
+    plan = plan_patches(work.shape3d, n_patches, patch_size, seed)
     if batch_size < 1:
         raise BNAdaptError(f"batch_size must be at least 1, not {batch_size}")
     deep = max(1, (plan.height // 16) * (plan.width // 16))
@@ -280,7 +298,7 @@ def adapt_iter(
     adapted = copy_model(model).to(dev)
     check_adaptable(adapted, dev)  # models built elsewhere: one grey channel in, 1 or 2 out, BatchNorm that adapts
     n_batches = -(-len(plan.corners) // batch_size)
-    batches = (torch.from_numpy(b).to(dev) for b in iter_patch_batches(view, plan, norm.apply, batch_size))
+    batches = (torch.from_numpy(b).to(dev) for b in iter_patch_batches(work, plan, norm.apply, batch_size))
     stats = yield from forward(adapt_batchnorm_iter(adapted, batches, n_batches, mode=mode, alpha=alpha,
                                                     prior=prior, total_items=len(plan.corners)))
     report = AdaptReport(
@@ -300,13 +318,16 @@ def adapt_iter(
         seconds=time.perf_counter() - t0,
         intensity_range=(norm.in_low, norm.in_high),
         layers=_layer_shifts(stats),
-        notes=_notes(kind, card is None, norm),
+        notes=_notes(kind, card is None, norm) + ([f"patches drawn from the stack {grid.zoom_phrase()}"]
+                                                   if grid.resamples else []),
+        zoom=grid.zoom,
     )
     adapted.meta = copy.deepcopy(meta)
     adapted.meta["name"] = f"{meta.get('name') or 'model'}-adapted"
     adapted.meta["adaptation"] = {
         "source_model": meta.get("name"),
-        "target": {"shape": list(view.data.shape), "dtype": str(view.dtype)},
+        "target": {"shape": list(view.data.shape), "dtype": str(view.dtype),
+                   "pixel_size_nm": list(grid.image_nm) if grid.image_nm else None},
         "report": report.to_dict(),
     }
     yield Result((adapted, report))

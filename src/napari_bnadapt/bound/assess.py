@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BNAdaptError
+from ..io.resample import model_grid
 from ..io.stack_view import check_stack, resolve_normalization
 from ..model.device import get_device
 from ..progress import Progress, Result, forward, run_to_end, shares_docstring
@@ -180,6 +181,7 @@ def reliability(
     seed: int = 0,
     reliable_at: float | None = None,
     unreliable_below: float | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
 ) -> ReliabilityReport:
     """Check, without labels, whether adapting ``source_model`` to ``images`` worked.
 
@@ -210,6 +212,13 @@ def reliability(
     unreliable_below : float or None, default None
         Overrides the calibration's threshold on the bound (IoU) below which it is "unreliable"
         (None: the calibration's, 0.5).
+    pixel_size_nm : (float, float) or None, default None
+        The image's (y, x) pixel size in nm, as given to :func:`adapt` (None: a napari layer's scale
+        and units, else unknown). When it and the source model's training pixel size differ by more
+        than :data:`~napari_bnadapt.io.pixel_size.RESAMPLE_TOLERANCE` (2 %), the latent spaces are
+        measured on the stack resampled to the model's pixel size (the report's notes say so).
+        Either one unknown: runs as it is, and a :class:`~napari_bnadapt.io.resample.PixelSizeWarning`
+        says so once.
 
     Returns
     -------
@@ -231,7 +240,7 @@ def reliability(
     return run_to_end(reliability_iter(
         source_model, adapted_model, images, device=device, intensity_range=intensity_range, n_patches=n_patches,
         patch_size=patch_size, batch_size=batch_size, seed=seed, reliable_at=reliable_at,
-        unreliable_below=unreliable_below,
+        unreliable_below=unreliable_below, pixel_size_nm=pixel_size_nm,
     ))
 
 
@@ -249,6 +258,7 @@ def reliability_iter(
     seed: int = 0,
     reliable_at: float | None = None,
     unreliable_below: float | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
 ) -> Iterator[Progress | Result[ReliabilityReport]]:
     from ..adabn.patches import plan_patches
 
@@ -269,10 +279,12 @@ def reliability_iter(
         cal = (getattr(adapted_model, "meta", None) or {}).get("calibration")
     view = check_stack(images)
     norm = resolve_normalization(view, model_normalization(source_model), intensity_range)
-    plan = plan_patches(view.shape3d, n_patches, patch_size, seed)
+    grid = model_grid(source_model, images, pixel_size_nm)
+    work = grid.view(view)  # the stack at the model's pixel size (resampled lazily), or as it is
+    plan = plan_patches(work.shape3d, n_patches, patch_size, seed)
     dev = get_device(device)
     full_max = int(stats.provenance.get("full_cov_max_dim", 256))
-    pair = yield from forward(measure_pair_iter(source_model, adapted_model, view, norm, plan,
+    pair = yield from forward(measure_pair_iter(source_model, adapted_model, work, norm, plan,
                                                 batch_size=batch_size, device=dev, full_cov_max_dim=full_max))
     mt, st, ms, ss = pair.moments, pair.signals, pair.moments_source_only, pair.signals_source_only
     if cal is not None:
@@ -304,7 +316,7 @@ def reliability_iter(
         signals[f"{k}_source_only"] = v
     signals["source_foreground_fraction"] = float(stats.signals["foreground_fraction"])
     signals["source_confidence"] = float(stats.signals["confidence"])
-    notes = []
+    notes = [f"measured on the stack {grid.zoom_phrase()}"] if grid.resamples else []
     if dec.beyond_calibration:
         notes.append("the distance is beyond the largest one seen in the calibration: no bound is claimed")
     if cal is not None and not dec.meaningful and not dec.gate_failures:

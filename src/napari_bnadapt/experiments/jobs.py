@@ -48,7 +48,7 @@ def train_source_iter(job: TrainJob) -> Iterator[Progress | Result[str]]:
         model = yield from forward(train_iter(
             x, y, width=sc.width, steps=sc.train_steps(), batch_size=sc.batch_size, patch_size=sc.image_size,
             lr=sc.lr, val_fraction=sc.val_fraction, eval_every=sc.train_eval_every(), patience=sc.patience,
-            seed=derive_seed("init", job.seed, job.dataset.key), device="cpu", augment=sc.augment,
+            seed=derive_seed("init", job.seed, job.dataset.key), device="cpu", augment="geometric" if sc.augment else False,
             optimizer=sc.optimizer, name=f"{job.experiment}-source-{job.dataset.id}",
             data_description=f"toy source {job.dataset.key}",
         ))

@@ -18,7 +18,8 @@ from magicgui.widgets import (
 
 from ..bound.curve import calibration_curve
 from ..errors import BNAdaptError
-from ..io.pixel_size import mismatch_message, pixel_size_nm, rescale_iter, size_ratio
+from ..io.pixel_size import pixel_size_nm, rescale_iter, size_ratio
+from ..io.resample import model_pixel_size, resolve_grid
 from ..io.stack_view import check_stack, layer_data, resolve_normalization
 from ..model.device import available_devices
 from ..model.files import (
@@ -83,8 +84,16 @@ class AdaptSegmentWidget(Container):
         self.intensity = ComboBox(label="grey values", choices=list(INTENSITY_CHOICES))
         self.tile_size = SpinBox(label="tile size (px, 0 = auto)", value=0, min=0, max=8192, step=16,
                                  tooltip="largest tile side; auto: 576 px on CPU (bundled models), 1024 px on GPU")
+        self.tta = ComboBox(label="flip averaging", choices=[("off", 1), ("2 views", 2), ("4 views", 4), ("8 views", 8)],
+                            value=1, tooltip="test-time augmentation: average the probabilities over flipped and "
+                            "rotated views (segmentation takes that many times longer)")
+        self.search_scale = CheckBox(text="search the scale (no labels)", value=False,
+                                     tooltip="choose the zoom at which the predicted mitochondria have the sizes the "
+                                     "model was trained on")
+        self.guard = CheckBox(text="keep the source statistics when the image already matches", value=True)
         self._advanced_widgets = [self.mode, self.alpha, self.prior, self.n_patches, self.patch_size,
-                                  self.batch_size, self.seed, self.intensity, self.tile_size]
+                                  self.batch_size, self.seed, self.intensity, self.tile_size, self.tta,
+                                  self.search_scale, self.guard]
 
         self.run_adapt = PushButton(text="Adapt && segment")
         self.run_plain = PushButton(text="Segment without adaptation")
@@ -180,18 +189,29 @@ class AdaptSegmentWidget(Container):
         return image_nm, model_nm
 
     def check_pixel_size(self, *_: Any) -> str | None:
-        """Compare the image's pixel size with the model's; warn and offer to rescale if they differ > 25 %."""
+        """Compare the image's pixel size with the model's, and say what a run does with them.
+
+        A run passes the layer's pixel size to the workflow: when it differs from the model's by more
+        than :data:`~napari_bnadapt.io.pixel_size.RESAMPLE_TOLERANCE`, the stack is resampled to the
+        model's pixel size internally and the results land on the layer's own grid. The rescale button
+        still offers a resampled copy as a new layer. Returns the note when a run resamples, else None.
+        """
         image_nm, model_nm = self._pixel_sizes()
-        msg = mismatch_message(image_nm, model_nm)
-        if msg:
+        grid = resolve_grid(image_nm, model_nm)
+        msg = None
+        if grid.resamples:
+            msg = (f"pixel size mismatch ({size_ratio(image_nm, model_nm):.2f}x): this layer has "
+                   f"{' x '.join(f'{v:g}' for v in image_nm)} nm pixels; resampled internally to the model's "
+                   f"{' x '.join(f'{v:g}' for v in model_nm)} nm; results on your layer's grid")
             self.scale_note.value = msg
         elif model_nm and not image_nm:
             self.scale_note.value = (f"the model was trained at {' x '.join(f'{v:g}' for v in model_nm)} nm; "
-                                     "this image's pixel size is unknown (enter its voxel size above to check it)")
+                                     "this image's pixel size is unknown, so it runs as it is (enter its voxel "
+                                     "size above to check it)")
         elif model_nm:
             self.scale_note.value = "matches the model's pixel size"
         else:
-            self.scale_note.value = "the model's pixel size is unknown"
+            self.scale_note.value = "the model's pixel size is unknown, so the image runs as it is"
         self.rescale.visible = msg is not None
         return msg
 
@@ -259,6 +279,9 @@ class AdaptSegmentWidget(Container):
             view = check_stack(data)
             intensity = INTENSITY_CHOICES[self.intensity.value]
             resolve_normalization(view, model.meta["normalization"], intensity)
+            # the layer's pixel size: the workflow resamples to the model's and returns labels on the
+            # layer's grid; an unknown one runs as it is (the pixel-size note says so, not a warning)
+            pixel_size = resolve_grid(self._pixel_sizes()[0], model_pixel_size(model)).pass_on()
             truth_layer = self.truth.value
             truth = None
             if truth_layer is not None:
@@ -274,8 +297,9 @@ class AdaptSegmentWidget(Container):
         gen = run_iter(
             model, data, adapt=adapt, assess=adapt and bool(self.assess.value), truth=truth,
             keep_probabilities=bool(self.add_probabilities.value), device=self.device.value,
-            intensity_range=intensity, tile_size=int(self.tile_size.value) or None,
-            adapt_options=self.adapt_settings(),
+            intensity_range=intensity, pixel_size_nm=pixel_size, tile_size=int(self.tile_size.value) or None,
+            adapt_options=self.adapt_settings(), guard=bool(self.guard.value), tta=int(self.tta.value),
+            search_scale=bool(self.search_scale.value),
         )
 
         def job() -> Any:

@@ -9,5 +9,6 @@
 - ``crop``: ``crop_and_downsample``.
 - ``stack_view``: ``check_stack`` (bad input -> clear message) and intensity ``Normalization``.
 - ``pixel_size``: pixel sizes of layers and models, the mismatch check and ``rescale``.
+- ``resample``: ``ModelGrid``: a network runs at its training pixel size, results come back on the image's grid.
 - ``memmap_pages``: give memory-mapped pages back to the OS after reading them.
 """

@@ -5,6 +5,11 @@ AdaBN re-estimates grey-value statistics; it cannot fix scale. A network trained
 as large and the network fails whatever the BatchNorm statistics. So when the
 image's pixel size (from its layer scale or file) differs from the model's by
 more than :data:`TOLERANCE`, the user is told, and offered a resampled copy.
+
+The entry points (``adapt``, ``predict``, ``segment``, ``reliability``, the workflow)
+go further: given the image's pixel size they resample internally to the model's
+whenever the two differ by more than :data:`RESAMPLE_TOLERANCE`, and return their
+results on the image's own grid (:mod:`napari_bnadapt.io.resample`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,14 @@ from .units import unit_to_nm
 
 #: Relative pixel-size difference (either way) above which the user is warned.
 TOLERANCE = 0.25
+
+#: Relative pixel-size difference (either way, the axis that differs most) above which the entry
+#: points resample the image to the model's pixel size internally (:mod:`napari_bnadapt.io.resample`).
+#: 2 %: a network sees objects 2 % larger or smaller than in training as it would on another
+#: specimen of the same tissue (object sizes vary far more than that), whereas resampling always
+#: costs a little sharpness (linear interpolation, twice: there and back). Below this, pixel sizes
+#: that differ only by calibration rounding (5.0 vs 4.96 nm) run untouched.
+RESAMPLE_TOLERANCE = 0.02
 
 
 def pixel_size_nm(scale: Sequence[float], units: Sequence[Any] | None = None) -> tuple[float, float] | None:
@@ -68,10 +81,19 @@ def mismatch_message(image_nm: Sequence[float] | None, model_nm: Sequence[float]
             "and adaptation cannot fix scale: rescale the image to the model's pixel size first.")
 
 
-def rescale_iter(images: Any, factor_yx: tuple[float, float], order: int = 1) -> Iterator[Progress | Result[np.ndarray]]:
-    """Generator form of :func:`rescale`: yields Progress per slice, finally ``Result(array)``."""
+def zoom_slice(image: np.ndarray, shape_yx: tuple[int, int], order: int = 1) -> np.ndarray:
+    """One 2D slice resampled to ``shape_yx`` pixels (float32; pixel edges kept, ``grid_mode``)."""
     from scipy.ndimage import zoom
 
+    h, w = image.shape
+    oh, ow = shape_yx
+    if (oh, ow) == (h, w):
+        return np.asarray(image, dtype=np.float32)
+    return zoom(np.asarray(image, dtype=np.float32), (oh / h, ow / w), order=order, mode="nearest", grid_mode=True)
+
+
+def rescale_iter(images: Any, factor_yx: tuple[float, float], order: int = 1) -> Iterator[Progress | Result[np.ndarray]]:
+    """Generator form of :func:`rescale`: yields Progress per slice, finally ``Result(array)``."""
     view = check_stack(images, what="image to rescale")
     fy, fx = (float(f) for f in factor_yx)
     if not (0.01 <= fy <= 100 and 0.01 <= fx <= 100):
@@ -81,8 +103,7 @@ def rescale_iter(images: Any, factor_yx: tuple[float, float], order: int = 1) ->
     out = np.empty((nz, oh, ow), dtype=view.dtype)
     yield Progress("rescaling", 0, nz)
     for z in range(nz):
-        sl = view.read(z).astype(np.float32)
-        res = zoom(sl, (oh / h, ow / w), order=order, mode="nearest", grid_mode=True)
+        res = zoom_slice(view.read(z), (oh, ow), order)
         if np.issubdtype(out.dtype, np.integer):
             info = np.iinfo(out.dtype)
             res = np.clip(np.rint(res), info.min, info.max)

@@ -23,9 +23,12 @@ from ..io.stack_view import (
     layer_data,
     resolve_normalization,
 )
-from ..metrics import dice, iou
+from ..adabn.scale_search import OBJECTS_KEY, object_size_summary
+from ..metrics import foreground_counts
 from ..progress import Progress, Result, forward, run_to_end, shares_docstring
 from ..stats.source_statistics import compute_source_statistics_iter
+from .augment import Augmentation, resolve_augmentation
+from .crops import TrainingVolume, as_list, crop_batch, statistics_stack, volume_weights
 from .device import get_device
 
 if TYPE_CHECKING:
@@ -53,6 +56,77 @@ def _split(nz: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.n
         n_val = max(1, n_val)
     order = rng.permutation(nz)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _volume_zooms(volume_nm: Any, model_nm: Any, n: int) -> list[float]:
+    """Each volume's pixel size over the model's (1 where either is unknown)."""
+    out = []
+    for ps in _per_volume(volume_nm, n):
+        if ps is None or not model_nm:
+            out.append(1.0)
+            continue
+        ry, rx = float(ps[0]) / float(model_nm[0]), float(ps[1]) / float(model_nm[1])
+        if ry <= 0 or rx <= 0 or abs(ry - rx) > 1e-3 * max(ry, rx):
+            raise BNAdaptError(f"volume pixel size {tuple(ps)} nm: anisotropic or non-positive pixels in y/x are not supported")
+        out.append(ry)
+    return out
+
+
+def _per_volume(volume_nm: Any, n: int) -> list[Any]:
+    if volume_nm is None:
+        return [None] * n
+    if len(volume_nm) != n:
+        raise BNAdaptError(f"volume_pixel_sizes_nm lists {len(volume_nm)} pixel sizes for {n} volumes")
+    return list(volume_nm)
+
+
+def _volume_card(v: TrainingVolume, pixel_size: Any) -> dict[str, Any]:
+    return {"shape": list(v.view.data.shape), "pixel_size_nm": list(pixel_size) if pixel_size else None,
+            "zoom": round(v.zoom, 4), "train_slices": len(v.train), "val_slices": len(v.val),
+            "intensity_range": [v.norm.in_low, v.norm.in_high]}
+
+
+def _object_sizes(volumes: list[TrainingVolume]) -> dict[str, Any]:
+    """Object sizes of the training labels at the model's pixel size (every volume, cut to their common shape)."""
+    from scipy.ndimage import zoom
+
+    slices = []
+    for v in volumes:
+        for z in v.train:
+            lab = np.asarray(v.labels.read(int(z))) > 0
+            if v.zoom != 1.0:
+                lab = zoom(lab.astype(np.float32), v.zoom, order=1, grid_mode=True, mode="nearest") > 0.5
+            slices.append(lab)
+    h, w = min(s.shape[0] for s in slices), min(s.shape[1] for s in slices)
+    return object_size_summary(np.stack([s[:h, :w] for s in slices]))
+
+
+def _validation_set(v: TrainingVolume) -> tuple[np.ndarray, np.ndarray, tuple[float, float]] | None:
+    """A volume's validation slices and labels at the model's pixel size, with its intensity range."""
+    if not len(v.val):
+        return None
+    images = np.stack([v.view.read(int(z)) for z in v.val])
+    labels = np.stack([v.labels.read(int(z)) for z in v.val]) > 0
+    if v.zoom != 1.0:
+        from scipy.ndimage import zoom
+
+        images = zoom(images.astype(np.float32), (1, v.zoom, v.zoom), order=1, grid_mode=True, mode="reflect")
+        labels = zoom(labels.astype(np.float32), (1, v.zoom, v.zoom), order=1, grid_mode=True, mode="nearest") > 0.5
+    return images, labels, (v.norm.in_low, v.norm.in_high)
+
+
+def _validate(model: Any, val_sets: list[Any], dev: Any) -> tuple[float, float]:
+    """Foreground IoU and Dice pooled over every volume's validation slices (threshold 0.5)."""
+    from ..segmentation.predict import predict
+
+    inter = total_p = total_t = union = 0
+    for images, labels, rng in val_sets:
+        pred = predict(model, images, device=dev, intensity_range=rng) > 0.5
+        i, a, b = foreground_counts(pred, labels)
+        inter, total_p, total_t, union = inter + i, total_p + a, total_t + b, union + a + b - i
+    iou_ = 1.0 if union == 0 else inter / union
+    dice_ = 1.0 if total_p + total_t == 0 else 2.0 * inter / (total_p + total_t)
+    return iou_, dice_
 
 
 def _dice_loss(logits: Any, target: Any) -> Any:
@@ -83,7 +157,9 @@ def train(
     pixel_size_nm: tuple[float, float] | None = None,
     name: str | None = None,
     data_description: str = "",
-    augment: bool = True,
+    augment: bool | str | Augmentation = True,
+    volume_pixel_sizes_nm: list[tuple[float, float] | None] | None = None,
+    init: UNet | None = None,
     optimizer: str = "adam",
     source_statistics: bool = True,
     statistics_patches: int | None = 256,
@@ -93,10 +169,14 @@ def train(
 
     Parameters
     ----------
-    images : array-like or napari Image layer
-        (Z, Y, X) training stack (or one (Y, X) image), greyscale.
-    labels : array-like or napari Labels layer
-        Same shape; 0 = background, > 0 = mitochondrion.
+    images : array-like or napari Image layer, or a list of them
+        (Z, Y, X) training stack (or one (Y, X) image), greyscale. A list trains on
+        several volumes (other labs, shapes and pixel sizes) at once: each crop comes
+        from one of them, drawn with probability proportional to the square root of
+        its training area; each keeps its own grey-value range (``intensity_range``
+        is resolved per volume).
+    labels : array-like or napari Labels layer, or a list of them
+        Same shape(s); 0 = background, > 0 = mitochondrion.
     width : int, default 16
         U-Net base width (16: about 1.9 M parameters, fast on a CPU).
     bilinear : bool, default False
@@ -123,13 +203,24 @@ def train(
         Grey-value range of the training data mapped to the model's 0..255 input
         ("auto": the 0.5 and 99.5 percentiles of a sample; None: the data must lie in 0..255).
     pixel_size_nm : (float, float) or None, default None
-        Pixel size (y, x) of the training data in nanometres, stored in the model card.
+        Pixel size (y, x) in nanometres the model is trained at, stored in the model card.
     name : str or None, default None
         The model's name, stored in the model card.
     data_description : str, default ""
         What the training data is, in words; stored in the model card.
-    augment : bool, default True
-        Random 90-degree rotations and flips.
+    augment : bool, str or Augmentation, default True
+        ``True`` or ``"em"``: domain randomisation for electron microscopy (flips and
+        rotations, scale jitter, grey-value curves, blur, noise, stripes; see
+        :class:`~napari_bnadapt.model.augment.Augmentation` for the defaults);
+        ``"geometric"``: flips and 90-degree rotations only; ``False``: none. The
+        settings are stored in the model card; the draws follow ``seed``.
+    volume_pixel_sizes_nm : list of (float, float) or None, default None
+        Pixel size (y, x) in nm of each training volume (None entries: unknown). With
+        ``pixel_size_nm`` given, each volume's crops are resampled to it.
+    init : UNet or None, default None
+        Start from a copy of this model's weights and input standardisation
+        (fine-tuning; ``width`` and ``bilinear`` are then taken from it). The model
+        passed is never modified; its name is recorded in the new model's card.
     optimizer : {"adam", "rmsprop"}, default "adam"
         Adam with cosine decay (CPU-practical), or the thesis' RMSprop (momentum 0.999,
         weight decay 1e-8, gradient norm clipped at 1, constant rate; the thesis used lr 1e-5).
@@ -156,7 +247,7 @@ def train(
         images, labels, width=width, bilinear=bilinear, steps=steps, batch_size=batch_size, patch_size=patch_size,
         lr=lr, val_fraction=val_fraction, eval_every=eval_every, patience=patience, seed=seed, device=device,
         intensity_range=intensity_range, pixel_size_nm=pixel_size_nm, name=name, data_description=data_description,
-        augment=augment, optimizer=optimizer, source_statistics=source_statistics,
+        augment=augment, volume_pixel_sizes_nm=volume_pixel_sizes_nm, init=init, optimizer=optimizer, source_statistics=source_statistics,
         statistics_patches=statistics_patches, precision=precision,
     ))
 
@@ -181,7 +272,9 @@ def train_iter(
     pixel_size_nm: tuple[float, float] | None = None,
     name: str | None = None,
     data_description: str = "",
-    augment: bool = True,
+    augment: bool | str | Augmentation = True,
+    volume_pixel_sizes_nm: list[tuple[float, float] | None] | None = None,
+    init: UNet | None = None,
     optimizer: str = "adam",
     source_statistics: bool = True,
     statistics_patches: int | None = 256,
@@ -190,29 +283,45 @@ def train_iter(
     import torch
     import torch.nn.functional as F
 
-    from ..segmentation.predict import predict
     from .unet import UNet, count_parameters
 
     t0 = time.perf_counter()
-    view = check_stack(images, what="training images")
-    lab = _labels_view(labels, tuple(view.data.shape))
+    image_list, label_list = as_list(images), as_list(labels)
+    if len(image_list) != len(label_list):
+        raise BNAdaptError(f"{len(image_list)} image stacks but {len(label_list)} label stacks")
+    views = [check_stack(im, what="training images") for im in image_list]
+    labs = [_labels_view(lb, tuple(v.data.shape)) for lb, v in zip(label_list, views)]
+    zooms = _volume_zooms(volume_pixel_sizes_nm, pixel_size_nm, len(views))
     if steps < 1 or batch_size < 1 or eval_every < 1:
         raise BNAdaptError("steps, batch_size and eval_every must be at least 1")
-    nz, h, w = view.shape3d
+    aug = resolve_augmentation(augment)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    tr_idx, va_idx = _split(nz, val_fraction, rng)
-    base = resolve_normalization(view, Normalization().to_meta(), intensity_range, what="training images")
-    sample = view.sample().astype(np.float64)
-    x01 = (sample - base.in_low) / (base.in_high - base.in_low)
-    norm = Normalization(base.low, base.high, float(x01.mean()), float(max(x01.std(), 1e-3)), base.in_low, base.in_high)
+    splits = [_split(v.shape3d[0], val_fraction, rng) for v in views]
+    bases = [resolve_normalization(v, Normalization().to_meta(), intensity_range, what="training images") for v in views]
+    x01 = np.concatenate([((v.sample().astype(np.float64) - b.in_low) / (b.in_high - b.in_low)).ravel()
+                          for v, b in zip(views, bases)])
+    mean, std = float(x01.mean()), float(max(x01.std(), 1e-3))
+    if init is not None:  # fine-tuning keeps the input standardisation its weights were trained with
+        if not isinstance(init, UNet):
+            raise BNAdaptError(f"init must be a napari-bnadapt UNet, not {type(init).__name__}")
+        init_norm = Normalization.from_meta((getattr(init, "meta", None) or {}).get("normalization", {}))
+        mean, std = init_norm.mean, init_norm.std
+        width, bilinear = init.width, init.bilinear
+    volumes = [TrainingVolume(v, lb, Normalization(b.low, b.high, mean, std, b.in_low, b.in_high), z, tr, va)
+               for v, lb, b, z, (tr, va) in zip(views, labs, bases, zooms, splits)]
+    norm = volumes[0].norm
+    weights = volume_weights(volumes)
+    view = views[0]
+    nz, h, w = view.shape3d
     dev = get_device(device)
     if precision not in ("float32", "bfloat16"):
         raise BNAdaptError(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
     if precision == "bfloat16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise BNAdaptError("this GPU has no bfloat16 support: train with precision='float32'")
     # channels-last is the faster layout for oneDNN (CPU) and cuDNN convolutions; the weights saved are the same
-    model = UNet(width=width, bilinear=bilinear).to(dev).to(memory_format=torch.channels_last)
+    model = UNet(width=width, bilinear=bilinear) if init is None else copy.deepcopy(init).train()
+    model = model.to(dev).to(memory_format=torch.channels_last)
     if optimizer == "adam":
         opt: Any = torch.optim.Adam(model.parameters(), lr=lr)
         sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
@@ -221,30 +330,19 @@ def train_iter(
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
     else:
         raise BNAdaptError(f"optimizer must be 'adam' or 'rmsprop', not {optimizer!r}")
-    ph, pw = min(patch_size, h) // 16 * 16, min(patch_size, w) // 16 * 16
+    min_h, min_w = (min(v.shape3d[1] for v in views), min(v.shape3d[2] for v in views))
+    ph, pw = min(patch_size, min_h) // 16 * 16, min(patch_size, min_w) // 16 * 16
     if ph < 16 or pw < 16:
         raise BNAdaptError(f"patch_size must be at least 16, not {patch_size}")
 
-    def crop_batch() -> tuple[Any, Any]:
-        zs = rng.choice(tr_idx, batch_size)
-        xs, ys = [], []
-        for z in zs:
-            y0, x0 = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
-            im = norm.apply(view.read(int(z), slice(y0, y0 + ph), slice(x0, x0 + pw)))
-            lb = (lab.read(int(z), slice(y0, y0 + ph), slice(x0, x0 + pw)) > 0).astype(np.int64)
-            if augment:
-                k = int(rng.integers(4)) if ph == pw else 2 * int(rng.integers(2))
-                im, lb = np.rot90(im, k), np.rot90(lb, k)
-                if rng.random() < 0.5:
-                    im, lb = im[:, ::-1], lb[:, ::-1]
-            xs.append(np.ascontiguousarray(im))
-            ys.append(np.ascontiguousarray(lb))
-        x = torch.from_numpy(np.stack(xs)[:, None]).to(dev).contiguous(memory_format=torch.channels_last)
-        return x, torch.from_numpy(np.stack(ys)).to(dev)
+    def crop_tensors() -> tuple[Any, Any]:
+        xs, ys = crop_batch(volumes, weights, (ph, pw), batch_size, aug, rng)
+        x = torch.from_numpy(xs).to(dev).contiguous(memory_format=torch.channels_last)
+        return x, torch.from_numpy(ys).to(dev)
 
     model.meta = {"normalization": norm.to_meta()}
-    val_images = np.stack([view.read(int(z)) for z in va_idx]) if len(va_idx) else None
-    val_labels = np.stack([lab.read(int(z)) for z in va_idx]) if len(va_idx) else None
+    val_sets = [vs for vs in (_validation_set(v) for v in volumes) if vs is not None]
+    val_images = val_sets or None
     best = {"iou": -1.0, "step": 0, "state": copy.deepcopy(model.state_dict())}
     history: list[dict[str, float]] = []
     bad_evals = 0
@@ -252,7 +350,7 @@ def train_iter(
     yield Progress("training", 0, steps)
     for step in range(1, steps + 1):
         model.train()
-        x, y = crop_batch()
+        x, y = crop_tensors()
         with torch.enable_grad():  # also when called from a no_grad context
             # mixed precision: convolutions in bfloat16, BatchNorm, loss and weights stay float32
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
@@ -269,8 +367,7 @@ def train_iter(
             entry = {"step": step, "loss": float(loss.item())}
             if val_images is not None:
                 model.eval()
-                pred = predict(model, val_images, device=dev, intensity_range=(norm.in_low, norm.in_high)) > 0.5
-                entry["val_iou"] = iou(pred, val_labels)
+                entry["val_iou"] = _validate(model, val_sets, dev)[0]
                 if entry["val_iou"] > best["iou"] + 1e-4:
                     best = {"iou": entry["val_iou"], "step": step, "state": copy.deepcopy(model.state_dict())}
                     bad_evals = 0
@@ -286,8 +383,8 @@ def train_iter(
     model.to(memory_format=torch.contiguous_format).eval()
     metrics: dict[str, Any] = {"steps_run": step, "best_step": best["step"]}
     if val_images is not None:
-        pred = predict(model, val_images, device=dev, intensity_range=(norm.in_low, norm.in_high)) > 0.5
-        metrics.update(val_iou=iou(pred, val_labels), val_dice=dice(pred, val_labels), val_slices=len(va_idx))
+        val_iou, val_dice = _validate(model, val_sets, dev)
+        metrics.update(val_iou=val_iou, val_dice=val_dice, val_slices=sum(len(v.val) for v in volumes))
     model.meta = {
         "name": name,
         "description": data_description,
@@ -296,26 +393,35 @@ def train_iter(
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "training": {
             "data": {"shape": list(view.data.shape), "dtype": str(view.dtype), "description": data_description,
-                     "train_slices": len(tr_idx), "intensity_range": [norm.in_low, norm.in_high]},
+                     "train_slices": sum(len(v.train) for v in volumes), "intensity_range": [norm.in_low, norm.in_high],
+                     **({"volumes": [_volume_card(v, ps) for v, ps in zip(volumes, _per_volume(volume_pixel_sizes_nm, len(volumes)))]}
+                        if len(volumes) > 1 else {})},
             "recipe": {"loss": "cross-entropy + Dice", "optimizer": optimizer, "lr": lr,
                        "schedule": "cosine" if optimizer == "adam" else "constant",
-                       "steps": steps, "batch_size": batch_size, "patch_size": [ph, pw], "augment": augment,
+                       "steps": steps, "batch_size": batch_size, "patch_size": [ph, pw],
+                       "augmentation": aug.to_meta(),
                        "precision": precision, "val_fraction": val_fraction, "eval_every": eval_every, "patience": patience, "seed": seed,
                        "width": width, "bilinear": bilinear, "parameters": count_parameters(model)},
             "metrics": metrics,
             "history": history,
+            **({"init": (getattr(init, "meta", None) or {}).get("name") or "a model without a name"} if init is not None else {}),
             "seconds": round(time.perf_counter() - t0, 1),
             "device": str(dev),
             "software": {"torch": torch.__version__, "python": platform.python_version()},
         },
     }
+    model.meta[OBJECTS_KEY] = _object_sizes(volumes)  # for the label-free scale search
     if source_statistics:
         # the source side of the reliability check travels with the model (a sample of training patches)
-
-        few = statistics_patches is None or nz * h * w <= statistics_patches * ph * pw
+        if len(volumes) == 1 and volumes[0].zoom == 1.0:
+            stats_images, stats_range = image_list[0], (norm.in_low, norm.in_high)
+            few = statistics_patches is None or nz * h * w <= statistics_patches * ph * pw
+        else:  # several volumes or pixel sizes: un-augmented crops of each, at the model's pixel size
+            stats_images = statistics_stack(volumes, ph, statistics_patches or 64, seed)
+            stats_range, few = None, True
         yield from forward(compute_source_statistics_iter(
-            model, images, n_patches=None if few else statistics_patches, patch_size=patch_size,
-            batch_size=batch_size, seed=seed, device=dev, intensity_range=(norm.in_low, norm.in_high), in_place=True,
+            model, stats_images, n_patches=None if few else statistics_patches, patch_size=patch_size,
+            batch_size=batch_size, seed=seed, device=dev, intensity_range=stats_range, in_place=True,
         ))
         model.meta["training"]["seconds"] = round(time.perf_counter() - t0, 1)
     yield Result(model)

@@ -12,11 +12,12 @@ to a multiple of 16 and gives exactly the untiled result.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BNAdaptError
+from ..io.resample import ModelGrid, model_grid
 from ..io.stack_view import Normalization, StackView, check_stack, resolve_normalization
 from ..model.files import default_meta
 from ..model.foreign import card_of
@@ -33,11 +34,28 @@ if TYPE_CHECKING:
 
 
 def _prepare(
-    model: UNet, images: ArrayLike | Image, intensity_range: tuple[float, float] | str | None
-) -> tuple[StackView, Normalization]:
+    model: UNet, images: ArrayLike | Image, intensity_range: tuple[float, float] | str | None,
+    pixel_size_nm: tuple[float, float] | None,
+) -> tuple[StackView, Normalization, ModelGrid]:
     view = check_stack(images)
     meta = card_of(model) or default_meta(model)
-    return view, resolve_normalization(view, meta["normalization"], intensity_range)
+    norm = resolve_normalization(view, meta["normalization"], intensity_range)
+    grid = model_grid(model, images, pixel_size_nm)
+    grid.shape_yx(*view.shape3d[1:])  # too small on the model's grid: say so before any work
+    return view, norm, grid
+
+
+def _input_grid_slices(
+    model: UNet, view: StackView, norm: Normalization, grid: ModelGrid, engine: dict[str, Any]
+) -> Iterator[Progress | tuple[Any, np.ndarray]]:
+    """Progress, and ``(index into the output, probability slice on the input's grid)`` for every slice."""
+    shape_yx = view.shape3d[1:]
+    for item in iter_slice_probabilities(model, grid.view(view), norm, **engine):
+        if isinstance(item, Progress):
+            yield item
+        else:
+            z, prob = item
+            yield (Ellipsis if view.is_2d else z), grid.to_input(prob, shape_yx)
 
 
 def _allocate(out: ArrayLike | None, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray | ArrayLike:
@@ -59,6 +77,7 @@ def predict(
     intensity_range: tuple[float, float] | str | None = None,
     amp: bool | None = None,
     out: ArrayLike | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
 ) -> np.ndarray | ArrayLike:
     """Foreground (mitochondrion) probability of every pixel.
 
@@ -94,6 +113,14 @@ def predict(
     out : array-like or None, default None
         Preallocated float32 array of the input's shape (e.g. a zarr array) to
         write into; None: a new numpy array.
+    pixel_size_nm : (float, float) or None, default None
+        The image's (y, x) pixel size in nm (None: a napari layer's scale and units, else
+        unknown). When it and the model's training pixel size (``model.meta["pixel_size_nm"]``)
+        differ by more than :data:`~napari_bnadapt.io.pixel_size.RESAMPLE_TOLERANCE` (2 %), every
+        slice is resampled (linear) to the model's pixel size for the network, and its probabilities
+        back to the image's grid (:mod:`napari_bnadapt.io.resample`): the result has the input's
+        shape, and ``tile_size`` / ``overlap`` count pixels of the model's grid. Either one unknown:
+        runs as it is, and a :class:`~napari_bnadapt.io.resample.PixelSizeWarning` says so once.
 
     Returns
     -------
@@ -102,7 +129,7 @@ def predict(
     """
     return run_to_end(predict_iter(
         model, images, tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
-        intensity_range=intensity_range, amp=amp, out=out,
+        intensity_range=intensity_range, amp=amp, out=out, pixel_size_nm=pixel_size_nm,
     ))
 
 
@@ -118,20 +145,16 @@ def predict_iter(
     intensity_range: tuple[float, float] | str | None = None,
     amp: bool | None = None,
     out: ArrayLike | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
 ) -> Iterator[Progress | Result[np.ndarray | ArrayLike]]:
-    view, norm = _prepare(model, images, intensity_range)
+    view, norm, grid = _prepare(model, images, intensity_range, pixel_size_nm)
     result = _allocate(out, tuple(view.data.shape), np.float32)
-    for item in iter_slice_probabilities(
-        model, view, norm, tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, amp=amp
-    ):
+    engine = dict(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, amp=amp)
+    for item in _input_grid_slices(model, view, norm, grid, engine):
         if isinstance(item, Progress):
             yield item
         else:
-            z, prob = item
-            if view.is_2d:
-                result[...] = prob
-            else:
-                result[z] = prob
+            result[item[0]] = item[1]
     yield Result(result)
 
 
@@ -148,6 +171,7 @@ def segment(
     intensity_range: tuple[float, float] | str | None = None,
     amp: bool | None = None,
     out: ArrayLike | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
 ) -> np.ndarray | ArrayLike:
     """Segment mitochondria: threshold the foreground probability.
 
@@ -183,6 +207,15 @@ def segment(
     out : array-like or None, default None
         Preallocated array of the input's shape (uint8, or uint32 with ``instances``)
         to write the labels into; None: a new numpy array.
+    pixel_size_nm : (float, float) or None, default None
+        The image's (y, x) pixel size in nm (None: a napari layer's scale and units, else
+        unknown). When it and the model's training pixel size (``model.meta["pixel_size_nm"]``)
+        differ by more than :data:`~napari_bnadapt.io.pixel_size.RESAMPLE_TOLERANCE` (2 %), every
+        slice is resampled (linear) to the model's pixel size for the network, and its probabilities
+        back to the image's grid, where they are thresholded (:mod:`napari_bnadapt.io.resample`):
+        the labels have the input's shape, and ``tile_size`` / ``overlap`` count pixels of the
+        model's grid. Either one unknown:
+        runs as it is, and a :class:`~napari_bnadapt.io.resample.PixelSizeWarning` says so once.
 
     Returns
     -------
@@ -191,7 +224,7 @@ def segment(
     """
     return run_to_end(segment_iter(
         model, images, threshold, instances, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-        device=device, intensity_range=intensity_range, amp=amp, out=out,
+        device=device, intensity_range=intensity_range, amp=amp, out=out, pixel_size_nm=pixel_size_nm,
     ))
 
 
@@ -209,22 +242,17 @@ def segment_iter(
     intensity_range: tuple[float, float] | str | None = None,
     amp: bool | None = None,
     out: ArrayLike | None = None,
+    pixel_size_nm: tuple[float, float] | None = None,
 ) -> Iterator[Progress | Result[np.ndarray | ArrayLike]]:
     check_threshold(threshold)
-    view, norm = _prepare(model, images, intensity_range)
+    view, norm, grid = _prepare(model, images, intensity_range, pixel_size_nm)
     labels = _allocate(None if instances else out, tuple(view.data.shape), np.uint8)
-    for item in iter_slice_probabilities(
-        model, view, norm, tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, amp=amp
-    ):
+    engine = dict(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, amp=amp)
+    for item in _input_grid_slices(model, view, norm, grid, engine):
         if isinstance(item, Progress):
             yield item
         else:
-            z, prob = item
-            mask = (prob > threshold).astype(np.uint8)
-            if view.is_2d:
-                labels[...] = mask
-            else:
-                labels[z] = mask
+            labels[item[0]] = (item[1] > threshold).astype(np.uint8)
     if instances:
         labels = yield from forward(label_objects(labels, _allocate(out, labels.shape, np.uint32)))
     yield Result(labels)
