@@ -191,6 +191,7 @@ def run(models: list[str], models_dir: Path | None, real_slices: int, sim_slices
     partial = RESULTS / f"{partial_name}.partial.jsonl"
     done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
     rows = []
+    reused = 0
     for name in models:
         path = models_dir / f"{name}.safetensors" if models_dir and (models_dir / f"{name}.safetensors").exists() else name
         model = nb.load_model(path, device="cpu")
@@ -198,6 +199,7 @@ def run(models: list[str], models_dir: Path | None, real_slices: int, sim_slices
             old = [r for r in done if r["model"] == name and r["target"] == t["name"]]
             if old:
                 rows.append(old[0])
+                reused += 1
                 continue
             t0 = time.perf_counter()
             with warnings.catch_warnings():
@@ -210,7 +212,7 @@ def run(models: list[str], models_dir: Path | None, real_slices: int, sim_slices
                 f.write(json.dumps(rows[-1], default=float) + "\n")
             print(f"{name:>16} | {t['name']:<34} | " + " ".join(f"{m} {res[m]['iou']:.3f}" for m in METHODS)
                   + f" | {time.perf_counter() - t0:.0f} s", flush=True)
-    return {"rows": rows, "targets": [{k: t[k] for k in ("name", "volume", "kind", "what")} | {
+    return {"rows": rows, "reused": reused, "targets": [{k: t[k] for k in ("name", "volume", "kind", "what")} | {
         "shape": list(t["image"].shape), "pixel_size_nm": t["pixel_size_nm"]} for t in tg]}
 
 
@@ -229,7 +231,9 @@ def table(result: dict[str, Any]) -> str:
     for model in dict.fromkeys(r["model"] for r in result["rows"]):
         for label, keep in (("real cross-lab", lambda r: r["kind"] == "real" and r["domain"] == "cross-lab"),
                             ("real in-domain (held-out slices)", lambda r: r["kind"] == "real" and r["domain"] == "in-domain"),
-                            ("simulated other labs", lambda r: r["kind"] == "simulated")):
+                            ("simulated, from the other volume", lambda r: r["kind"] == "simulated" and r["domain"] == "cross-lab"),
+                            ("simulated, from a training volume", lambda r: r["kind"] == "simulated" and r["domain"] == "in-domain"),
+                            ("all simulated but inverted", lambda r: r["kind"] == "simulated" and "inverted" not in r["target"])):
             sel = [r for r in result["rows"] if r["model"] == model and keep(r)]
             if sel:
                 lines.append(f"| {model} | {label} ({len(sel)}) | " + " | ".join(_mean(sel, m) for m in METHODS) + " |")
@@ -287,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     result["command"] = "python benchmarks/bench_real_generalisation.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result["seconds"] = round(time.perf_counter() - t0)
     text = header("EM source models on volumes from labs they never saw (real and simulated), per method") + (
-        f"# command: {result['command']}\n# wall time: {result['seconds']} s\n\n" + table(result) + "\n")
+        f"# command: {result['command']}\n# wall time: {result['seconds']} s"
+        + (f" ({result['reused']} of {len(result['rows'])} rows read back from {args.name}.partial.jsonl, written by "
+           "earlier runs of the same command; each row's seconds are its own)" if result["reused"] else "")
+        + "\n\n" + table(result) + "\n")
     write(args.name, text)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
     figure(result, ROOT / "docs" / "images" / f"{args.name.replace('bench_', '')}.png")
