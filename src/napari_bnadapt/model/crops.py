@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.pixel_size import zoom_slice
 from ..io.stack_view import Normalization, StackView
 from .augment import Augmentation
 
@@ -57,8 +58,8 @@ class TrainingVolume:
             from scipy.ndimage import zoom as resample
 
             f = (ph / rh, pw / rw)
-            x01 = resample(x01, f, order=1, mode="reflect", grid_mode=True)[:ph, :pw]
-            lab = resample(lab, f, order=1, mode="nearest", grid_mode=True)[:ph, :pw]
+            x01 = resample(x01, f, order=1, mode="reflect", grid_mode=True)[:ph, :pw]  # image edges mirrored
+            lab = zoom_slice(lab, (ph, pw), order=1)
         x01 = aug.grey(x01, rng)
         image, label = aug.geometry(x01, lab > 0.5, rng)
         n = self.norm

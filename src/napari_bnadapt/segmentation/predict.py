@@ -58,7 +58,8 @@ def _input_grid_slices(
             yield (Ellipsis if view.is_2d else z), grid.to_input(prob, shape_yx)
 
 
-def _allocate(out: ArrayLike | None, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray | ArrayLike:
+def allocate_output(out: ArrayLike | None, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray | ArrayLike:
+    """``out`` when it has ``shape`` (a clear error when not), or a new zeroed array."""
     if out is None:
         return np.zeros(shape, dtype)
     if tuple(out.shape) != shape:
@@ -148,7 +149,7 @@ def predict_iter(
     pixel_size_nm: tuple[float, float] | None = None,
 ) -> Iterator[Progress | Result[np.ndarray | ArrayLike]]:
     view, norm, grid = _prepare(model, images, intensity_range, pixel_size_nm)
-    result = _allocate(out, tuple(view.data.shape), np.float32)
+    result = allocate_output(out, tuple(view.data.shape), np.float32)
     engine = dict(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, amp=amp)
     for item in _input_grid_slices(model, view, norm, grid, engine):
         if isinstance(item, Progress):
@@ -246,7 +247,7 @@ def segment_iter(
 ) -> Iterator[Progress | Result[np.ndarray | ArrayLike]]:
     check_threshold(threshold)
     view, norm, grid = _prepare(model, images, intensity_range, pixel_size_nm)
-    labels = _allocate(None if instances else out, tuple(view.data.shape), np.uint8)
+    labels = allocate_output(None if instances else out, tuple(view.data.shape), np.uint8)
     engine = dict(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, amp=amp)
     for item in _input_grid_slices(model, view, norm, grid, engine):
         if isinstance(item, Progress):
@@ -254,5 +255,5 @@ def segment_iter(
         else:
             labels[item[0]] = (item[1] > threshold).astype(np.uint8)
     if instances:
-        labels = yield from forward(label_objects(labels, _allocate(out, labels.shape, np.uint32)))
+        labels = yield from forward(label_objects(labels, allocate_output(out, labels.shape, np.uint32)))
     yield Result(labels)

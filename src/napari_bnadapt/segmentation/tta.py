@@ -43,7 +43,7 @@ from ..io.stack_view import StackView, check_stack, resolve_normalization
 from ..model.files import default_meta
 from ..model.foreign import card_of
 from ..progress import Progress, Result, forward, run_to_end, shares_docstring
-from .predict import predict_iter
+from .predict import allocate_output, predict_iter
 
 if TYPE_CHECKING:
     import torch
@@ -156,9 +156,8 @@ class _Accumulator:
 
 def _zero(out: Any, shape: tuple[int, ...], nz: int, is_2d: bool) -> Any:
     if out is None:
-        return np.zeros(shape, np.float32)
-    if tuple(out.shape) != shape:
-        raise BNAdaptError(f"the output array has shape {tuple(out.shape)}, expected {shape}")
+        return allocate_output(None, shape, np.float32)
+    out = allocate_output(out, shape, np.float32)
     if is_2d:
         out[...] = 0
     else:
