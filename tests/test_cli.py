@@ -65,7 +65,7 @@ def test_folder_of_unpadded_slices_keeps_order_and_voxel_size(tmp_path, capsys):
         tifffile.imwrite(folder / f"{i}.tif", img, resolution=(1 / 5.0, 1 / 5.0), metadata={"unit": "nm"}, imagej=True)
     tifffile.imwrite(tmp_path / "truth.tif", truth)
     out = tmp_path / "labels.tif"
-    assert main(["segment", "--adapt", "--input", str(folder), "--output", str(out), "--truth", str(tmp_path / "truth.tif"),
+    assert main(["segment", "--model", "toy-perlin", "--adapt", "--input", str(folder), "--output", str(out), "--truth", str(tmp_path / "truth.tif"),
                  "--device", "cpu", "--quiet"]) == 0
     # the right order: measured 0.980 (slices in text order would pair images with the wrong truth)
     assert float(capsys.readouterr().out.split("IoU after adaptation: ")[1].split()[0]) >= 0.97

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BNAdaptError
-from .model.files import DEFAULT_MODEL
+from .model.files import DEFAULT_EM_MODEL
 from .settings import PREFIX
 
 EPILOG = """examples:
@@ -307,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("segment", help="segment a stack (optionally adapting the model to it first)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model name (see 'bnadapt models') or .safetensors file")
+    p.add_argument("--model", default=DEFAULT_EM_MODEL,
+                   help=f"model name (see 'bnadapt models') or .safetensors file (default {DEFAULT_EM_MODEL}: "
+                   "trained on every labelled EM volume of the project; toy-perlin for the toy images)")
     p.add_argument("--input", required=True, help="image stack: TIFF, folder of slices, MRC, HDF5, zarr")
     p.add_argument("--output", required=True, help="labels TIFF to write (1 = mitochondrion)")
     p.add_argument("--adapt", action="store_true", help="adapt the model's BatchNorm statistics to this stack first")
@@ -337,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("adapt", help="adapt a model to a stack and save the adapted model")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model name or .safetensors file (never modified)")
+    p.add_argument("--model", default=DEFAULT_EM_MODEL,
+                   help=f"model name or .safetensors file, never modified (default {DEFAULT_EM_MODEL})")
     p.add_argument("--input", required=True, help="the unlabelled target stack")
     p.add_argument("--output", help="where to save the adapted model (.safetensors)")
     _add_pixel_size(p)
@@ -346,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser("export", help="export a model as a bioimage.io package (deepImageJ, ilastik, BiaPy, QuPath)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model name or file (.safetensors, e.g. an adapted model)")
+    p.add_argument("--model", required=True, help="model name or file (.safetensors, e.g. an adapted model)")
     p.add_argument("--output", required=True, help="the package to write (.zip)")
     p.add_argument("--name", help="the package's name (default: the model's)")
     p.add_argument("--author", action="append", help="an author's name (repeat for several)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .model.files import DEFAULT_MODEL, load_model
+from .model.files import DEMO_MODEL, load_model
 from .progress import Progress, tqdm_callback
 from .synthetic.samples import (
     BRIGHTNESS_PARAMETERS,
@@ -36,7 +36,7 @@ def run_demo(callback: Callable[[Progress], None] | None = None, device: str = "
         With ``iou_source_only`` (the bundled model as it is) and ``iou`` (adapted).
     """
     images, truth = demo_data()
-    model = load_model(DEFAULT_MODEL, device=device)
+    model = load_model(DEMO_MODEL, device=device)
     return run(model, images, adapt=True, truth=truth, device=device, callback=callback)
 
 
@@ -44,7 +44,7 @@ def run_text_demo(quiet: bool = False) -> int:
     """Print the demo's outcome (the README's main command without a GUI)."""
     src, target = SOURCE_PARAMETERS, BRIGHTNESS_PARAMETERS
     print(
-        f"Demo: model {DEFAULT_MODEL!r} (trained on toy images with background {src['mu0']}, mitochondria "
+        f"Demo: model {DEMO_MODEL!r} (trained on toy images with background {src['mu0']}, mitochondria "
         f"{src['mu1']}) applied to a target whose grey values are {target['mu0'] - src['mu0']} brighter "
         f"({target['mu0']} / {target['mu1']})."
     )

@@ -23,7 +23,7 @@ from ..io.resample import model_pixel_size, resolve_grid
 from ..io.stack_view import check_stack, layer_data, resolve_normalization
 from ..model.device import available_devices
 from ..model.files import (
-    DEFAULT_MODEL,
+    DEFAULT_EM_MODEL,
     list_models,
     load_model,
     model_card,
@@ -35,6 +35,7 @@ from ..workflow import WorkflowResult, run_iter
 from .layers import layers_of, transform_kwargs, unique_name
 from .loading import StackLoader
 from .runner import Runner
+from .samples import MODEL_HINT_KEY
 from .viewer_state import MODEL_LIST, reports_of
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class AdaptSegmentWidget(Container):
 
         self.viewer = viewer
         self._extra_models: list[str] = []
+        self._model_picked = False  # once the user picks a model, choosing an image no longer suggests one
+        self._suggesting = False
         self._models: dict[str, Any] = {}
         self.adapted_model: Any = None
         self.last_result: WorkflowResult | None = None
@@ -117,6 +120,8 @@ class AdaptSegmentWidget(Container):
         self.image.changed.connect(self.check_pixel_size)
         self.loader.voxel.native.editingFinished.connect(self._apply_voxel_size)
         self.model.changed.connect(self._update_card)
+        self.model.changed.connect(self._note_model_pick)
+        self.image.changed.connect(self.suggest_model)
         self.rescale.changed.connect(self.rescale_to_model)
         self.browse.changed.connect(self._browse)
         self.run_adapt.changed.connect(lambda: self.start(adapt=True))
@@ -128,8 +133,7 @@ class AdaptSegmentWidget(Container):
         viewer.layers.events.removed.connect(self.reset_choices)
         viewer.layers.events.moved.connect(self.reset_choices)
         self.reset_choices()
-        if DEFAULT_MODEL in self.model.choices:
-            self.model.value = DEFAULT_MODEL
+        self.suggest_model()
         self._update_card()
         self.loader.show_voxel_size(self.image.value)
 
@@ -147,6 +151,31 @@ class AdaptSegmentWidget(Container):
     def _show_advanced(self, show: bool) -> None:
         for w in self._advanced_widgets:
             w.visible = bool(show)
+
+    def suggest_model(self, *_: Any) -> str | None:
+        """Select the model suited to the chosen image, until the user picks one.
+
+        A layer from this plugin's toy sample data names its model (``toy-perlin``) in its metadata;
+        any other image gets :data:`~napari_bnadapt.model.files.DEFAULT_EM_MODEL`. Returns the model
+        selected, or None when the user's own choice is kept (or the model is not installed).
+        """
+        if self._model_picked:
+            return None
+        layer = self.image.value
+        hint = getattr(layer, "metadata", {}).get(MODEL_HINT_KEY) if layer is not None else None
+        name = hint or DEFAULT_EM_MODEL
+        if name not in self.model.choices:
+            return None
+        self._suggesting = True
+        try:
+            self.model.value = name
+        finally:
+            self._suggesting = False
+        return name
+
+    def _note_model_pick(self, *_: Any) -> None:
+        if not self._suggesting:
+            self._model_picked = True
 
     def add_model_file(self, path: str | Path) -> None:
         """Add a model file to the model list and select it."""

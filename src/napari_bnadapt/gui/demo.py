@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..model.files import DEFAULT_MODEL
+from ..model.files import DEMO_MODEL
 
 PLUGIN = "napari-bnadapt"
 
@@ -30,7 +30,7 @@ def build_demo_viewer(show: bool = True) -> tuple[Any, Any]:
     viewer.window.add_plugin_dock_widget(PLUGIN, "Reliability", tabify=True)
     widget.image.value = viewer.layers["toy target (brighter)"]
     widget.truth.value = viewer.layers["toy target (brighter) truth"]
-    widget.model.value = DEFAULT_MODEL
+    widget.model.value = DEMO_MODEL
     widget.start(adapt=True)
     return viewer, widget
 

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..model.files import DEMO_MODEL
 from ..synthetic.samples import SAMPLES
 
 LayerData = tuple[Any, dict[str, Any], str]
+#: Layer-metadata key naming the model an image was made for (the widget selects it; see ``suggest_model``).
+MODEL_HINT_KEY = "napari_bnadapt_model"
 
 
 def _layers(key: str, short: str) -> list[LayerData]:
     func, _title, _params = SAMPLES[key]
     image, labels = func()
     return [
-        (image, {"name": short, "contrast_limits": (0, 255), "colormap": "gray"}, "image"),
+        (image, {"name": short, "contrast_limits": (0, 255), "colormap": "gray",
+                 "metadata": {MODEL_HINT_KEY: DEMO_MODEL}}, "image"),
         (labels, {"name": f"{short} truth", "opacity": 0.4}, "labels"),
     ]
 

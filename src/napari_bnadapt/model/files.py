@@ -42,8 +42,12 @@ _META_KEY = "napari_bnadapt"
 _EXTRA = "extra."
 _MODEL_SUFFIX = ".safetensors"
 BUNDLED_DIR = Path(__file__).parent / "bundled"
-#: The model the demo, the CLI and the widget start with (the toy model; the EM models are one choice away).
-DEFAULT_MODEL = "toy-perlin"
+#: The toy model: the demo and the toy sample data use it (it knows only the synthetic toy images).
+DEMO_MODEL = "toy-perlin"
+#: The model the CLI and the widget start with for the user's own EM stacks: trained on every labelled
+#: EM volume of the project (Lucchi++ FIB-SEM and VNC ssTEM at 5 nm) with EM domain randomisation.
+#: ``lucchi-pp`` and ``vnc`` (single-source) stay bundled for the papers' experiments. See docs/models.md.
+DEFAULT_EM_MODEL = "em-generalist"
 
 
 def user_model_dir() -> Path:
