@@ -1,0 +1,129 @@
+"""Does a short self-training pass after AdaBN help on volumes the models never saw? (issue #14)
+
+Run: python benchmarks/bench_self_training.py [--models lucchi-pp vnc em-generalist] [--models-dir DIR]
+
+Needs ``../shared/data/real/``. The targets are those of ``bench_real_generalisation.py`` (held-out
+slices only; real ones and simulated other labs, clearly labelled), by default the two real
+volumes and the two simulations that change grey values ("low dose", "combined"). Per (model,
+target): IoU of AdaBN and of AdaBN + :func:`napari_bnadapt.adabn.self_train.self_train` at its
+defaults (30 steps of 4 patches, lr 1e-4, confidence 0.9: chosen before this benchmark ran, not
+tuned on it), with the time of the pass on this machine. Rows are appended to
+``bench_self_training.partial.jsonl`` as they finish; a rerun with the same arguments skips them.
+
+Writes ``benchmarks/results/bench_self_training.{txt,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from _common import RESULTS, header, write  # noqa: E402
+from bench_real_generalisation import TRAINED_ON, targets  # noqa: E402
+from em_data import available  # noqa: E402
+
+import napari_bnadapt as nb  # noqa: E402
+
+NAME = "bench_self_training"
+DEFAULT_TARGETS = ["Lucchi++ test", "VNC test", "low dose", "combined"]
+
+
+def evaluate(model: Any, t: dict[str, Any]) -> dict[str, Any]:
+    """AdaBN and AdaBN + self-training on one target: IoU, seconds, the pass's report."""
+    from napari_bnadapt.adabn.self_train import self_train
+
+    x, y, px = t["image"], t["labels"], t["pixel_size_nm"]
+    if px is None:
+        px = (getattr(model, "meta", None) or {}).get("pixel_size_nm")
+    score = lambda m: nb.iou(nb.predict(m, x, device="cpu", pixel_size_nm=px) > 0.5, y > 0)  # noqa: E731
+    t0 = time.perf_counter()
+    adapted, _ = nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0)
+    s_adapt = time.perf_counter() - t0
+    iou_adabn = score(adapted)
+    before = {k: v.clone() for k, v in adapted.state_dict().items()}
+    tuned, report = self_train(adapted, x, device="cpu", pixel_size_nm=px)
+    assert all(np.array_equal(before[k].numpy(), v.numpy()) for k, v in adapted.state_dict().items())
+    return {"adabn": iou_adabn, "self_train": score(tuned), "adapt_s": s_adapt, "self_train_s": report.seconds,
+            "reverted": report.reverted, "confident": report.confident_fraction,
+            "foreground": [report.foreground_before, report.foreground_after]}
+
+
+def run(models: list[str], models_dir: Path | None, only: list[str]) -> dict[str, Any]:
+    tg = [t for t in targets(3, 1) if any(o in t["name"] for o in only)]
+    partial = RESULTS / f"{NAME}.partial.jsonl"
+    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    rows, reused = [], 0
+    for name in models:
+        path = models_dir / f"{name}.safetensors" if models_dir and (models_dir / f"{name}.safetensors").exists() else name
+        model = nb.load_model(path, device="cpu")
+        for t in tg:
+            old = [r for r in done if r["model"] == name and r["target"] == t["name"]]
+            if old:
+                rows.append(old[0])
+                reused += 1
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = evaluate(model, t)
+            domain = "in-domain" if t["volume"] in TRAINED_ON.get(name, set()) else "cross-lab"
+            rows.append({"model": name, "target": t["name"], "kind": t["kind"], "domain": domain, **res})
+            with partial.open("a") as f:
+                f.write(json.dumps(rows[-1], default=float) + "\n")
+            print(f"{name:>16} | {t['name']:<28} | AdaBN {res['adabn']:.3f} -> self-train {res['self_train']:.3f} "
+                  f"({res['self_train_s']:.0f} s)", flush=True)
+    return {"rows": rows, "reused": reused}
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = ["| model | target | kind | AdaBN | + self-training | change | pass s | guard reverted |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {r['target']} | {r['kind']}, {r['domain']} | {r['adabn']:.3f} | "
+                     f"{r['self_train']:.3f} | {r['self_train'] - r['adabn']:+.3f} | {r['self_train_s']:.0f} | "
+                     f"{'yes' if r['reverted'] else 'no'} |")
+    d = np.array([r["self_train"] - r["adabn"] for r in result["rows"]])
+    if len(d):
+        lines += ["", f"Change over {len(d)} (model, target) pairs: median {np.median(d):+.3f}, mean {d.mean():+.3f}, "
+                  f"worst {d.min():+.3f}, best {d.max():+.3f}; better in {int((d > 0.01).sum())}, "
+                  f"worse in {int((d < -0.01).sum())} (by more than 0.01)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc", "em-generalist"])
+    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
+    ap.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS,
+                    help="targets whose name contains one of these (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    if not available():
+        print("../shared/data/real is missing: nothing to evaluate", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = run(args.models, args.models_dir, args.targets)
+    result["command"] = "python benchmarks/bench_self_training.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["seconds"] = round(time.perf_counter() - t0)
+    text = header("Self-training after AdaBN on held-out EM slices (real and simulated other labs)") + (
+        f"# command: {result['command']}\n# wall time: {result['seconds']} s"
+        + (f" ({result['reused']} of {len(result['rows'])} rows read back from {NAME}.partial.jsonl)"
+           if result["reused"] else "") + "\n\n" + table(result) + "\n")
+    write(NAME, text)
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(result, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
