@@ -60,6 +60,9 @@ _EXPORTS: dict[str, str] = {
     "ZoomChoice": "adabn.scale_search",
     "object_size_summary": "adabn.scale_search",
     "Augmentation": "model.augment",
+    "spot_check": "bound.spot_check",
+    "spot_check_iter": "bound.spot_check",
+    "SpotCheck": "bound.spot_check",
 }
 # public submodules reachable as attributes (``nb.synthetic``, ``nb.sample_data``, ...) -> their module
 _SUBMODULES: dict[str, str] = {
