@@ -45,7 +45,11 @@ from ..stats.wasserstein import Distance, distance, noise_floor
 from .curve import LowerBound
 from .decision import decide, signal_features
 from .names import _NORM_ARG, candidate_key, parse_key
-from .report import LatentDistance, ReliabilityReport, _sentence
+from .names import RELIABLE_AT, UNRELIABLE_BELOW
+from .report import _FEATURE_TEXT, LatentDistance, ReliabilityReport, _bound_sentence, _sentence
+from .trust import NO_GUARANTEE, trust_decide
+from .validity import calibration_problem, verdict_coverage
+from .witnesses import measure_witnesses, stack_is_blank
 
 if TYPE_CHECKING:
     import torch
@@ -182,6 +186,7 @@ def reliability(
     reliable_at: float | None = None,
     unreliable_below: float | None = None,
     pixel_size_nm: tuple[float, float] | None = None,
+    witnesses: bool | None = None,
 ) -> ReliabilityReport:
     """Check, without labels, whether adapting ``source_model`` to ``images`` worked.
 
@@ -219,6 +224,12 @@ def reliability(
         measured on the stack resampled to the model's pixel size (the report's notes say so).
         Either one unknown: runs as it is, and a :class:`~napari_bnadapt.io.resample.PixelSizeWarning`
         says so once.
+    witnesses : bool or None, default None
+        Measure the label-free witnesses (:mod:`~napari_bnadapt.bound.witnesses`: agreement of two
+        more adaptations on other random patches, self-consistency under flips and rescaling; about
+        20 s on 2 CPU cores). None: when the source model carries a trust calibration
+        (``meta["trust"]``, :mod:`~napari_bnadapt.bound.trust`), which decides the verdict then.
+        Whether the stack is blank is always checked (cheap): a blank stack gets ``no guarantee``.
 
     Returns
     -------
@@ -240,7 +251,7 @@ def reliability(
     return run_to_end(reliability_iter(
         source_model, adapted_model, images, device=device, intensity_range=intensity_range, n_patches=n_patches,
         patch_size=patch_size, batch_size=batch_size, seed=seed, reliable_at=reliable_at,
-        unreliable_below=unreliable_below, pixel_size_nm=pixel_size_nm,
+        unreliable_below=unreliable_below, pixel_size_nm=pixel_size_nm, witnesses=witnesses,
     ))
 
 
@@ -259,6 +270,7 @@ def reliability_iter(
     reliable_at: float | None = None,
     unreliable_below: float | None = None,
     pixel_size_nm: tuple[float, float] | None = None,
+    witnesses: bool | None = None,
 ) -> Iterator[Progress | Result[ReliabilityReport]]:
     from ..adabn.patches import plan_patches
 
@@ -277,6 +289,12 @@ def reliability_iter(
     cal = (getattr(source_model, "meta", None) or {}).get("calibration")
     if cal is None:
         cal = (getattr(adapted_model, "meta", None) or {}).get("calibration")
+    rejected = calibration_problem(cal)
+    if rejected:  # degenerate: the model is treated as uncalibrated, and the report says why
+        cal = None
+    trust = (getattr(source_model, "meta", None) or {}).get("trust")
+    if witnesses is None:
+        witnesses = trust is not None
     view = check_stack(images)
     norm = resolve_normalization(view, model_normalization(source_model), intensity_range)
     grid = model_grid(source_model, images, pixel_size_nm)
@@ -317,11 +335,16 @@ def reliability_iter(
     signals["source_foreground_fraction"] = float(stats.signals["foreground_fraction"])
     signals["source_confidence"] = float(stats.signals["confidence"])
     notes = [f"measured on the stack {grid.zoom_phrase()}"] if grid.resamples else []
+    if rejected:
+        notes.append(f"the model's W2 calibration is not used: {rejected}")
+    if cal is None and not rejected:
+        notes.append("the gate on the predicted foreground fraction and the confidence uses DEFAULT thresholds "
+                      "(from the toy model), not ones measured for this model")
     if dec.beyond_calibration:
         notes.append("the distance is beyond the largest one seen in the calibration: no bound is claimed")
     if cal is not None and not dec.meaningful and not dec.gate_failures:
         notes.append(f"the calibrated distance is not meaningful here: {dec.reason}")
-    cal_summary = {}
+    cal_summary: dict[str, Any] = {"rejected": rejected} if rejected else {}
     x_label = None
     bound_so = None
     if cal is not None:
@@ -334,13 +357,63 @@ def reliability_iter(
             "validation_median_gap": val.get("median_gap"),
             "validation_n": val.get("n"),
         }
-
         if dec_so.x is not None and math.isfinite(dec_so.x):
             bound_so = float(LowerBound.from_dict(cal["curve"])(dec_so.x))
+    # ---- blank stack, witnesses, trust calibration: the verdict
+    blank = stack_is_blank(source_model, images, pixel_size_nm=pixel_size_nm, intensity_range=intensity_range)
+    wit = None
+    if witnesses and not blank:
+        yield Progress("measuring the witnesses", 0, 1)
+        wit = measure_witnesses(source_model, adapted_model, images, device=dev, intensity_range=intensity_range,
+                                pixel_size_nm=pixel_size_nm, seed=seed + 1)
+        yield Progress("measuring the witnesses", 1, 1)
+    bound, verdict, coverage, basis, spoke = dec.bound, dec.verdict, None, "", "W2 distance"
+    sentence = _sentence(dec, feats, stats.signals, cal is not None, None, rejected=rejected)
+    wit_info: dict[str, Any] = {}
+    if wit is not None:
+        wit_info = {"values": wit.values(), "contrast": wit.contrast, "foreground_fraction": wit.foreground_fraction,
+                    "seconds": wit.seconds}
+    if blank or (trust is not None and not dec.gate_failures):
+        td = trust_decide(trust, wit.values() if wit is not None else None,
+                          wit.foreground_fraction if wit is not None else None, blank=blank)
+        wit_info.update({"thresholds": (trust or {}).get("thresholds", {}), "failing": td.failing,
+                         "passing": td.passing})
+        if td.verdict == NO_GUARANTEE:
+            bound, verdict, sentence = None, NO_GUARANTEE, td.reason
+            spoke = ("blank stack" if blank else
+                     ", ".join(f[0].replace("_", " ") for f in td.failing) or "witnesses")
+        else:
+            assert td.bound is not None
+            tb = float(td.bound)
+            spoke = "witnesses (all within the calibrated region)"
+            if cal is not None and dec.bound is not None and dec.bound < tb:
+                tb, spoke = float(dec.bound), "W2 distance (lower than the witnesses' bound)"
+            thr = trust.get("verdict_thresholds", {}) if trust else {}
+            rel = float(reliable_at if reliable_at is not None else thr.get("reliable", RELIABLE_AT))
+            unrel = float(unreliable_below if unreliable_below is not None else thr.get("unreliable",
+                                                                                          UNRELIABLE_BELOW))
+            bound = tb
+            verdict = "reliable" if tb >= rel else "unreliable" if tb < unrel else "uncertain"
+            tv = (trust or {}).get("validation", {})
+            bv = tv.get("by_verdict", {}).get(verdict)
+            if bv:
+                coverage = float(bv["coverage"])
+                basis = (f"of {bv['n']} held-out cases given '{verdict}' (leave one volume out: "
+                         f"{', '.join(tv.get('volumes', []))})")
+            sentence = _bound_sentence(verdict, tb, coverage, basis)
+    elif dec.gate_failures:
+        spoke = ", ".join(_FEATURE_TEXT.get(g[0], g[0]) for g in dec.gate_failures)
+    elif cal is not None and dec.bound is not None:
+        cov, n = verdict_coverage(cal, dec.verdict)
+        if cov is not None:
+            coverage, basis = cov, f"of {n} held-out calibration shifts given '{dec.verdict}'"
+        sentence = _sentence(dec, feats, stats.signals, True, coverage, basis=basis)
+    else:
+        spoke = ""
     report = ReliabilityReport(
-        iou_lower_bound=dec.bound,
-        verdict=dec.verdict,
-        sentence=_sentence(dec, feats, stats.signals, cal is not None, cal_summary.get("validation_coverage")),
+        iou_lower_bound=bound,
+        verdict=verdict,
+        sentence=sentence,
         distances=rows,
         signals=signals,
         calibration_x=dec.x if cal is not None else None,
@@ -354,6 +427,11 @@ def reliability_iter(
         device=str(dev),
         seconds=time.perf_counter() - t0,
         notes=notes,
+        witnesses=wit_info,
+        spoke=spoke,
+        coverage=coverage,
+        coverage_basis=basis,
+        w2_bound=dec.bound if cal is not None else None,
     )
     yield Result(report)
 

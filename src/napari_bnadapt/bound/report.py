@@ -10,6 +10,7 @@ from typing import Any
 
 from .decision import Decision
 from .names import _NORM_LABEL, distance_label
+from .validity import format_bound
 
 _FEATURE_TEXT = {
     "fg_logratio": "predicted foreground fraction",
@@ -104,7 +105,18 @@ class ReliabilityReport:
     n_patches, n_voxels, device, seconds
         What was measured, where, how long.
     notes : list of str
-        Caveats (beyond the calibrated range, too few samples, ...).
+        Caveats (beyond the calibrated range, too few samples, a rejected calibration, default gate, ...).
+    witnesses : dict
+        The label-free witnesses (:mod:`~napari_bnadapt.bound.witnesses`) when measured: ``values``,
+        ``thresholds`` of the trust calibration, ``failing`` (witness, value, threshold), ``passing``.
+    spoke : str
+        What decided the verdict: a witness, a gate signal, the W2 distance, or "blank stack".
+    coverage : float or None
+        How often a bound given THIS verdict held on held-out cases (None: no such figure).
+    coverage_basis : str
+        What ``coverage`` was measured on, in words.
+    w2_bound : float or None
+        The W2 calibration's bound on its own (None without a usable calibration).
     """
 
     iou_lower_bound: float | None
@@ -123,6 +135,11 @@ class ReliabilityReport:
     device: str = ""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    witnesses: dict[str, Any] = field(default_factory=dict)
+    spoke: str = ""
+    coverage: float | None = None
+    coverage_basis: str = ""
+    w2_bound: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -130,18 +147,26 @@ class ReliabilityReport:
         return d
 
     def __str__(self) -> str:
-        head = {"reliable": "RELIABLE", "uncertain": "UNCERTAIN", "unreliable": "UNRELIABLE"}[self.verdict]
+        head = self.verdict.upper()
         lines = [f"Reliability of the adaptation: {head}",
                  textwrap.fill(self.sentence, width=110, initial_indent="  ", subsequent_indent="  ")]
         if self.gate_failures:
             lines.append("  predicted IoU of the adapted model: no lower bound can be given (bound 0)")
         elif self.iou_lower_bound is not None:
-            cal = self.calibration
             extra = ""
-            if cal.get("validation_coverage") is not None:
-                extra = (f" (calibrated bound: {cal['validation_coverage']:.0%} of held-out test shifts reached it, "
-                         f"median gap {cal['validation_median_gap']:.2f})")
-            lines.append(f"  predicted IoU of the adapted model >= {self.iou_lower_bound:.2f}{extra}")
+            if self.coverage is not None:
+                extra = f" (a bound given this verdict held for {self.coverage:.0%} {self.coverage_basis})"
+            lines.append(f"  predicted IoU of the adapted model >= {format_bound(self.iou_lower_bound)}{extra}")
+        else:
+            lines.append("  predicted IoU of the adapted model: no number is given")
+        if self.spoke:
+            lines.append(f"  decided by: {self.spoke}")
+        w = self.witnesses
+        if w.get("values"):
+            thr = w.get("thresholds", {})
+            lines.append("  witnesses: " + ", ".join(
+                f"{k.replace('_', ' ')} {v:.2f}" + (f" (needs >= {thr[k]:.2f})" if k in thr else "")
+                for k, v in w["values"].items()))
         if self.calibration_x is not None and self.x_label:
             so = (f"; without adaptation {self.calibration_x_source_only:.2f}"
                   if self.calibration_x_source_only is not None else "")
@@ -183,56 +208,62 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _bound_sentence(verdict: str, b: float, coverage: float | None, basis: str) -> str:
+    """The sentence of a stated bound (rounded down), with the coverage measured for this verdict."""
+    held = (f"; a bound given this verdict held for {coverage:.0%} {basis}"
+            if coverage is not None and math.isfinite(coverage) else "")
+    if verdict == "reliable":
+        return (f"Adaptation very likely worked: expect an overlap with the true mitochondria (IoU) of at least "
+                f"{format_bound(b)}{held}.")
+    if verdict == "unreliable":
+        return (f"Adaptation may well have failed: the overlap (IoU) can drop to {format_bound(b)}{held}; check the "
+                "segmentation carefully before using it.")
+    return (f"Adaptation probably helped, but expect mistakes: the overlap (IoU) was at least {format_bound(b)} on "
+            f"data like this{held}; check a few slices by eye.")
+
+
 def _sentence(dec: Decision, features: Mapping[str, float], source_signals: Mapping[str, float],
-              calibrated: bool, coverage: float | None = None) -> str:
+              calibrated: bool, coverage: float | None = None, *, basis: str = "", rejected: str = "") -> str:
+    default = "" if calibrated else " (default limits, not measured for this model)"
     if dec.gate_failures:
         name, v, _ = dec.gate_failures[0]
         if name == "fg_logratio":
             return (
                 f"Do not trust this result: the adapted model marks {features['foreground_fraction']:.0%} of the "
-                f"image as mitochondria against {source_signals['foreground_fraction']:.0%} on its training data, "
-                "so it sees this data very differently (for example with inverted contrast); check by eye or "
-                "annotate a few slices."
+                f"image as mitochondria against {source_signals['foreground_fraction']:.0%} on its training data"
+                f"{default}, so it sees this data very differently (for example with inverted contrast); check by "
+                "eye or annotate a few slices."
             )
         if name == "conf_drop":
             return (
                 f"Do not trust this result: the adapted model is far less sure of itself than on its training data "
-                f"(confidence {features['confidence']:.3f} against {source_signals['confidence']:.3f}), a sign of "
-                "failed segmentation (for example too faint or inverted contrast); check by eye."
+                f"(confidence {features['confidence']:.3f} against {source_signals['confidence']:.3f}){default}, a "
+                "sign of failed segmentation (for example too faint or inverted contrast); check by eye."
             )
         return (
             f"Do not trust this result: the {_FEATURE_TEXT.get(name, name)} is outside the range seen when the "
-            "model was calibrated; check by eye."
+            f"model was calibrated{default}; check by eye."
         )
     b = dec.bound
+    if rejected:
+        return (
+            f"No verdict possible: this model's calibration was rejected ({rejected}), so no quality can be "
+            "promised; inspect the segmentation by eye, or run a spot check."
+        )
     if not calibrated:
         return (
             "No verdict possible: this model file has no calibration, so the distances cannot be turned into "
-            "an expected quality; inspect the segmentation by eye (or calibrate the model)."
+            "an expected quality (the only checks made, on the predicted foreground and the confidence, use "
+            "default limits not measured for this model); inspect the segmentation by eye (or calibrate the model)."
         )
     if b is None:
         return (
             "No verdict possible: too little data to measure the distance reliably; use more slices or "
             "patches, and inspect the segmentation by eye."
         )
-    if dec.verdict == "reliable":
-        held = (f"; this calibrated bound held for {coverage:.0%} of held-out test shifts"
-                if coverage is not None and math.isfinite(coverage) else "")
-        return (
-            f"Adaptation very likely worked: expect an overlap with the true mitochondria (IoU) of at least "
-            f"{b:.2f}{held}."
-        )
     if dec.beyond_calibration:
         return (
             "Do not trust this result without checking: this data is further from the training data than any "
             "of the test shifts the model was calibrated on, so no quality can be promised."
         )
-    if dec.verdict == "unreliable":
-        return (
-            f"Adaptation may well have failed: for data this different from the training data the overlap "
-            f"(IoU) can drop to {b:.2f}; check the segmentation carefully before using it."
-        )
-    return (
-        f"Adaptation probably helped, but expect mistakes: at this distance from the training data the "
-        f"overlap (IoU) was at least {b:.2f}; check a few slices by eye."
-    )
+    return _bound_sentence(dec.verdict, b, coverage, basis)

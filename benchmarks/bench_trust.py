@@ -1,0 +1,225 @@
+"""The trust verdict on volumes from other labs: witnesses, leave-one-volume-out validation, every false promise.
+
+Run: python benchmarks/bench_trust.py [--models lucchi-pp vnc em-generalist] [--models-dir /work/models]
+
+Needs ``../shared/data/real/`` (not shipped). The cases are the targets of
+``bench_real_generalisation.py`` (its :func:`targets`, reused): per real volume (Lucchi++, VNC) its
+held-out test slices at their true pixel size, and the simulated other-lab versions of held-out
+slices (pixel sizes, low dose, blur and stripes, inversion, a combination). For every (model,
+target) case: the true IoU after AdaBN (the library default: 64 patches, seed 0), the witnesses of
+:mod:`napari_bnadapt.bound.witnesses`, the label-free gate signals, and what the reliability report
+of the model file as bundled before issue 15 promised (its W2 curve read at the measured distance).
+
+Validation, leave one volume out: the trust calibration (:func:`napari_bnadapt.bound.trust.fit_trust`)
+is fitted on the cases derived from one real volume and applied to the cases derived from the
+other (every model), and the other way round. Reported per fold and pooled: coverage of the stated
+bounds, how often a bound is stated, the median gap, the verdicts, and EVERY case where a bound
+was stated above the true IoU or "reliable" was said with a true IoU below 0.6.
+
+Rows are appended to ``bench_trust.partial.jsonl`` as they finish; a rerun with the same arguments
+reads them back (delete the file to start over). Writes ``benchmarks/results/bench_trust.{txt,json}``.
+Torch runs on 1 thread by default (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from _common import RESULTS, header, write  # noqa: E402
+from bench_real_generalisation import TRAINED_ON, targets  # noqa: E402
+from em_data import available  # noqa: E402
+
+from napari_bnadapt.bound.trust import FALSE_RELIABLE_BELOW  # noqa: E402
+
+import napari_bnadapt as nb  # noqa: E402
+
+NAME = "bench_trust"
+
+
+def measure(model: Any, name: str, t: dict[str, Any]) -> dict[str, Any]:
+    """One case: true adapted IoU, witnesses, gate signals and the pre-issue-15 promise."""
+    from napari_bnadapt.bound.curve import LowerBound
+    from napari_bnadapt.bound.witnesses import measure_witnesses
+
+    x, y, px = t["image"], t["labels"], t["pixel_size_nm"]
+    run_px = px if px is not None else (model.meta or {}).get("pixel_size_nm")  # "not stated": runs as is
+    t0 = time.perf_counter()
+    adapted, _ = nb.adapt(model, x, device="cpu", pixel_size_nm=run_px, seed=0)
+    iou = nb.iou(nb.predict(adapted, x, device="cpu", pixel_size_nm=run_px) > 0.5, y > 0)
+    t_adapt = time.perf_counter() - t0
+    rep = nb.reliability(model, adapted, x, device="cpu", pixel_size_nm=run_px)
+    cal = (model.meta or {}).get("calibration")
+    old_bound = None
+    if cal is not None and rep.calibration_x is not None and math.isfinite(rep.calibration_x):
+        old_bound = 0.0 if rep.gate_failures else float(LowerBound.from_dict(cal["curve"])(rep.calibration_x))
+    t1 = time.perf_counter()
+    w = measure_witnesses(model, adapted, x, pixel_size_nm=run_px, device="cpu")
+    domain = "in-domain" if t["volume"] in TRAINED_ON.get(name, set()) else "cross-lab"
+    return {
+        "model": name, "target": t["name"], "volume": t["volume"], "kind": t["kind"], "domain": domain,
+        "iou": float(iou), "witnesses": w.to_dict(),
+        "gate_failures": [list(g[:1]) for g in rep.gate_failures],
+        "features": {k: float(v) for k, v in rep.signals.items() if isinstance(v, (int, float))},
+        "old_bound": old_bound, "old_x": rep.calibration_x,
+        "seconds": {"adapt_segment": t_adapt, "witnesses": time.perf_counter() - t1},
+    }
+
+
+def run_cases(models: list[str], models_dir: Path | None, real_slices: int, sim_slices: int) -> tuple[list, int]:
+    partial = RESULTS / f"{NAME}.partial.jsonl"
+    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    rows, reused = [], 0
+    tg = targets(real_slices, sim_slices)
+    for name in models:
+        path = models_dir / f"{name}.safetensors" if models_dir and (models_dir / f"{name}.safetensors").exists() else name
+        model = nb.load_model(path, device="cpu")
+        for t in tg:
+            old = [r for r in done if r["model"] == name and r["target"] == t["name"]]
+            if old:
+                rows.append(old[0])
+                reused += 1
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                row = measure(model, name, t)
+            rows.append(row)
+            with partial.open("a") as f:
+                f.write(json.dumps(row, default=float) + "\n")
+            w = row["witnesses"]
+            print(f"{name:>14} | {t['name']:<34} | IoU {row['iou']:.3f} | old {row['old_bound']} | agree "
+                  f"{w['patch_agreement']:.3f} flip {w['flip_consistency']:.3f} scale {w['scale_consistency']:.3f} "
+                  f"| {sum(row['seconds'].values()):.0f} s", flush=True)
+    return rows, reused
+
+
+# ---------------------------------------------------------------------------- analysis
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a_) & np.isfinite(b_)
+    return float(spearmanr(a_[ok], b_[ok]).statistic) if ok.sum() > 2 else math.nan
+
+
+def analyse(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from napari_bnadapt.bound.trust import case_from_row, leave_one_volume_out, shipped_trust
+
+    cases = [case_from_row(r) for r in rows]
+    lovo = leave_one_volume_out(cases)
+    shipped = shipped_trust(cases)
+    corr = {}
+    for label, keep in (("all", lambda r: True), ("cross-lab", lambda r: r["domain"] == "cross-lab"),
+                        ("real + simulated, not inverted", lambda r: "inverted" not in r["target"])):
+        sel = [r for r in rows if keep(r)]
+        corr[label] = {"n": len(sel), **{k: _spearman([r["witnesses"][k] for r in sel], [r["iou"] for r in sel])
+                                         for k in ("patch_agreement", "flip_consistency", "scale_consistency",
+                                                   "foreground_fraction")}}
+    return {"lovo": lovo, "shipped": shipped, "spearman": corr}
+
+
+def _f(v: Any, d: int = 3) -> str:
+    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{d}f}"
+
+
+def report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
+    lines = ["## Cases (true IoU after AdaBN, witnesses, what was promised)", "",
+             "| model | target | kind | IoU | patch agreement | flip | scale | bound before issue 15 | "
+             "verdict now (leave-one-volume-out) | bound now |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lovo = res["lovo"]
+    by_key = {(d["model"], d["target"]): d for d in lovo["decisions"]}
+    for r in rows:
+        w = r["witnesses"]
+        d = by_key[(r["model"], r["target"])]
+        lines.append(f"| {r['model']} | {r['target']} | {r['kind']}, {r['domain']} | {r['iou']:.3f} | "
+                     f"{_f(w['patch_agreement'])} | {_f(w['flip_consistency'])} | {_f(w['scale_consistency'])} | "
+                     f"{_f(r['old_bound'], 2)} | {d['verdict']} | {_f(d['bound'], 2)} |")
+    lines += ["", "## Leave one volume out (fit on the cases of one real volume, judged on the other's)", "",
+              "| judged on | cases | bound stated | coverage of stated bounds | median gap | reliable | "
+              "uncertain | unreliable | no guarantee | false promises |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for fold in lovo["folds"] + [lovo["pooled"]]:
+        v = fold["verdicts"]
+        lines.append(f"| {fold['judged_on']} | {fold['n']} | {fold['n_stated']} | {_f(fold['coverage'], 2)} | "
+                     f"{_f(fold['median_gap'], 3)} | {v.get('reliable', 0)} | {v.get('uncertain', 0)} | "
+                     f"{v.get('unreliable', 0)} | {v.get('no guarantee', 0)} | {len(fold['false_promises'])} |")
+    lines += ["", "Thresholds fitted per fold (the witnesses must reach all of them for a bound to be stated):", ""]
+    for fold in lovo["folds"]:
+        cal = fold["calibration"]
+        lines.append(f"- fitted on {fold['fitted_on']}: " + ", ".join(
+            f"{k} >= {v:.3f}" for k, v in cal["thresholds"].items()) + f"; bound {_f(cal['bound'], 3)} "
+            f"({cal['n_accepted']} of {cal['n']} fit cases accepted)")
+    lines += ["", "## Every false promise (leave one volume out)", ""]
+    fps = lovo["pooled"]["false_promises"]
+    if not fps:
+        lines.append("none: no stated bound above the true IoU, no 'reliable' with a true IoU below "
+                     f"{FALSE_RELIABLE_BELOW}")
+    for d in fps:
+        lines.append(f"- {d['model']} on {d['target']}: {d['verdict']}, bound {_f(d['bound'], 2)}, true IoU "
+                     f"{d['iou']:.3f} ({d['why']})")
+    old = [r for r in rows if r["old_bound"] is not None and r["old_bound"] > r["iou"]]
+    lines += ["", f"Before issue 15 (the bundled W2 calibrations read at the measured distance), {len(old)} of "
+              f"{sum(r['old_bound'] is not None for r in rows)} cases with a bound had it above the true IoU:", ""]
+    for r in old:
+        lines.append(f"- {r['model']} on {r['target']}: promised >= {r['old_bound']:.2f}, true IoU {r['iou']:.3f}")
+    s = res["shipped"]
+    lines += ["", "## The shipped trust calibration (fitted on every case)", "",
+              ", ".join(f"{k} >= {v:.3f}" for k, v in s["thresholds"].items())
+              + f"; bound {_f(s['bound'], 3)} ({s['n_accepted']} of {s['n']} cases accepted); "
+              f"leave-one-volume-out coverage of stated bounds {_f(lovo['pooled']['coverage'], 3)} "
+              f"({lovo['pooled']['n_stated']} stated of {lovo['pooled']['n']})", "",
+              "## Spearman correlation of each witness with the true IoU", "",
+              "| cases | n | patch agreement | flip | scale | predicted foreground fraction |", "|---|---|---|---|---|---|"]
+    for label, c in res["spearman"].items():
+        lines.append(f"| {label} | {c['n']} | {_f(c['patch_agreement'], 2)} | {_f(c['flip_consistency'], 2)} | "
+                     f"{_f(c['scale_consistency'], 2)} | {_f(c['foreground_fraction'], 2)} |")
+    secs = [sum(r["seconds"].values()) for r in rows]
+    wsec = [r["seconds"]["witnesses"] for r in rows]
+    lines += ["", f"Witnesses: median {np.median(wsec):.1f} s per case (max {max(wsec):.1f} s), 1 torch thread; "
+              f"whole case median {np.median(secs):.1f} s."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc", "em-generalist"])
+    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
+    ap.add_argument("--real-slices", type=int, default=2, help="held-out test slices per real target (default 2)")
+    ap.add_argument("--sim-slices", type=int, default=1, help="slices per simulated target (default 1)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    if not available():
+        print("../shared/data/real is missing: nothing to evaluate", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    rows, reused = run_cases(args.models, args.models_dir, args.real_slices, args.sim_slices)
+    res = analyse(rows)
+    command = "python benchmarks/bench_trust.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    seconds = round(time.perf_counter() - t0)
+    text = header("Trust verdict: witnesses and leave-one-volume-out validation on real and simulated other labs") + (
+        f"# command: {command}\n# wall time: {seconds} s"
+        + (f" ({reused} of {len(rows)} cases read back from {NAME}.partial.jsonl, written by earlier runs of the "
+           "same command; each case's seconds are its own)" if reused else "")
+        + "\n\n" + report(rows, res) + "\n")
+    write(NAME, text)
+    (RESULTS / f"{NAME}.json").write_text(json.dumps({"command": command, "seconds": seconds, "rows": rows, **res},
+                                                     indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,321 @@
+"""The trust calibration: when the witnesses allow a bound, how large it is, and when to abstain.
+
+A trust calibration is fitted on cases with a known adapted IoU (:class:`TrustCase`: a model
+adapted to a labelled target, with its :mod:`~napari_bnadapt.bound.witnesses`). It is a plain
+dict stored in ``model.meta["trust"]``:
+
+* ``thresholds``: per witness the lowest value of an ACCEPTED calibration case. A target whose
+  witnesses all reach them lies in the region the calibration covered; any witness below its
+  threshold means "unlike anything the model was checked on": no number, the verdict is
+  ``no guarantee`` with one sentence of reason.
+* ``foreground_range``: the predicted foreground fractions of the accepted cases, widened by
+  :data:`FOREGROUND_SLACK` on each side (a model that predicts almost nothing agrees with itself
+  perfectly, so the witnesses alone would accept it).
+* ``bound``: the conservative :data:`TRUST_QUANTILE` lower quantile of the true IoU of the
+  accepted cases (their minimum while there are fewer than 19).
+* ``validation``: the leave-one-volume-out figures of the same procedure (coverage overall and per
+  verdict): what the panel quotes.
+
+Which cases are accepted is chosen by validation, not by taste (:func:`fit_trust`): among all
+threshold triples (every observed value of each witness), the one that accepts the most calibration
+cases while accepting none with an IoU below :data:`~napari_bnadapt.bound.names.SUCCESS_IOU`;
+then each threshold is raised to the lowest value among the accepted cases (the covered region).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import BNAdaptError
+from .curve import _lower_quantile
+from .names import RELIABLE_AT, SUCCESS_IOU, UNRELIABLE_BELOW
+from .witnesses import WITNESS_NAMES, WITNESS_TEXT
+
+#: Lower quantile of the accepted cases' IoU that the stated bound is.
+TRUST_QUANTILE = 0.05
+
+#: The accepted foreground-fraction range is widened by this factor on each side.
+FOREGROUND_SLACK = 2.0
+
+#: Fewer accepted calibration cases than this: the calibration states no bound at all.
+MIN_ACCEPTED = 5
+
+#: Version of the stored trust calibration.
+TRUST_VERSION = 1
+
+#: A stated bound above the true IoU, or "reliable" below this true IoU, is a false promise.
+FALSE_RELIABLE_BELOW = 0.6
+
+NO_GUARANTEE = "no guarantee"
+
+#: The sentence of an abstention because a witness is outside the covered region.
+UNLIKE_SENTENCE = ("No guarantee: this image is unlike anything the model was checked on ({why}); look at a few "
+                   "slices, or run a spot check.")
+
+
+@dataclass(frozen=True)
+class TrustCase:
+    """One calibration case: a model adapted to a labelled target.
+
+    Attributes
+    ----------
+    model, target, volume : str
+        Which model, which target, and the real volume the target derives from (the unit left out).
+    iou : float
+        True IoU of the adapted model.
+    witnesses : dict of str to float
+        :data:`~napari_bnadapt.bound.witnesses.WITNESS_NAMES` values.
+    foreground_fraction : float
+    blank : bool
+    gated : bool
+        A gate signal of the reliability report failed (the verdict is then ``unreliable`` anyway).
+    """
+
+    model: str
+    target: str
+    volume: str
+    iou: float
+    witnesses: dict[str, float]
+    foreground_fraction: float
+    blank: bool = False
+    gated: bool = False
+
+
+def case_from_row(row: Mapping[str, Any]) -> TrustCase:
+    """A :class:`TrustCase` from a row of ``benchmarks/results/bench_trust.json``."""
+    w = row["witnesses"]
+    return TrustCase(model=row["model"], target=row["target"], volume=row["volume"], iou=float(row["iou"]),
+                     witnesses={k: float(w[k]) if w[k] is not None else math.nan for k in WITNESS_NAMES},
+                     foreground_fraction=float(w["foreground_fraction"]), blank=bool(w["blank"]),
+                     gated=bool(row.get("gate_failures")))
+
+
+@dataclass
+class TrustDecision:
+    """What :func:`trust_decide` concluded.
+
+    Attributes
+    ----------
+    verdict : str
+        ``reliable``, ``uncertain``, ``unreliable`` or ``no guarantee``.
+    bound : float or None
+        The stated lower bound on the IoU (None: none stated).
+    reason : str
+        One sentence, for an abstention (empty otherwise).
+    failing : list of (witness, value, threshold)
+        The witnesses outside the covered region.
+    passing : list of str
+        The witnesses inside it.
+    """
+
+    verdict: str
+    bound: float | None = None
+    reason: str = ""
+    failing: list[tuple[str, float, float]] = field(default_factory=list)
+    passing: list[str] = field(default_factory=list)
+
+
+def _accept(w: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    return np.all(np.nan_to_num(w, nan=-np.inf) >= thr[None, :], axis=1)
+
+
+def fit_trust(cases: Sequence[TrustCase], *, success_iou: float = SUCCESS_IOU, quantile: float = TRUST_QUANTILE,
+              reliable_at: float = RELIABLE_AT, unreliable_below: float = UNRELIABLE_BELOW) -> dict[str, Any]:
+    """Fit a trust calibration (see the module docstring) on cases with a known IoU.
+
+    Parameters
+    ----------
+    cases : sequence of TrustCase
+        Blank cases are left out (a blank stack always abstains).
+    success_iou : float, default SUCCESS_IOU (0.7)
+        No accepted case may have a lower IoU.
+    quantile : float, default 0.05
+        The bound's lower quantile of the accepted IoUs.
+    reliable_at, unreliable_below : float
+        Verdict thresholds on the bound.
+
+    Returns
+    -------
+    dict
+        ``thresholds``, ``foreground_range``, ``bound`` (None when fewer than :data:`MIN_ACCEPTED`
+        cases are accepted), ``n``, ``n_accepted``, ``verdict_thresholds``, ``version``.
+    """
+    usable = [c for c in cases if not c.blank]
+    if len(usable) < MIN_ACCEPTED:
+        raise BNAdaptError(f"{len(usable)} calibration cases are too few for a trust calibration "
+                           f"(at least {MIN_ACCEPTED})")
+    w = np.array([[c.witnesses.get(k, math.nan) for k in WITNESS_NAMES] for c in usable], dtype=np.float64)
+    y = np.array([c.iou for c in usable])
+    bad = y < success_iou
+    grids = [np.unique(np.concatenate([[-np.inf], col[np.isfinite(col)]])) for col in w.T]
+    mesh = np.stack(np.meshgrid(*grids, indexing="ij"), axis=-1).reshape(-1, len(WITNESS_NAMES))
+    wn = np.nan_to_num(w, nan=-np.inf)
+    acc = np.all(wn[None, :, :] >= mesh[:, None, :], axis=2)  # (candidates, cases)
+    ok = ~np.any(acc & bad[None, :], axis=1)
+    counts = np.where(ok, acc.sum(axis=1), -1)
+    best = int(np.argmax(counts))
+    accepted = acc[best] if counts[best] > 0 else np.zeros(len(usable), bool)
+    if accepted.any():
+        thr = np.min(wn[accepted], axis=0)  # raised to the covered region
+    else:
+        thr = np.full(len(WITNESS_NAMES), np.inf)
+    fg = np.array([c.foreground_fraction for c in usable])[accepted]
+    n_acc = int(accepted.sum())
+    bound = _lower_quantile(np.sort(y[accepted]), quantile) if n_acc >= MIN_ACCEPTED else None
+    return {
+        "version": TRUST_VERSION,
+        "thresholds": {k: float(v) for k, v in zip(WITNESS_NAMES, thr)},
+        "foreground_range": ([float(fg.min() / FOREGROUND_SLACK), float(min(1.0, fg.max() * FOREGROUND_SLACK))]
+                             if n_acc else [math.nan, math.nan]),
+        "bound": None if bound is None else float(bound),
+        "quantile": quantile,
+        "success_iou": success_iou,
+        "n": len(usable),
+        "n_accepted": n_acc,
+        "n_rejected_success": int(np.sum(~accepted & ~bad)),
+        "verdict_thresholds": {"reliable": reliable_at, "unreliable": unreliable_below},
+        "models": sorted({c.model for c in usable}),
+        "volumes": sorted({c.volume for c in usable}),
+    }
+
+
+def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float] | None,
+                 foreground_fraction: float | None = None, *, blank: bool = False,
+                 gated: bool = False) -> TrustDecision:
+    """The verdict from the witnesses and a trust calibration.
+
+    Parameters
+    ----------
+    trust : dict or None
+        ``model.meta["trust"]`` (:func:`fit_trust`); None: no number can be stated.
+    witnesses : mapping or None
+        The measured witnesses (:meth:`~napari_bnadapt.bound.witnesses.Witnesses.values`).
+    foreground_fraction : float, optional
+        Share of pixels the adapted model calls mitochondria on the witnesses' crops.
+    blank : bool
+        The stack is blank or nearly constant: always ``no guarantee``.
+    gated : bool
+        A gate signal of the reliability report failed: ``unreliable``, no number.
+
+    Returns
+    -------
+    TrustDecision
+    """
+    if blank:
+        return TrustDecision(NO_GUARANTEE, None, "No guarantee: the image is blank or nearly constant, so there is "
+                             "nothing to segment and no check means anything; look at the data.")
+    if gated:
+        return TrustDecision("unreliable", None, "")
+    if trust is None or witnesses is None:
+        return TrustDecision(NO_GUARANTEE, None, "No guarantee: this model was never checked on labelled volumes "
+                             "of other labs; look at a few slices, or run a spot check.")
+    failing, passing = [], []
+    for k, t in trust["thresholds"].items():
+        v = float(witnesses.get(k, math.nan))
+        if not (math.isfinite(v) and v >= float(t)):
+            failing.append((k, v, float(t)))
+        else:
+            passing.append(k)
+    out = TrustDecision(NO_GUARANTEE, None, "", failing, passing)
+    lo, hi = trust.get("foreground_range", [math.nan, math.nan])
+    if failing:
+        k, v, t = min(failing, key=lambda f: (f[1] - f[2]) if math.isfinite(f[1]) else -math.inf)
+        why = f"the {WITNESS_TEXT[k]} is {v:.2f}, below {t:.2f}, the lowest of any case the model was checked on"
+        if passing:
+            why += f"; the witnesses disagree ({', '.join(p.replace('_', ' ') for p in passing)} would have passed)"
+        out.reason = UNLIKE_SENTENCE.format(why=why)
+        return out
+    fg = foreground_fraction
+    if fg is not None and math.isfinite(lo) and not (lo <= fg <= hi):
+        out.reason = UNLIKE_SENTENCE.format(
+            why=f"the adapted model marks {fg:.1%} of the pixels as mitochondria, outside the {lo:.1%}-{hi:.1%} "
+                "of the cases the model was checked on")
+        return out
+    if trust.get("bound") is None:
+        out.reason = ("No guarantee: too few of the volumes this model was checked on were like this one to "
+                      "state a bound; look at a few slices, or run a spot check.")
+        return out
+    b = float(trust["bound"])
+    thr = trust.get("verdict_thresholds", {})
+    out.bound = b
+    out.verdict = ("reliable" if b >= float(thr.get("reliable", RELIABLE_AT))
+                   else "unreliable" if b < float(thr.get("unreliable", UNRELIABLE_BELOW)) else "uncertain")
+    return out
+
+
+def _summary(decisions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    stated = [d for d in decisions if d["bound"] is not None]
+    gaps = [d["iou"] - d["bound"] for d in stated]
+    verdicts: dict[str, int] = {}
+    for d in decisions:
+        verdicts[d["verdict"]] = verdicts.get(d["verdict"], 0) + 1
+    by_verdict = {}
+    for v in sorted({d["verdict"] for d in stated}):
+        sel = [d for d in stated if d["verdict"] == v]
+        by_verdict[v] = {"n": len(sel), "coverage": float(np.mean([d["iou"] >= d["bound"] for d in sel]))}
+    return {
+        "n": len(decisions),
+        "n_stated": len(stated),
+        "coverage": float(np.mean([g >= 0 for g in gaps])) if stated else math.nan,
+        "median_gap": float(np.median(gaps)) if stated else math.nan,
+        "verdicts": verdicts,
+        "by_verdict": by_verdict,
+        "false_promises": [d for d in decisions if d["why"]],
+    }
+
+
+def _decision_row(trust: Mapping[str, Any], c: TrustCase) -> dict[str, Any]:
+    d = trust_decide(trust, c.witnesses, c.foreground_fraction, blank=c.blank, gated=c.gated)
+    why = []
+    if d.bound is not None and d.bound > c.iou:
+        why.append(f"stated bound {d.bound:.3f} above the true IoU")
+    if d.verdict == "reliable" and c.iou < FALSE_RELIABLE_BELOW:
+        why.append(f"'reliable' with a true IoU below {FALSE_RELIABLE_BELOW}")
+    return {"model": c.model, "target": c.target, "volume": c.volume, "iou": c.iou, "verdict": d.verdict,
+            "bound": d.bound, "reason": d.reason, "why": "; ".join(why)}
+
+
+def leave_one_volume_out(cases: Sequence[TrustCase], **fit_kw: Any) -> dict[str, Any]:
+    """Fit on the cases of all volumes but one, decide on the left-out volume's cases; every volume in turn.
+
+    Returns
+    -------
+    dict
+        ``folds`` (per left-out volume: ``judged_on``, ``fitted_on``, ``calibration`` and the summary:
+        ``n``, ``n_stated``, ``coverage``, ``median_gap``, ``verdicts``, ``by_verdict``,
+        ``false_promises``), ``pooled`` (the same over all left-out decisions) and ``decisions``
+        (one row per case, decided by the fold that left its volume out).
+    """
+    volumes = sorted({c.volume for c in cases})
+    if len(volumes) < 2:
+        raise BNAdaptError("leave-one-volume-out validation needs cases from at least two volumes")
+    folds, decisions = [], []
+    for v in volumes:
+        fit = [c for c in cases if c.volume != v]
+        test = [c for c in cases if c.volume == v]
+        cal = fit_trust(fit, **fit_kw)
+        rows = [_decision_row(cal, c) for c in test]
+        decisions += rows
+        folds.append({"judged_on": v, "fitted_on": ", ".join(sorted({c.volume for c in fit})),
+                      "calibration": cal, **_summary(rows)})
+    pooled = {"judged_on": "all (pooled)", **_summary(decisions)}
+    return {"folds": folds, "pooled": pooled, "decisions": decisions}
+
+
+def shipped_trust(cases: Sequence[TrustCase], **fit_kw: Any) -> dict[str, Any]:
+    """The calibration to store in a model file: fitted on every case, with its leave-one-volume-out figures."""
+    cal = fit_trust(cases, **fit_kw)
+    lovo = leave_one_volume_out(cases, **fit_kw)
+    p = lovo["pooled"]
+    cal["validation"] = {
+        "method": "leave one volume out",
+        "n": p["n"], "n_stated": p["n_stated"], "coverage": p["coverage"], "median_gap": p["median_gap"],
+        "by_verdict": p["by_verdict"], "n_false_promises": len(p["false_promises"]),
+        "volumes": [f["judged_on"] for f in lovo["folds"]],
+    }
+    return cal

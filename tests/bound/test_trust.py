@@ -1,0 +1,203 @@
+"""The trust verdict: degenerate calibrations rejected, verdict-conditional coverage, bounds rounded
+down, default thresholds said, witnesses measured, abstention outside the calibrated region."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+import napari_bnadapt as nb
+from napari_bnadapt.bound.curve import LowerBound
+from napari_bnadapt.bound.decision import Decision
+from napari_bnadapt.bound.report import _sentence
+from napari_bnadapt.bound.trust import (
+    NO_GUARANTEE,
+    TrustCase,
+    fit_trust,
+    leave_one_volume_out,
+    shipped_trust,
+    trust_decide,
+)
+from napari_bnadapt.bound.validity import calibration_problem, floor_bound, format_bound, verdict_coverage
+from napari_bnadapt.bound.witnesses import WITNESS_NAMES, measure_witnesses, stack_is_blank
+
+from ..conftest import state_bytes
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ------------------------------------------------------------------ degenerate calibrations
+def _cal(x, y, x_min, candidates=None, chosen=None):
+    return {"curve": {"x": x, "y": y, "quantile": 0.05, "x_min": x_min},
+            "selection": {"chosen": chosen or {"key": "a|source|full", "mean_bound": 0.5, "coverage": 0.95},
+                          "candidates": candidates or []}}
+
+
+def test_a_bound_of_about_zero_everywhere_is_rejected():
+    assert "about 0" in calibration_problem(_cal([0.5, 1.0], [0.01, 0.0], 0.1))
+
+
+def test_a_collapsed_distance_range_is_rejected():
+    # the bundled vnc model's shape: x from 0.0947 to 0.0950
+    assert "collapsed" in calibration_problem(_cal([0.0950], [0.6], 0.0947))
+
+
+def test_a_winner_by_a_tie_is_rejected_and_a_clear_winner_is_not():
+    tie = [{"key": "b|source|full", "mean_bound": 0.5, "coverage": 0.95},
+           {"key": "a|source|full", "mean_bound": 0.5, "coverage": 0.95}]
+    assert "tie" in calibration_problem(_cal([1.0, 2.0], [0.9, 0.6], 0.1, tie))
+    clear = [{"key": "b|source|full", "mean_bound": 0.45, "coverage": 0.95}]
+    assert calibration_problem(_cal([1.0, 2.0], [0.9, 0.6], 0.1, clear)) == ""
+
+
+def test_bundled_calibrations_toy_kept_em_rejected(toy_model):
+    assert calibration_problem(toy_model.meta["calibration"]) == ""
+    if "lucchi-pp" in nb.list_models():
+        assert "tie" in calibration_problem(nb.load_model("lucchi-pp", device="cpu").meta["calibration"])
+    if "vnc" in nb.list_models():
+        assert calibration_problem(nb.load_model("vnc", device="cpu").meta["calibration"]) != ""
+
+
+# ------------------------------------------------------------------ what a stated bound says
+def test_lower_bounds_are_rounded_down():
+    assert format_bound(0.968) == "0.96"
+    assert format_bound(0.97) == "0.97"
+    assert format_bound(0.6995) == "0.69"
+    assert floor_bound(0.999) == 0.99
+
+
+def test_coverage_quoted_is_the_one_of_the_verdict(toy_model):
+    cal = toy_model.meta["calibration"]
+    cov, n = verdict_coverage(cal, "reliable")
+    # recomputed by hand from the stored held-out cases
+    curve = LowerBound.from_dict(cal["curve"])
+    rel = [c for c in cal["cases"] if c["split"] == "validation" and c["in_gate"] and c["x"] is not None
+           and curve(c["x"]) >= cal["thresholds"]["reliable"]]
+    assert n == len(rel) > 0
+    assert cov == pytest.approx(np.mean([c["iou"] >= curve(c["x"]) for c in rel]))
+    assert cov != pytest.approx(cal["validation"]["coverage"])  # not the overall figure
+    dec = Decision(bound=0.968, verdict="reliable", x=0.1, key="k", meaningful=True)
+    text = _sentence(dec, {}, {}, True, cov, basis=f"of {n} held-out calibration shifts given 'reliable'")
+    assert "0.96" in text and "0.97" not in text and f"{cov:.0%}" in text
+
+
+def test_uncalibrated_gate_says_its_limits_are_defaults():
+    dec = Decision(bound=None, verdict="unreliable", gate_failures=[("fg_logratio", 2.0, (-0.69, 0.69))])
+    text = _sentence(dec, {"foreground_fraction": 0.5, "confidence": 0.9},
+                     {"foreground_fraction": 0.05, "confidence": 0.99}, False)
+    assert "default limits" in text
+    assert "default limits" in _sentence(Decision(), {}, {}, False)
+
+
+# ------------------------------------------------------------------ trust calibration
+def _case(i, iou, w, volume="a", fg=0.05):
+    return TrustCase("m", f"t{i}", volume, iou, dict(zip(WITNESS_NAMES, w)), fg)
+
+
+def _cases():
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(12):  # successes: the model agrees with itself
+        out.append(_case(i, 0.8 + 0.1 * rng.random(), 0.9 + 0.09 * rng.random(3), "ab"[i % 2]))
+    for i in range(12, 20):  # failures: at least one witness low
+        w = 0.9 + 0.09 * rng.random(3)
+        w[i % 3] = 0.4 + 0.3 * rng.random()
+        out.append(_case(i, 0.1 + 0.4 * rng.random(), w, "ab"[i % 2]))
+    return out
+
+
+def test_fit_accepts_no_failure_and_bounds_by_the_accepted_ious():
+    cases = _cases()
+    cal = fit_trust(cases)
+    assert cal["n_accepted"] == 12  # every success, no failure
+    assert cal["bound"] == pytest.approx(min(c.iou for c in cases if c.iou >= 0.7))
+    for c in cases:
+        d = trust_decide(cal, c.witnesses, c.foreground_fraction)
+        assert (d.verdict == NO_GUARANTEE) == (c.iou < 0.7)
+        assert d.bound is None or d.bound <= c.iou
+
+
+def test_abstains_on_a_target_unlike_the_calibration_with_one_sentence():
+    cal = fit_trust(_cases())
+    w = {"patch_agreement": 0.99, "flip_consistency": 0.95, "scale_consistency": 0.5}
+    d = trust_decide(cal, w, 0.05)
+    assert d.verdict == NO_GUARANTEE and d.bound is None
+    assert "unlike anything the model was checked on" in d.reason and "spot check" in d.reason
+    assert "scale" in d.reason and "disagree" in d.reason  # two witnesses passed, one did not
+    assert [f[0] for f in d.failing] == ["scale_consistency"]
+    # a model that predicts (almost) nothing agrees with itself perfectly: the foreground range catches it
+    d = trust_decide(cal, dict.fromkeys(WITNESS_NAMES, 1.0), 0.0)
+    assert d.verdict == NO_GUARANTEE and "mitochondria" in d.reason
+    assert trust_decide(cal, None).verdict == NO_GUARANTEE  # no witnesses measured: no number
+    assert trust_decide(None, w).verdict == NO_GUARANTEE  # no trust calibration: no number
+    assert "blank" in trust_decide(cal, w, 0.05, blank=True).reason
+
+
+def test_leave_one_volume_out_finds_a_false_promise():
+    cases = _cases()
+    # a failure that looks like a success, in volume b: fitted on a, it is accepted -> a false promise
+    cases.append(_case(99, 0.3, [0.99, 0.99, 0.99], "b"))
+    lovo = leave_one_volume_out(cases)
+    assert [f["judged_on"] for f in lovo["folds"]] == ["a", "b"]
+    fps = lovo["pooled"]["false_promises"]
+    assert [f["target"] for f in fps] == ["t99"] and "above the true IoU" in fps[0]["why"]
+    assert lovo["pooled"]["coverage"] < 1.0
+    shipped = shipped_trust(cases)  # fitted on everything: the look-alike failure is excluded
+    assert shipped["validation"]["n_false_promises"] == 1
+    assert trust_decide(shipped, cases[-1].witnesses, 0.05).verdict == NO_GUARANTEE
+
+
+# ------------------------------------------------------------------ the witnesses themselves
+@pytest.fixture(scope="module")
+def bright_small():
+    from napari_bnadapt import synthetic
+
+    from ..conftest import BRIGHT
+
+    return synthetic.generate(8, (128, 128), seed=23, **BRIGHT)
+
+
+def test_witnesses_on_a_good_adaptation(toy_model, bright_small):
+    images, _ = bright_small
+    before = state_bytes(toy_model)
+    adapted, _ = nb.adapt(toy_model, images, device="cpu")
+    w = measure_witnesses(toy_model, adapted, images, device="cpu")
+    assert not w.blank and w.n_slices == 2 and w.crop == 128
+    for k, v in w.values().items():
+        assert 0.0 <= v <= 1.0, (k, v)
+    assert w.flip_consistency > 0.8 and w.patch_agreement > 0.8  # a good adaptation agrees with itself
+    assert state_bytes(toy_model) == before
+
+
+def test_a_blank_stack_is_blank_and_abstains(toy_model):
+    flat = np.full((3, 128, 128), 120, np.uint8)
+    assert stack_is_blank(toy_model, flat)
+    noisy = flat + np.random.default_rng(0).integers(0, 2, flat.shape).astype(np.uint8)  # one grey level of noise
+    assert stack_is_blank(toy_model, noisy)
+    adapted, _ = nb.adapt(toy_model, flat, device="cpu")
+    rep = nb.reliability(toy_model, adapted, flat, device="cpu")
+    assert rep.verdict == NO_GUARANTEE and rep.iou_lower_bound is None and "blank" in rep.sentence
+
+
+def test_reliability_with_a_trust_calibration_abstains_outside_it(toy_model, bright_small):
+    images, _ = bright_small
+    adapted, _ = nb.adapt(toy_model, images, device="cpu")
+    model = copy.deepcopy(toy_model)
+    # a calibration whose covered region no real measurement reaches
+    model.meta["trust"] = {"thresholds": dict.fromkeys(WITNESS_NAMES, 1.01), "foreground_range": [0.0, 1.0],
+                           "bound": 0.8, "verdict_thresholds": {"reliable": 0.8, "unreliable": 0.5}}
+    rep = nb.reliability(model, adapted, images, device="cpu")
+    assert rep.verdict == NO_GUARANTEE and rep.iou_lower_bound is None
+    assert rep.witnesses["values"] and rep.witnesses["failing"] and "unlike anything" in rep.sentence
+    assert rep.spoke and "NO GUARANTEE" in str(rep)
+    # and one that covers it: the bound is the smaller of the witnesses' and the W2 curve's, rounded down in text
+    model.meta["trust"] = {"thresholds": dict.fromkeys(WITNESS_NAMES, 0.0), "foreground_range": [0.0, 1.0],
+                           "bound": 0.85, "verdict_thresholds": {"reliable": 0.8, "unreliable": 0.5},
+                           "validation": {"by_verdict": {"reliable": {"n": 10, "coverage": 0.9}},
+                                          "volumes": ["a", "b"]}}
+    rep = nb.reliability(model, adapted, images, device="cpu")
+    assert rep.verdict == "reliable" and rep.iou_lower_bound == pytest.approx(min(0.85, rep.w2_bound))
+    assert rep.coverage == 0.9 and "90%" in rep.sentence and "leave one volume out" in rep.sentence
+    assert format_bound(rep.iou_lower_bound) in rep.sentence
+    assert math.isfinite(rep.witnesses["values"]["scale_consistency"])
