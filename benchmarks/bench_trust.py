@@ -31,6 +31,7 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -58,7 +59,9 @@ def measure(model: Any, name: str, t: dict[str, Any]) -> dict[str, Any]:
     adapted, _ = nb.adapt(model, x, device="cpu", pixel_size_nm=run_px, seed=0)
     iou = nb.iou(nb.predict(adapted, x, device="cpu", pixel_size_nm=run_px) > 0.5, y > 0)
     t_adapt = time.perf_counter() - t0
-    rep = nb.reliability(model, adapted, x, device="cpu", pixel_size_nm=run_px)
+    # what the model file promised before issue 15: its W2 calibration as it is, degenerate or not
+    with mock.patch("napari_bnadapt.bound.assess.calibration_problem", lambda cal: ""):
+        rep = nb.reliability(model, adapted, x, device="cpu", pixel_size_nm=run_px, witnesses=False)
     cal = (model.meta or {}).get("calibration")
     old_bound = None
     if cal is not None and rep.calibration_x is not None and math.isfinite(rep.calibration_x):
@@ -71,7 +74,7 @@ def measure(model: Any, name: str, t: dict[str, Any]) -> dict[str, Any]:
         "iou": float(iou), "witnesses": w.to_dict(),
         "gate_failures": [list(g[:1]) for g in rep.gate_failures],
         "features": {k: float(v) for k, v in rep.signals.items() if isinstance(v, (int, float))},
-        "old_bound": old_bound, "old_x": rep.calibration_x,
+        "old_bound": old_bound, "old_verdict": rep.verdict if cal is not None else None, "old_x": rep.calibration_x,
         "seconds": {"adapt_segment": t_adapt, "witnesses": time.perf_counter() - t1},
     }
 
@@ -113,10 +116,17 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a_[ok], b_[ok]).statistic) if ok.sum() > 2 else math.nan
 
 
-def analyse(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def analyse(rows: list[dict[str, Any]], models_dir: Path | None = None) -> dict[str, Any]:
     from napari_bnadapt.bound.trust import case_from_row, leave_one_volume_out, shipped_trust
+    from napari_bnadapt.bound.validity import calibration_problem
 
-    cases = [case_from_row(r) for r in rows]
+    # as the product decides: only a gate of a usable W2 calibration overrules the trust calibration
+    usable = {}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        path = models_dir / f"{name}.safetensors" if models_dir and (models_dir / f"{name}.safetensors").exists() else name
+        cal = (nb.load_model(path, device="cpu").meta or {}).get("calibration")
+        usable[name] = cal is not None and calibration_problem(cal) == ""
+    cases = [case_from_row({**r, "gate_failures": r["gate_failures"] if usable[r["model"]] else []}) for r in rows]
     lovo = leave_one_volume_out(cases)
     shipped = shipped_trust(cases)
     corr = {}
@@ -207,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows, reused = run_cases(args.models, args.models_dir, args.real_slices, args.sim_slices)
-    res = analyse(rows)
+    res = analyse(rows, args.models_dir)
     command = "python benchmarks/bench_trust.py " + " ".join(sys.argv[1:] if argv is None else argv)
     seconds = round(time.perf_counter() - t0)
     text = header("Trust verdict: witnesses and leave-one-volume-out validation on real and simulated other labs") + (

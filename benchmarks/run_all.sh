@@ -170,6 +170,9 @@ section_real() {
     # it is trained first (~11 min), as docs/real-data.md gives
     rm -f benchmarks/results/bench_real_generalisation*.partial.jsonl
     step bench_real_generalisation "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp vnc em-generalist --threads 1
+    # the trust verdict: witnesses and leave-one-volume-out validation (~25 min on 2 busy cores)
+    rm -f benchmarks/results/bench_trust.partial.jsonl
+    step bench_trust "$PY" benchmarks/bench_trust.py --models lucchi-pp vnc em-generalist --threads 1
     step "train lucchi-robust" "$PY" scripts/train_em_models.py lucchi-robust --out "$TMPDIR_MODELS" --steps 500 \
       --patch-size 192 --eval-every 100 --patience 3 --init lucchi-pp --lr 3e-4 --overwrite
     step bench_real_generalisation_robust "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-robust \

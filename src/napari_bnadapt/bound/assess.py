@@ -373,7 +373,13 @@ def reliability_iter(
     if wit is not None:
         wit_info = {"values": wit.values(), "contrast": wit.contrast, "foreground_fraction": wit.foreground_fraction,
                     "seconds": wit.seconds}
-    if blank or (trust is not None and not dec.gate_failures):
+    # a gate with DEFAULT limits (no usable W2 calibration) does not overrule a validated trust calibration
+    gated = bool(dec.gate_failures) and (cal is not None or trust is None)
+    if trust is not None and dec.gate_failures and not gated:
+        notes.append("the default gate (limits not measured for this model) flagged: "
+                     + ", ".join(_FEATURE_TEXT.get(g[0], g[0]) for g in dec.gate_failures)
+                     + "; the verdict follows the model's trust calibration")
+    if blank or (trust is not None and not gated):
         td = trust_decide(trust, wit.values() if wit is not None else None,
                           wit.foreground_fraction if wit is not None else None, blank=blank)
         wit_info.update({"thresholds": (trust or {}).get("thresholds", {}), "failing": td.failing,
@@ -401,7 +407,7 @@ def reliability_iter(
                 basis = (f"of {bv['n']} held-out cases given '{verdict}' (leave one volume out: "
                          f"{', '.join(tv.get('volumes', []))})")
             sentence = _bound_sentence(verdict, tb, coverage, basis)
-    elif dec.gate_failures:
+    elif gated:
         spoke = ", ".join(_FEATURE_TEXT.get(g[0], g[0]) for g in dec.gate_failures)
     elif cal is not None and dec.bound is not None:
         cov, n = verdict_coverage(cal, dec.verdict)
@@ -420,7 +426,7 @@ def reliability_iter(
         calibration_x_source_only=dec_so.x if cal is not None else None,
         x_label=x_label,
         bound_source_only=bound_so,
-        gate_failures=dec.gate_failures,
+        gate_failures=dec.gate_failures if gated else [],
         calibration=cal_summary,
         n_patches=len(plan.corners),
         n_voxels=plan.n_voxels,

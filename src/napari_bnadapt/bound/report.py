@@ -79,7 +79,7 @@ class ReliabilityReport:
         says the bound does not apply; None without calibration or when the
         calibrated distance is not meaningful.
     verdict : str
-        "reliable", "uncertain" or "unreliable".
+        "reliable", "uncertain", "unreliable" or "no guarantee" (the witnesses abstain, or the stack is blank: no number).
     sentence : str
         One sentence for a biologist.
     distances : list of LatentDistance
