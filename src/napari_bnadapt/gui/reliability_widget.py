@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .spot_check import SpotCheckSection
 from .viewer_state import reports_of
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class ReliabilityWidget(QWidget):
         layout = QVBoxLayout(self)
         for w in (self.verdict, self.sentence, self.bound, self.table, self.canvas):
             layout.addWidget(w)
+        layout.addWidget(SpotCheckSection(napari_viewer))
         reports_of(napari_viewer).subscribe(self.show_report)
 
     def show_report(self, report: Any, curve: CalibrationCurve | None = None) -> None:
