@@ -182,5 +182,9 @@ def test_test_time_augmentation_and_the_research_options_run(toy_model, target):
     assert res.labels.shape == images[:2].shape and res.iou > 0.9
     assert res.entropy_report is not None and "entropy step" in "; ".join(res.summary())
     assert state_bytes(toy_model) == keep
+    res = workflow.run(toy_model, images[:2], truth=truth[:2], assess=False, device="cpu", self_train=True,
+                       adapt_options={"n_patches": 8, "patch_size": 128})
+    assert res.self_train_report is not None and "self-training" in "; ".join(res.summary())
+    assert res.iou > 0.9 and state_bytes(toy_model) == keep
     with pytest.raises(BNAdaptError, match="tta must be one of"):
         workflow.run(toy_model, images, tta=3)

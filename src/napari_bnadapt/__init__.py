@@ -54,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     "segment_tta": "segmentation.tta",
     "entropy_step": "adabn.entropy",
     "entropy_step_iter": "adabn.entropy",
+    "self_train": "adabn.self_train",
+    "self_train_iter": "adabn.self_train",
     "adaptation_needed": "adabn.need",
     "choose_zoom": "adabn.scale_search",
     "choose_zoom_iter": "adabn.scale_search",

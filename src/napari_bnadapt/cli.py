@@ -221,6 +221,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             batch_size=args.batch_size, adapt_options=_adapt_kwargs(args), guard=not args.no_guard, tta=args.tta,
             search_scale=args.search_scale, entropy=args.entropy_step,
+            self_train=args.self_train,
         ),
         _progress(args),
     )
@@ -324,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="choose the zoom at which predicted mitochondria match the training sizes (no labels)")
     p.add_argument("--entropy-step", action="store_true",
                    help="with --adapt: tune the BatchNorm affine parameters by entropy minimisation (research option)")
+    p.add_argument("--self-train", action="store_true",
+                   help="with --adapt: a short self-training pass on the confidently segmented pixels (about a minute)")
     p.add_argument("--truth", help="ground-truth labels TIFF: prints the IoU (before and after adaptation)")
     p.add_argument("--probabilities", help="also write the float32 foreground probability to this TIFF")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")

@@ -17,6 +17,7 @@ import numpy as np
 
 from .adabn.adaptation import AdaptReport, adapt_iter
 from .adabn.entropy import EntropyReport, entropy_step_iter
+from .adabn.self_train import SelfTrainReport, self_train_iter
 from .adabn.need import NeedVerdict, adaptation_needed, apply_verdict
 from .adabn.scale_search import ZoomChoice, choose_zoom_iter
 from .bound.assess import reliability_iter
@@ -80,6 +81,8 @@ class WorkflowResult:
         The label-free scale search's choice (``search_scale``).
     entropy_report : EntropyReport or None
         The entropy step's report (``entropy``).
+    self_train_report : SelfTrainReport or None
+        The self-training pass's report (``self_train``).
     """
 
     labels: np.ndarray
@@ -99,6 +102,7 @@ class WorkflowResult:
     need: NeedVerdict | None = None
     zoom_choice: ZoomChoice | None = None
     entropy_report: EntropyReport | None = None
+    self_train_report: SelfTrainReport | None = None
 
     @property
     def model_name(self) -> str | None:
@@ -129,6 +133,10 @@ class WorkflowResult:
             e = self.entropy_report
             out.append(f"entropy step: {e.steps_run} of {e.steps} steps kept, mean entropy {e.entropy_before:.3f} -> "
                        f"{e.entropy_after:.3f}" + (f" ({e.guard})" if e.guard else ""))
+        if self.self_train_report is not None:
+            r = self.self_train_report
+            out.append(f"self-training: {r.steps_run} of {r.steps} steps kept in {r.seconds:.0f} s, "
+                       f"{r.confident_fraction:.0%} of the pixels used" + (f" ({r.guard})" if r.guard else ""))
         if self.iou is not None:
             if self.iou_source_only is not None:
                 out.append(f"IoU without adaptation {self.iou_source_only:.3f}, with adaptation {self.iou:.3f}")
@@ -158,6 +166,7 @@ def run_iter(
     tta: int = 1,
     search_scale: bool = False,
     entropy: bool = False,
+    self_train: bool = False,
 ) -> Iterator[Progress | Result[WorkflowResult]]:
     """Adapt, segment, assess and score one stack; yields Progress, finally a Result.
 
@@ -213,6 +222,10 @@ def run_iter(
         After AdaBN, the entropy step on the BatchNorm affine parameters
         (:func:`~napari_bnadapt.adabn.entropy.entropy_step`; a research option: it lowered the IoU
         on the real EM pair, see docs/real-data.md).
+    self_train : bool, default False
+        After AdaBN (and the entropy step), a short self-training pass of a copy on its own confident
+        target pixels (:func:`~napari_bnadapt.adabn.self_train.self_train`; about a minute on a CPU;
+        an option, measured in docs/real-data.md).
 
     Yields
     ------
@@ -267,6 +280,10 @@ def run_iter(
             used, result.entropy_report = yield from forward(entropy_step_iter(
                 used, images, device=device, intensity_range=intensity_range, pixel_size_nm=px,
                 seed=adapt_options.get("seed", 0)))
+        if self_train and (result.need is None or result.need.needed):
+            used, result.self_train_report = yield from forward(self_train_iter(
+                used, images, device=device, intensity_range=intensity_range, pixel_size_nm=px,
+                seed=adapt_options.get("seed", 0)))
     if tta > 1:
         prob = yield from forward(predict_tta_iter(used, images, transforms=tta, **tiling))
     else:
@@ -300,6 +317,7 @@ def run(
     tta: int = 1,
     search_scale: bool = False,
     entropy: bool = False,
+    self_train: bool = False,
     callback: Any = None,
 ) -> WorkflowResult:
     """Blocking form of :func:`run_iter` (same parameters; ``callback`` receives each Progress)."""
@@ -308,4 +326,5 @@ def run(
         keep_probabilities=keep_probabilities, device=device, intensity_range=intensity_range,
         pixel_size_nm=pixel_size_nm, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         adapt_options=adapt_options, guard=guard, tta=tta, search_scale=search_scale, entropy=entropy,
+        self_train=self_train,
     ), callback)
