@@ -12,6 +12,7 @@ Experiments (:data:`EXPERIMENTS`):
 ``grid800``    thesis 1-800: one source (96, 18, 138, 18), 800 targets.
 ``shapes``     the 1-800 grid with triangles (labelled) and circles (distractors).
 ``toy-uda``    the paper's toy UDA: 2D Gaussians, Linear+BatchNorm network.
+``compare``    AdaBN against TENT, ADDA (+/- momentum reset) and GLSS on toy and real pairs.
 
 Every U-Net experiment writes ``results.csv`` (one row per (source, target)
 pair: parameters, IoU without and with BatchNorm adaptation, predicted
@@ -53,6 +54,7 @@ EXPERIMENTS: dict[str, str] = {
     "grid800": "thesis 1-800: one source, 800 targets",
     "shapes": "thesis 1-800 with triangles (labelled) and circles (distractors)",
     "toy-uda": "paper: 2D Gaussians, Linear+BatchNorm network, relative performance vs tnW2",
+    "compare": "AdaBN vs TENT, ADDA (+/- momentum reset) and GLSS on toy and real pairs",
 }
 #: Where results go when ``out`` is not given: ``./bnadapt-experiments/<name>``.
 DEFAULT_OUT = Path("bnadapt-experiments")
@@ -85,6 +87,8 @@ def default_scale(name: str, full: bool = False) -> Any:
     _check_name(name)
     if name == "toy-uda":
         from . import toy_uda as mod
+    elif name == "compare":
+        from . import compare as mod  # type: ignore[no-redef]
     elif name in ("grid800", "shapes"):
         from . import grid800 as mod  # type: ignore[no-redef]
     else:
@@ -140,6 +144,12 @@ def run_iter(
     else:
         raise BNAdaptError(f"scale must be a dict of settings or a {type(base).__name__}, not {type(scale).__name__}")
     folder = Path(out) if out is not None else DEFAULT_OUT / name
+    if name == "compare":
+        from .compare import FAMILIES
+        from .compare import run_iter as compare_run
+
+        fams = tuple(only) if only is not None else FAMILIES  # only= names pair families here
+        return compare_run(sc, folder, resume=resume, seed=seed, figures=figures, families=fams)
     if name == "toy-uda":
         from .toy_uda import run_iter as toy_run
 
@@ -172,7 +182,7 @@ def run(
     Parameters
     ----------
     name : str
-        One of :data:`EXPERIMENTS`: "distance", "brightness", "mixed", "grid800", "shapes", "toy-uda".
+        One of :data:`EXPERIMENTS`: "distance", "brightness", "mixed", "grid800", "shapes", "toy-uda", "compare".
     full : bool, default False
         The thesis' (paper's) scale instead of the reduced CPU scale. Hours to days on a CPU.
     out : str or Path, optional
@@ -193,7 +203,8 @@ def run(
         Master seed; every dataset's images, every training and every adaptation derive from it.
     only : list of str, optional
         Restrict a U-Net experiment to these dataset ids (sources and targets; the
-        single source of grid800/shapes always stays), e.g. ``["b50", "b90", "b130"]``.
+        single source of grid800/shapes always stays), e.g. ``["b50", "b90", "b130"]``;
+        for ``compare``: pair families (``["brightness", "real"]``).
     figures : bool, default True
         Draw the PNG figures (needs matplotlib).
 
@@ -224,7 +235,8 @@ def add_experiment_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="delete earlier results in the folder and start over")
     p.add_argument("--scale", action="append", default=[], metavar="KEY=VALUE",
                    help="change one setting of the scale, e.g. --scale n_test=64 (repeatable)")
-    p.add_argument("--only", help="comma-separated dataset ids to keep (U-Net experiments)")
+    p.add_argument("--only", help="comma-separated dataset ids to keep (U-Net experiments); "
+                                  "compare: pair families (brightness,distance,inverted,grid800,real)")
     p.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
     p.add_argument("--no-figures", action="store_true", help="write the CSV only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
