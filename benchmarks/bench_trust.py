@@ -127,8 +127,8 @@ def analyse(rows: list[dict[str, Any]], models_dir: Path | None = None) -> dict[
         cal = (nb.load_model(path, device="cpu").meta or {}).get("calibration")
         usable[name] = cal is not None and calibration_problem(cal) == ""
     cases = [case_from_row({**r, "gate_failures": r["gate_failures"] if usable[r["model"]] else []}) for r in rows]
-    lovo = leave_one_volume_out(cases)
     shipped = shipped_trust(cases)
+    lovo = leave_one_volume_out(cases, level=shipped["level"])
     corr = {}
     for label, keep in (("all", lambda r: True), ("cross-lab", lambda r: r["domain"] == "cross-lab"),
                         ("real + simulated, not inverted", lambda r: "inverted" not in r["target"])):
@@ -137,6 +137,39 @@ def analyse(rows: list[dict[str, Any]], models_dir: Path | None = None) -> dict[
                                          for k in ("patch_agreement", "flip_consistency", "scale_consistency",
                                                    "foreground_fraction")}}
     return {"lovo": lovo, "shipped": shipped, "spearman": corr}
+
+
+#: the toy example of docs/reliability.md (both grey levels +40; tests/conftest.py BRIGHT, tests/bound/test_assess.py)
+TOY_BRIGHT = {"mu0": 136, "sigma0": 18, "mu1": 178, "sigma1": 18}
+
+
+def toy_section() -> str:
+    """The toy model must not regress: its stored W2 calibration, verdict-conditional coverage, one example."""
+    from napari_bnadapt import synthetic
+    from napari_bnadapt.bound.validity import calibration_problem, verdict_coverage
+
+    model = nb.load_model("toy-perlin", device="cpu")
+    cal = model.meta["calibration"]
+    lines = ["## Toy model (no regression check)", "",
+             f"Stored W2 calibration usable: {'yes' if not calibration_problem(cal) else calibration_problem(cal)}; "
+             f"held-out coverage overall {cal['validation']['coverage']:.3f} "
+             f"(n {cal['validation']['n']}), out-of-family hold-out {cal['holdout']['coverage']:.3f} "
+             f"(n {cal['holdout']['n']}).", "",
+             "| verdict | held-out cases | coverage given the verdict | lowest true IoU |", "|---|---|---|---|"]
+    for v in ("reliable", "uncertain", "unreliable"):
+        cov, n = verdict_coverage(cal, v)
+        lo = cal["verdicts"].get(v, {}).get("iou_min")
+        lines.append(f"| {v} | {n} | {_f(cov)} | {_f(lo)} |")
+    hold = cal["holdout"]["verdicts"].get("reliable", {})
+    lines += ["", f"Lowest true IoU behind a 'reliable' verdict: validation {_f(cal['verdicts']['reliable']['iou_min'])}, "
+              f"out-of-family hold-out {_f(hold.get('iou_min'))} (no false 'reliable' below {FALSE_RELIABLE_BELOW}).", "",
+              "Example (both grey levels +40, 32 images of 64 x 64, seed 21): `print(report)`", "", "```"]
+    images, truth = synthetic.generate(32, (64, 64), seed=21, **TOY_BRIGHT)
+    adapted, _ = nb.adapt(model, images, device="cpu")
+    rep = nb.reliability(model, adapted, images, device="cpu")
+    lines += [str(rep), "```", "",
+              f"true IoU of the adapted model {nb.iou(nb.segment(adapted, images, device='cpu'), truth):.3f}"]
+    return "\n".join(lines)
 
 
 def _f(v: Any, d: int = 3) -> str:
@@ -184,7 +217,15 @@ def report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
     for r in old:
         lines.append(f"- {r['model']} on {r['target']}: promised >= {r['old_bound']:.2f}, true IoU {r['iou']:.3f}")
     s = res["shipped"]
-    lines += ["", "## The shipped trust calibration (fitted on every case)", "",
+    lines += ["", "## The promised level, chosen by leave-one-volume-out validation", "",
+              "| level (IoU promised inside the accepted region) | bounds stated | coverage | median gap | "
+              "false promises | false 'reliable' |", "|---|---|---|---|---|---|"]
+    for r in s.get("level_selection", []):
+        lines.append(f"| {r['level']:.1f} | {r['n_stated']} of {r['n']} | {_f(r['coverage'], 2)} | "
+                     f"{_f(r['median_gap'], 3)} | {r['n_false_promises']} | {r['n_false_reliable']} |")
+    lines += ["", f"Chosen: {s['level']:.1f} (the highest level with coverage >= 0.9, no false 'reliable' and at "
+              "least one bound stated; else the lowest).", "",
+              "## The shipped trust calibration (fitted on every case)", "",
               ", ".join(f"{k} >= {v:.3f}" for k, v in s["thresholds"].items())
               + f"; bound {_f(s['bound'], 3)} ({s['n_accepted']} of {s['n']} cases accepted); "
               f"leave-one-volume-out coverage of stated bounds {_f(lovo['pooled']['coverage'], 3)} "
@@ -224,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# command: {command}\n# wall time: {seconds} s"
         + (f" ({reused} of {len(rows)} cases read back from {NAME}.partial.jsonl, written by earlier runs of the "
            "same command; each case's seconds are its own)" if reused else "")
-        + "\n\n" + report(rows, res) + "\n")
+        + "\n\n" + report(rows, res) + "\n\n" + toy_section() + "\n")
     write(NAME, text)
     (RESULTS / f"{NAME}.json").write_text(json.dumps({"command": command, "seconds": seconds, "rows": rows, **res},
                                                      indent=1, default=float))

@@ -14,6 +14,7 @@ from napari_bnadapt.bound.report import _sentence
 from napari_bnadapt.bound.trust import (
     NO_GUARANTEE,
     TrustCase,
+    choose_level,
     fit_trust,
     leave_one_volume_out,
     shipped_trust,
@@ -107,11 +108,13 @@ def _cases():
     return out
 
 
-def test_fit_accepts_no_failure_and_bounds_by_the_accepted_ious():
+def test_fit_accepts_no_failure_and_promises_its_level():
     cases = _cases()
     cal = fit_trust(cases)
     assert cal["n_accepted"] == 12  # every success, no failure
-    assert cal["bound"] == pytest.approx(min(c.iou for c in cases if c.iou >= 0.7))
+    assert cal["bound"] == cal["level"] == 0.7  # what every accepted case reached, not their own minimum
+    assert cal["accepted_iou_min"] == pytest.approx(min(c.iou for c in cases if c.iou >= 0.7))
+    assert fit_trust(cases, level=0.95)["bound"] is None  # too few cases reach it: no bound at all
     for c in cases:
         d = trust_decide(cal, c.witnesses, c.foreground_fraction)
         assert (d.verdict == NO_GUARANTEE) == (c.iou < 0.7)
@@ -143,8 +146,13 @@ def test_leave_one_volume_out_finds_a_false_promise():
     fps = lovo["pooled"]["false_promises"]
     assert [f["target"] for f in fps] == ["t99"] and "above the true IoU" in fps[0]["why"]
     assert lovo["pooled"]["coverage"] < 1.0
+    level, table = choose_level(cases)
+    # 0.8 would make the look-alike failure a false 'reliable'; no level reaches 90 % coverage (4 of 5
+    # stated bounds hold), so the validation falls back to the lowest level
+    assert [r["n_false_reliable"] for r in table] == [0, 0, 1] and [r["coverage"] for r in table] == [0.8] * 3
+    assert level == 0.6
     shipped = shipped_trust(cases)  # fitted on everything: the look-alike failure is excluded
-    assert shipped["validation"]["n_false_promises"] == 1
+    assert shipped["level"] == 0.6 and shipped["validation"]["n_false_promises"] == 1
     assert trust_decide(shipped, cases[-1].witnesses, 0.05).verdict == NO_GUARANTEE
 
 

@@ -49,7 +49,7 @@ from .names import RELIABLE_AT, UNRELIABLE_BELOW
 from .report import _FEATURE_TEXT, LatentDistance, ReliabilityReport, _bound_sentence, _sentence
 from .trust import NO_GUARANTEE, trust_decide
 from .validity import calibration_problem, verdict_coverage
-from .witnesses import measure_witnesses, stack_is_blank
+from .witnesses import foreground_match, measure_witnesses, stack_is_blank
 
 if TYPE_CHECKING:
     import torch
@@ -370,8 +370,10 @@ def reliability_iter(
     bound, verdict, coverage, basis, spoke = dec.bound, dec.verdict, None, "", "W2 distance"
     sentence = _sentence(dec, feats, stats.signals, cal is not None, None, rejected=rejected)
     wit_info: dict[str, Any] = {}
+    wvals = None
     if wit is not None:
-        wit_info = {"values": wit.values(), "contrast": wit.contrast, "foreground_fraction": wit.foreground_fraction,
+        wvals = {**wit.values(), "foreground_match": foreground_match(feats["fg_logratio"])}
+        wit_info = {"values": wvals, "contrast": wit.contrast, "foreground_fraction": wit.foreground_fraction,
                     "seconds": wit.seconds}
     # a gate with DEFAULT limits (no usable W2 calibration) does not overrule a validated trust calibration
     gated = bool(dec.gate_failures) and (cal is not None or trust is None)
@@ -380,7 +382,7 @@ def reliability_iter(
                      + ", ".join(_FEATURE_TEXT.get(g[0], g[0]) for g in dec.gate_failures)
                      + "; the verdict follows the model's trust calibration")
     if blank or (trust is not None and not gated):
-        td = trust_decide(trust, wit.values() if wit is not None else None,
+        td = trust_decide(trust, wvals,
                           wit.foreground_fraction if wit is not None else None, blank=blank)
         wit_info.update({"thresholds": (trust or {}).get("thresholds", {}), "failing": td.failing,
                          "passing": td.passing})

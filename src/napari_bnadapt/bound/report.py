@@ -153,10 +153,7 @@ class ReliabilityReport:
         if self.gate_failures:
             lines.append("  predicted IoU of the adapted model: no lower bound can be given (bound 0)")
         elif self.iou_lower_bound is not None:
-            extra = ""
-            if self.coverage is not None:
-                extra = f" (a bound given this verdict held for {self.coverage:.0%} {self.coverage_basis})"
-            lines.append(f"  predicted IoU of the adapted model >= {format_bound(self.iou_lower_bound)}{extra}")
+            lines.append(f"  predicted IoU of the adapted model >= {format_bound(self.iou_lower_bound)} (rounded down)")
         else:
             lines.append("  predicted IoU of the adapted model: no number is given")
         if self.spoke:

@@ -44,14 +44,21 @@ if TYPE_CHECKING:
 
     from ..model.unet import UNet
 
-#: The witnesses a trust calibration may threshold (higher = the model agrees more with itself).
+#: The self-consistency witnesses this module measures (higher = the model agrees more with itself).
 WITNESS_NAMES: tuple[str, ...] = ("patch_agreement", "flip_consistency", "scale_consistency")
+
+#: Every witness a trust calibration thresholds (higher = better): the three above and
+#: ``foreground_match`` = -|log(predicted foreground fraction on the target / on the training data)|,
+#: from the reliability report's output signals (:func:`foreground_match`).
+TRUST_WITNESSES: tuple[str, ...] = (*WITNESS_NAMES, "foreground_match")
 
 #: What each witness is called in a sentence.
 WITNESS_TEXT: dict[str, str] = {
     "patch_agreement": "agreement between two adaptations on different random patches",
     "flip_consistency": "agreement of the segmentation with itself under flips and rotations",
     "scale_consistency": "agreement of the segmentation with itself at 0.8x and 1.25x the scale",
+    "foreground_match": "match between the share of pixels called mitochondria here and on the training data "
+                        "(minus the absolute log ratio)",
     "contrast": "grey-value contrast of the image",
 }
 
@@ -107,6 +114,16 @@ class Witnesses:
     def values(self) -> dict[str, float]:
         """The thresholded witnesses by name (:data:`WITNESS_NAMES`)."""
         return {k: float(getattr(self, k)) for k in WITNESS_NAMES}
+
+
+def foreground_match(fg_logratio: float) -> float:
+    """The ``foreground_match`` witness: ``-|fg_logratio|`` (0: the adapted model calls as many pixels
+    mitochondria on the target as the source model did on its training data; more negative: fewer or more).
+
+    ``fg_logratio`` is :func:`~napari_bnadapt.bound.decision.signal_features`' log ratio of the
+    predicted foreground fractions (measured on the reliability report's patch sample).
+    """
+    return -abs(float(fg_logratio))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
