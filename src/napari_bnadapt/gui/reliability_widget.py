@@ -1,9 +1,11 @@
 """The Reliability panel: how far to trust the last adapted segmentation.
 
-Shows the verdict in colour with its sentence, the predicted lower bound on the IoU,
-per latent space the Wasserstein distances with their noise floors (adapted and
-without adaptation), and the model's calibration curve with the current target as
-points. It displays what the *Adapt & segment* widget of the same viewer measured on its last run.
+Shows the verdict in colour with its sentence (``no guarantee`` when the witnesses abstain),
+the predicted lower bound on the IoU (rounded down) with how often a bound given this verdict
+held on held-out cases, which witness or signal decided, the witnesses against their
+calibrated thresholds, per latent space the Wasserstein distances with their noise floors
+(adapted and without adaptation), and the model's calibration curve with the current target
+as points. It displays what the *Adapt & segment* widget of the same viewer measured on its last run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..bound.validity import format_bound
 from .spot_check import SpotCheckSection
 from .viewer_state import reports_of
 
@@ -28,12 +31,27 @@ if TYPE_CHECKING:
 
     from ..bound.curve import CalibrationCurve
 
-VERDICT_COLOURS = {"reliable": "#3fb950", "uncertain": "#d29922", "unreliable": "#f85149"}
+VERDICT_COLOURS = {"reliable": "#3fb950", "uncertain": "#d29922", "unreliable": "#f85149",
+                   "no guarantee": "#8b949e"}
 
 def _fmt(v: float | None, digits: int = 3) -> str:
     if v is None or not math.isfinite(v):
         return "n/a"
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}g}"
+
+
+def _witness_text(w: dict[str, Any]) -> str:
+    """The witnesses as lines: value, the calibrated threshold, and whether it passed."""
+    values = w.get("values") or {}
+    if not values:
+        return ""
+    thr = w.get("thresholds") or {}
+    lines = []
+    for k, v in values.items():
+        t = thr.get(k)
+        mark = "" if t is None else (" &#10003;" if math.isfinite(v) and v >= t else " <b>&#10007; below</b>")
+        lines.append(f"{k.replace('_', ' ')}: {_fmt(v)}" + ("" if t is None else f" (calibrated >= {_fmt(t)}){mark}"))
+    return "witnesses: " + "; ".join(lines)
 
 
 class ReliabilityWidget(QWidget):
@@ -60,6 +78,10 @@ class ReliabilityWidget(QWidget):
         self.sentence.setWordWrap(True)
         self.bound = QLabel("")
         self.bound.setWordWrap(True)
+        self.spoke = QLabel("")  # which witness or signal decided the verdict
+        self.spoke.setWordWrap(True)
+        self.witnesses = QLabel("")  # the witnesses against their calibrated thresholds
+        self.witnesses.setWordWrap(True)
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -69,7 +91,7 @@ class ReliabilityWidget(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(290)
         layout = QVBoxLayout(self)
-        for w in (self.verdict, self.sentence, self.bound, self.table, self.canvas):
+        for w in (self.verdict, self.sentence, self.bound, self.spoke, self.witnesses, self.table, self.canvas):
             layout.addWidget(w)
         layout.addWidget(SpotCheckSection(napari_viewer))
         reports_of(napari_viewer).subscribe(self.show_report)
@@ -88,14 +110,19 @@ class ReliabilityWidget(QWidget):
             self.bound.setText("predicted IoU: <b>no lower bound</b> can be given for this image "
                                "(a label-free signal is outside the range the bound was calibrated on)")
         elif report.iou_lower_bound is None:
-            self.bound.setText("predicted IoU: no calibrated bound for this model")
+            self.bound.setText("predicted IoU: <b>no number</b> is given for this image"
+                               if report.verdict == "no guarantee" else
+                               "predicted IoU: no calibrated bound for this model")
         else:
-            cal = report.calibration or {}
-            cov = cal.get("validation_coverage")
+            cov = getattr(report, "coverage", None)
+            basis = getattr(report, "coverage_basis", "")
             self.bound.setText(
-                f"predicted IoU of the adapted segmentation: at least <b>{report.iou_lower_bound:.2f}</b>"
-                + (f" (the bound held for {cov:.0%} of held-out calibration shifts)" if cov is not None else "")
+                f"predicted IoU of the adapted segmentation: at least <b>{format_bound(report.iou_lower_bound)}</b>"
+                + (f" (a bound given this verdict held for {cov:.0%} {basis})" if cov is not None else "")
             )
+        spoke = getattr(report, "spoke", "")
+        self.spoke.setText(f"decided by: <b>{spoke}</b>" if spoke else "")
+        self.witnesses.setText(_witness_text(getattr(report, "witnesses", {}) or {}))
         self.table.setRowCount(len(report.distances))
         for i, d in enumerate(report.distances):
             name = f"{d.name}{' *' if d.calibrated else ''}"
@@ -110,8 +137,13 @@ class ReliabilityWidget(QWidget):
     def _plot(self, report: Any, curve: CalibrationCurve | None) -> None:
         self.figure.clear()
         ax = self.figure.add_subplot(111)
-        if curve is None:
-            ax.text(0.5, 0.5, "this model has no calibration curve", ha="center", va="center", transform=ax.transAxes)
+        rejected = (getattr(report, "calibration", None) or {}).get("rejected")
+        if curve is None or rejected:
+            import textwrap
+
+            text = ("this model's W2 calibration is not used:\n" + textwrap.fill(rejected, 48) if rejected
+                    else "this model has no calibration curve")
+            ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=8)
             ax.set_axis_off()
         else:
             ax.step(curve.x, curve.y, where="post", color="#888888", label="calibrated lower bound")
