@@ -170,13 +170,15 @@ section_real() {
     # it is trained first (~11 min), as docs/real-data.md gives
     rm -f benchmarks/results/bench_real_generalisation*.partial.jsonl
     step bench_real_generalisation "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp vnc em-generalist --threads 1
-    # the trust verdict: witnesses and leave-one-volume-out validation (~25 min on 2 busy cores)
-    rm -f benchmarks/results/bench_trust.partial.jsonl
-    step bench_trust "$PY" benchmarks/bench_trust.py --models lucchi-pp vnc em-generalist --threads 1
     step "train lucchi-robust" "$PY" scripts/train_em_models.py lucchi-robust --out "$TMPDIR_MODELS" --steps 500 \
       --patch-size 192 --eval-every 100 --patience 3 --init lucchi-pp --lr 3e-4 --overwrite
     step bench_real_generalisation_robust "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-robust \
       --models-dir "$TMPDIR_MODELS" --threads 1 --name bench_real_generalisation_robust
+    # the trust verdict: witnesses and leave-one-volume-out validation (~30 min on 2 busy cores);
+    # scripts/refit_trust.py then writes its calibration into the model files
+    rm -f benchmarks/results/bench_trust.partial.jsonl
+    step bench_trust "$PY" benchmarks/bench_trust.py --models lucchi-pp vnc em-generalist lucchi-pp-robust \
+      --models-dir "$TMPDIR_MODELS" --threads 1
   else
     echo "($REAL not found: skipped bench_real_cross_domain, bench_real_generalisation)"
   fi
