@@ -1,4 +1,4 @@
-"""The Adapt & segment widget selects the model suited to the chosen image, until the user picks one."""
+"""The Adapt & segment widget: the model suited to the chosen image (until the user picks one), its options."""
 
 import napari  # noqa: F401
 import numpy as np
@@ -39,3 +39,24 @@ def test_a_model_the_user_picked_is_kept_when_the_image_changes(viewer):
     assert w.model.value == "lucchi-pp"
     w.image.value = viewer.layers["toy target (brighter)"]
     assert w.model.value == "lucchi-pp" != DEMO_MODEL
+
+
+def test_self_training_option_reaches_the_workflow(viewer, qtbot, monkeypatch):
+    from napari_bnadapt.gui import adapt_widget
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        yield from ()
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(adapt_widget, "run_iter", record)
+    viewer.open_sample(PLUGIN, "toy_source")
+    _dock, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Adapt & segment")
+    assert w.self_train.value is False and w.self_train in w._advanced_widgets  # off, folded away
+    w.self_train.value = True
+    w.image.value = viewer.layers["toy source"]
+    w.start(adapt=True)
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
+    assert seen["self_train"] is True
