@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QGroupBox, QVBoxLayout
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QSizePolicy, QVBoxLayout
 
 from ..bound.spot_check import spot_check_iter
 from ..errors import BNAdaptError
@@ -57,8 +57,8 @@ class SpotCheckSection(QGroupBox):
         super().__init__("Spot check")
         self.viewer = viewer
         self.last_check: SpotCheck | None = None
-        self.how = Label(value="Paint the mitochondria of one slice in a Labels layer (or correct the "
-                               "segmentation there), then check the segmentation against it.")
+        self.how = QLabel("Paint the mitochondria of one slice in a Labels layer (or correct the segmentation "
+                          "there), then check the segmentation against it.")
         self.image = ComboBox(label="image", choices=lambda _w: self._layers("image"))
         self.annotation = ComboBox(label="my annotation", choices=lambda _w: self._layers("labels"))
         self.slices = ComboBox(label="annotated slices", choices=[EVERY_LABELLED, SHOWN], value=EVERY_LABELLED,
@@ -67,22 +67,34 @@ class SpotCheckSection(QGroupBox):
         self.region = ComboBox(label="pixels that count", choices=REGION_CHOICES, value="slice",
                                tooltip="the whole slice: every mitochondrion of it is painted; the box: only the "
                                "rectangle around the painting counts")
-        self.model = Label(label="model", value=NO_RUN)
         self.compare = CheckBox(text="also compare the adaptation variants (slower)", value=False)
+        self.model = Label(value=NO_RUN)
         self.run = PushButton(text="Check against my annotation")
         self.cancel = PushButton(text="Cancel")
         self.progress = ProgressBar(label="progress", value=0, max=1)
-        self.status = Label(label="result", value="")
+        self.status = Label(value="")
         self.runner = Runner(self.progress, self.status, self.cancel, [self.run])
-        self.form = Container(labels=True, widgets=[self.how, self.image, self.annotation, self.slices, self.region,
-                                                    self.model, self.compare, self.run, self.cancel, self.progress,
-                                                    self.status])
-        for w in (self.how, self.model, self.status):
+        self.buttons = Container(labels=False, widgets=[self.run, self.cancel, self.progress])
+        # one form, its labels in one aligned column; the sentences span the section's width
+        form = QFormLayout()
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
+        for w in (self.image, self.annotation, self.slices, self.region):
+            form.addRow(w.label, w.native)
+        form.addRow("", self.compare.native)
+        self.how.setWordWrap(True)
+        for w in (self.model, self.status):
             w.native.setWordWrap(True)
-        self.status.native.setMinimumHeight(48)
+            w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.status.native.setMinimumHeight(110)
+        self.status.native.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 8, 4, 4)
-        layout.addWidget(self.form.native)
+        layout.setContentsMargins(6, 10, 6, 6)
+        layout.addWidget(self.how)
+        layout.addLayout(form)
+        self.buttons.native.layout().setContentsMargins(0, 0, 0, 0)
+        for w in (self.model.native, self.buttons.native, self.status.native):
+            layout.addWidget(w)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.run.changed.connect(self.start)
         if viewer is not None:
             for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -99,13 +111,14 @@ class SpotCheckSection(QGroupBox):
 
     def refresh(self, _event: Any = None) -> None:
         """Update the layer lists and the model line (after a run or a layer change)."""
-        self.form.reset_choices()
+        for w in (self.image, self.annotation):
+            w.reset_choices()
         res, _ = last_run(self.viewer)
         if res is None:
-            self.model.value = NO_RUN
+            self.model.value = f"model: {NO_RUN}"
         else:
-            self.model.value = (f"{res.model_name or 'model'}{' adapted' if res.adapted else ' (not adapted)'}, "
-                                "from the last 'Adapt & segment' run")
+            self.model.value = (f"model: {res.model_name or 'model'}{' adapted' if res.adapted else ' (not adapted)'},"
+                                " from the last 'Adapt & segment' run")
 
     def _slices(self, layer: Any) -> list[int] | None:
         if self.slices.value == EVERY_LABELLED or layer.data.ndim == 2:
