@@ -16,7 +16,7 @@ dict stored in ``model.meta["trust"]``:
   volumes, one volume's successes (Lucchi++ in-domain, 0.83-0.95) say nothing about how high another
   volume's successes reach (VNC in-domain, 0.80-0.87), and leave-one-volume-out validation caught
   exactly that as false promises. The level itself is chosen by that validation
-  (:func:`choose_level`).
+  (:func:`choose_rule`), and so is which witnesses are thresholded.
 * ``validation``: the leave-one-volume-out figures of the same procedure (coverage overall and per
   verdict): what the panel quotes.
 
@@ -41,11 +41,8 @@ from ..errors import BNAdaptError
 from .names import RELIABLE_AT, SUCCESS_IOU, UNRELIABLE_BELOW
 from .witnesses import TRUST_WITNESSES, WITNESS_NAMES, WITNESS_TEXT, foreground_match
 
-#: The levels (IoU) a trust calibration may promise; :func:`choose_level` picks one by validation.
+#: The levels (IoU) a trust calibration may promise; :func:`choose_rule` picks one by validation.
 TRUST_LEVELS: tuple[float, ...] = (0.6, 0.7, 0.8)
-
-#: The leave-one-volume-out coverage a level must reach to be chosen.
-TRUST_MIN_COVERAGE = 0.9
 
 #: The accepted foreground-fraction range is widened by this factor on each side.
 FOREGROUND_SLACK = 2.0
@@ -134,7 +131,7 @@ def _accept(w: np.ndarray, thr: np.ndarray) -> np.ndarray:
     return np.all(np.nan_to_num(w, nan=-np.inf) >= thr[None, :], axis=1)
 
 
-def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU,
+def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU, witnesses: Sequence[str] | None = None,
               reliable_at: float = RELIABLE_AT, unreliable_below: float = UNRELIABLE_BELOW) -> dict[str, Any]:
     """Fit a trust calibration (see the module docstring) on cases with a known IoU.
 
@@ -144,6 +141,8 @@ def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU,
         Blank cases are left out (a blank stack always abstains).
     level : float, default SUCCESS_IOU (0.7)
         The IoU promised inside the accepted region: no accepted case may have a lower IoU.
+    witnesses : sequence of str, optional
+        The witnesses to threshold (default: every one of :data:`TRUST_WITNESSES` the cases carry).
     reliable_at, unreliable_below : float
         Verdict thresholds on the bound.
 
@@ -157,7 +156,9 @@ def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU,
     if len(usable) < MIN_ACCEPTED:
         raise BNAdaptError(f"{len(usable)} calibration cases are too few for a trust calibration "
                            f"(at least {MIN_ACCEPTED})")
-    names = tuple(k for k in TRUST_WITNESSES if any(k in c.witnesses for c in usable))
+    names = tuple(k for k in (witnesses or TRUST_WITNESSES) if any(k in c.witnesses for c in usable))
+    if not names:
+        raise BNAdaptError(f"none of the witnesses {list(witnesses or TRUST_WITNESSES)} was measured in the cases")
     w = np.array([[c.witnesses.get(k, math.nan) for k in names] for c in usable], dtype=np.float64)
     y = np.array([c.iou for c in usable])
     bad = y < level
@@ -239,7 +240,8 @@ def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float]
     lo, hi = trust.get("foreground_range", [math.nan, math.nan])
     if failing:
         k, v, t = min(failing, key=lambda f: (f[1] - f[2]) if math.isfinite(f[1]) else -math.inf)
-        why = f"the {WITNESS_TEXT[k]} is {v:.2f}, below {t:.2f}, the lowest of any case the model was checked on"
+        d = 2 if f"{v:.2f}" != f"{t:.2f}" else 3 if f"{v:.3f}" != f"{t:.3f}" else 4
+        why = f"the {WITNESS_TEXT[k]} is {v:.{d}f}, below {t:.{d}f}, the lowest of any case the model was checked on"
         if passing:
             why += f"; the witnesses disagree ({', '.join(p.replace('_', ' ') for p in passing)} would have passed)"
         out.reason = UNLIKE_SENTENCE.format(why=why)
@@ -321,42 +323,57 @@ def leave_one_volume_out(cases: Sequence[TrustCase], **fit_kw: Any) -> dict[str,
     return {"folds": folds, "pooled": pooled, "decisions": decisions}
 
 
-def choose_level(cases: Sequence[TrustCase], levels: Sequence[float] = TRUST_LEVELS,
-                 min_coverage: float = TRUST_MIN_COVERAGE) -> tuple[float, list[dict[str, Any]]]:
-    """The promised level, chosen by leave-one-volume-out validation.
+def choose_rule(cases: Sequence[TrustCase], levels: Sequence[float] = TRUST_LEVELS,
+                witness_sets: Sequence[Sequence[str]] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Which witnesses to threshold and which level to promise, chosen by leave-one-volume-out validation.
 
-    The highest level whose pooled leave-one-volume-out coverage of stated bounds is at least
-    ``min_coverage``, with no false "reliable" and at least one bound stated; when none qualifies,
-    the lowest level (its bounds are then reported as they fared).
+    Every (witness set, level) pair is validated leaving one volume out. Chosen: among the pairs with
+    at least one bound stated and NO false promise (no stated bound above the true IoU), the highest
+    level, then the most bounds stated, then the most witnesses (more witnesses, more ways to abstain).
+    When no pair is free of false promises: the highest coverage, then the lowest level. The choice
+    is made on the same validation that reports it, so the figures of the chosen pair are optimistic;
+    with two volumes no nested validation is possible (docs/reliability.md says so).
 
     Returns
     -------
-    (float, list of dict)
-        The level, and per level its pooled figures (``level``, ``n_stated``, ``coverage``,
-        ``n_false_promises``).
+    (dict, list of dict)
+        ``{"witnesses": [...], "level": float}``, and one row per pair (``witnesses``, ``level``, ``n``,
+        ``n_stated``, ``coverage``, ``median_gap``, ``n_false_promises``, ``n_false_reliable``).
     """
+    import itertools
+
+    present = [k for k in TRUST_WITNESSES if any(k in c.witnesses for c in cases)]
+    if witness_sets is None:
+        witness_sets = [list(sub) for r in range(1, len(present) + 1) for sub in itertools.combinations(present, r)]
     table = []
-    for lv in sorted(levels):
-        p = leave_one_volume_out(cases, level=lv)["pooled"]
-        false_reliable = sum("'reliable'" in d["why"] for d in p["false_promises"])
-        table.append({"level": lv, "n": p["n"], "n_stated": p["n_stated"], "coverage": p["coverage"],
-                      "median_gap": p["median_gap"], "n_false_promises": len(p["false_promises"]),
-                      "n_false_reliable": false_reliable})
-    ok = [r for r in table if r["n_stated"] > 0 and r["coverage"] >= min_coverage and not r["n_false_reliable"]]
-    return (max(r["level"] for r in ok) if ok else min(levels)), table
+    for ws in witness_sets:
+        for lv in sorted(levels):
+            p = leave_one_volume_out(cases, level=lv, witnesses=ws)["pooled"]
+            table.append({"witnesses": list(ws), "level": lv, "n": p["n"], "n_stated": p["n_stated"],
+                          "coverage": p["coverage"], "median_gap": p["median_gap"],
+                          "n_false_promises": len(p["false_promises"]),
+                          "n_false_reliable": sum("'reliable'" in d["why"] for d in p["false_promises"])})
+    clean = [r for r in table if r["n_stated"] > 0 and r["n_false_promises"] == 0]
+    if clean:
+        best = max(clean, key=lambda r: (r["level"], r["n_stated"], len(r["witnesses"])))
+    else:
+        stated = [r for r in table if r["n_stated"] > 0] or table
+        best = max(stated, key=lambda r: (np.nan_to_num(r["coverage"]), -r["level"], r["n_stated"]))
+    return {"witnesses": best["witnesses"], "level": best["level"]}, table
 
 
 def shipped_trust(cases: Sequence[TrustCase], **fit_kw: Any) -> dict[str, Any]:
-    """The calibration to store in a model file: fitted on every case at the level :func:`choose_level`
-    picks (unless ``level`` is given), with its leave-one-volume-out figures."""
+    """The calibration to store in a model file: fitted on every case with the witnesses and level
+    :func:`choose_rule` picks (unless ``level`` is given), with its leave-one-volume-out figures."""
     if "level" not in fit_kw:
-        fit_kw["level"], table = choose_level(cases)
+        rule, table = choose_rule(cases)
+        fit_kw.update(rule)
     else:
         table = []
     cal = fit_trust(cases, **fit_kw)
     lovo = leave_one_volume_out(cases, **fit_kw)
     p = lovo["pooled"]
-    cal["level_selection"] = table
+    cal["rule_selection"] = table
     cal["validation"] = {
         "method": "leave one volume out",
         "n": p["n"], "n_stated": p["n_stated"], "coverage": p["coverage"], "median_gap": p["median_gap"],
