@@ -8,6 +8,8 @@ import pytest
 import napari_bnadapt as nb
 from napari_bnadapt.bound.spot_check import (
     BETWEEN_SLICE_SD,
+    MIN_OBJECTS,
+    PART_SLICE_SD,
     arcsine,
     fit_between_sd,
     score_segmentation,
@@ -69,6 +71,30 @@ def test_bbox_counts_only_the_bounding_box_of_the_painting():
     mask[0, :32, :32] = True
     check = score_segmentation(seg, truth, mask=mask)
     assert check.region == "mask" and check.iou == pytest.approx(0.5) and check.n_pixels == 32 * 32
+
+
+def test_too_few_painted_mitochondria_give_no_interval_and_say_so():
+    truth = np.zeros((3, 96, 96), np.uint8)
+    truth[1, 10:20, 10:20] = 1
+    truth[1, 50:60, 50:60] = 1
+    seg = truth.copy()
+    check = score_segmentation(seg, truth)
+    assert check.n_objects == 2 < MIN_OBJECTS and check.iou == 1.0
+    assert check.interval == (0.0, 1.0) and any("too few" in n for n in check.notes)
+    truth[1, 70:80, 20:30] = 1
+    check = score_segmentation(truth.copy(), truth)
+    assert check.n_objects == 3 and check.interval[0] > 0.5
+
+
+def test_a_rectangle_uses_the_part_of_a_slice_spread():
+    rng = np.random.default_rng(5)
+    seg, truth = _simulated_stack(rng, n=2)
+    whole = score_segmentation(seg, truth, slices=[0])
+    mask = np.zeros(truth.shape, bool)
+    mask[0, :128, :128] = True
+    part = score_segmentation(seg, truth, mask=mask)
+    assert whole.share == 1.0 and whole.between_sd == BETWEEN_SLICE_SD
+    assert part.share == pytest.approx(0.25) and part.between_sd == PART_SLICE_SD
 
 
 def test_tiles_partition_the_region():

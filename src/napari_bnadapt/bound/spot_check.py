@@ -16,16 +16,20 @@ the rest of the slice is ignored). ``mask``: an explicit boolean array of the an
 1. *within the region*: the region is a sample of objects and tiles. A bootstrap over square tiles
    of :data:`TILE` pixels (resampling tiles with replacement and pooling their intersections and
    unions, :data:`N_BOOT` draws) gives its standard deviation ``within_sd``;
-2. *between slices*: other slices of the stack are imaged and cut differently, and one slice cannot
-   see that. A between-slice standard deviation :data:`BETWEEN_SLICE_SD` was MEASURED on labelled
-   real volumes and simulated other-lab versions of them (``benchmarks/bench_spot_check.py``: for
-   every slice and quarter-slice of held-out stacks, the gap between its IoU and the stack's, less
-   what the bootstrap explains, chosen so that the nominal share of those cases is covered). With
-   ``n`` annotated slices it shrinks as ``1 / sqrt(n)``.
+2. *between slices*: other slices (and other parts of a slice) are imaged and cut differently, and
+   one annotated region cannot see that. A between-region standard deviation was MEASURED on
+   labelled real volumes and simulated other-lab versions of them (``benchmarks/bench_spot_check.py``:
+   for every slice and quarter-slice of held-out stacks, the gap between its IoU and the stack's,
+   less what the bootstrap explains, chosen so that the nominal share of those cases is covered):
+   :data:`BETWEEN_SLICE_SD` when the region covers at least :data:`WHOLE_SLICE_SHARE` of its slice,
+   :data:`PART_SLICE_SD` for a smaller rectangle. With ``n`` annotated slices it shrinks as
+   ``1 / sqrt(n)``.
 
 Both are combined on the arcsine-square-root scale (``phi = asin(sqrt(IoU))``, which keeps an IoU
-near 0 or 1 inside [0, 1]): ``phi +- z * sqrt(within_sd^2 + BETWEEN_SLICE_SD^2 / n)`` with ``z`` the
-normal quantile of :data:`LEVEL`, mapped back to the IoU scale. Its coverage on held-out volumes
+near 0 or 1 inside [0, 1]): ``phi +- z * sqrt(within_sd^2 + between^2 / n)`` with ``z`` the normal
+quantile of :data:`LEVEL`, mapped back to the IoU scale. With fewer than :data:`MIN_OBJECTS`
+painted mitochondria in the region the IoU there says nothing about the stack (one missed object
+gives 0): the interval is then (0, 1) and a note asks for more. Its coverage on held-out volumes
 (leave one volume out) is in ``docs/spot-check.md``.
 
 **The model.** The model is used as it is given (an adapted model from :func:`~napari_bnadapt.adapt`
@@ -61,9 +65,15 @@ N_BOOT = 2000
 #: Nominal coverage of the interval.
 LEVEL = 0.9
 #: Between-slice standard deviation of the IoU on the arcsine-square-root scale, per annotated
-#: slice: fitted by ``python benchmarks/bench_spot_check.py`` on every case of its held-out stacks
-#: (line "fitted on all cases" of benchmarks/results/bench_spot_check.txt).
+#: (nearly) whole slice: fitted by ``python benchmarks/bench_spot_check.py`` on every case of its
+#: held-out stacks (line "fitted on all cases" of benchmarks/results/bench_spot_check.txt).
 BETWEEN_SLICE_SD = 0.06
+#: The same for a region under :data:`WHOLE_SLICE_SHARE` of its slice (a rectangle), fitted alike.
+PART_SLICE_SD = 0.1
+#: A region covering at least this share of its slice counts as a whole slice.
+WHOLE_SLICE_SHARE = 0.5
+#: Fewer painted mitochondria than this in the region: the interval is (0, 1).
+MIN_OBJECTS = 3
 #: The ways an annotation is read (module docstring).
 REGIONS = ("slice", "bbox")
 #: The adaptation variants ``compare=True`` tries, in this order.
@@ -119,6 +129,10 @@ class SpotCheck:
         Bootstrap standard deviation of the region's IoU (arcsine-square-root scale).
     between_sd : float
         Between-slice standard deviation used, already divided by sqrt(number of slices).
+    n_objects : int
+        Painted mitochondria (connected, per slice) in the region.
+    share : float
+        The region's share of its slices' area.
     counts : (int, int, int)
         (intersection, predicted, annotated) foreground pixels in the region.
     variants : tuple of VariantScore
@@ -138,6 +152,8 @@ class SpotCheck:
     within_sd: float
     between_sd: float
     counts: tuple[int, int, int]
+    n_objects: int = 0
+    share: float = 1.0
     variants: tuple[VariantScore, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -335,7 +351,7 @@ def _check_inputs(images: Any, labels: Any, mask: Any, region: str) -> tuple[Any
 
 
 def score_segmentation(segmentation: Any, labels: Any, slices: Sequence[int] | None = None, *,
-                       region: str = "slice", mask: Any = None, between_sd: float = BETWEEN_SLICE_SD,
+                       region: str = "slice", mask: Any = None, between_sd: float | None = None,
                        level: float = LEVEL, seed: int = 0) -> SpotCheck:
     """The spot check of a segmentation already made (no network): IoU on the annotation, stack interval.
 
@@ -352,8 +368,9 @@ def score_segmentation(segmentation: Any, labels: Any, slices: Sequence[int] | N
         Which pixels of an annotated slice count (module docstring).
     mask : array-like or None, default None
         Boolean array of the annotated pixels; overrides ``region``.
-    between_sd : float, default BETWEEN_SLICE_SD
-        Between-slice standard deviation per slice (arcsine scale).
+    between_sd : float or None, default None
+        Between-slice standard deviation per slice (arcsine scale); None: :data:`BETWEEN_SLICE_SD`
+        for a region of at least :data:`WHOLE_SLICE_SHARE` of its slice, else :data:`PART_SLICE_SD`.
     level : float, default LEVEL
         Nominal coverage of the interval.
     seed : int, default 0
@@ -371,10 +388,12 @@ def score_segmentation(segmentation: Any, labels: Any, slices: Sequence[int] | N
                   "mask" if m is not None else region, between_sd, level, seed)
 
 
-def _score(pred_of: Any, lab: Any, regions: dict[int, np.ndarray], region: str, between_sd: float,
+def _score(pred_of: Any, lab: Any, regions: dict[int, np.ndarray], region: str, between_sd: float | None,
            level: float, seed: int) -> SpotCheck:
+    from scipy.ndimage import label
+
     tiles, per_slice, notes, identical = [], [], [], []
-    inter = npred = ntruth = npix = 0
+    inter = npred = ntruth = npix = objects = 0
     for z, r in regions.items():
         p, t = pred_of(z), np.asarray(_as_stack(lab)[z]) > 0
         pz, tz = p & r, t & r
@@ -384,7 +403,11 @@ def _score(pred_of: Any, lab: Any, regions: dict[int, np.ndarray], region: str, 
         if u and i == u:
             identical.append(z)
         tiles.append(tile_counts(p, t, r))
+        objects += int(label(tz)[1])
     counts = np.concatenate(tiles)
+    share = npix / sum(r.size for r in regions.values())
+    if between_sd is None:
+        between_sd = BETWEEN_SLICE_SD if share >= WHOLE_SLICE_SHARE else PART_SLICE_SD
     union = npred + ntruth - inter
     iou = 1.0 if union == 0 else inter / union
     within = bootstrap_sd(counts, seed=seed)
@@ -394,10 +417,15 @@ def _score(pred_of: Any, lab: Any, regions: dict[int, np.ndarray], region: str, 
                      "if it is a corrected copy of the segmentation, give only the slices you corrected")
     if len(counts) < 4:
         notes.append(f"the annotated area is small ({len(counts)} tiles of {TILE} px): the interval is wide")
-    return SpotCheck(iou=float(iou), interval=stack_interval(iou, within, n, between_sd=between_sd, level=level),
+    interval = stack_interval(iou, within, n, between_sd=between_sd, level=level)
+    if objects < MIN_OBJECTS:
+        interval = (0.0, 1.0)
+        notes.append(f"only {objects} painted mitochondri{'on' if objects == 1 else 'a'} in the annotated region: "
+                     f"too few to say anything about the stack; paint at least {MIN_OBJECTS}")
+    return SpotCheck(iou=float(iou), interval=interval,
                      level=level, slices=tuple(regions), region=region, per_slice=tuple(per_slice), n_pixels=npix,
                      n_tiles=len(counts), within_sd=within, between_sd=between_sd / math.sqrt(n),
-                     counts=(inter, npred, ntruth), notes=tuple(notes))
+                     counts=(inter, npred, ntruth), n_objects=objects, share=float(share), notes=tuple(notes))
 
 
 # ------------------------------------------------------------------ with the network
@@ -511,7 +539,7 @@ def spot_check_iter(
     kind = "mask" if m is not None else region
 
     def score(prob: np.ndarray) -> SpotCheck:
-        return _score(lambda z: prob[where[z]] > 0.5, lab, regions, kind, BETWEEN_SLICE_SD, LEVEL, seed)
+        return _score(lambda z: prob[where[z]] > 0.5, lab, regions, kind, None, LEVEL, seed)
 
     t0 = time.perf_counter()
     yield Progress("spot check: segmenting the annotated slices", 0, 1)
