@@ -155,6 +155,8 @@ section_screenshots() {
   if have_real; then
     # docs/images/{real_vnc_adapted,pixel_size_warning}.png (~1 min)
     step screenshot_real on_display "$PY" scripts/screenshot_real.py --out docs/images
+    # docs/images/{spot_check,spot_check_section}.png (~3 min)
+    step screenshot_spot_check on_display "$PY" scripts/screenshot_spot_check.py --out docs/images
   else
     echo "($REAL not found: skipped screenshot_real)"
   fi
@@ -178,6 +180,10 @@ section_real() {
     # scripts/refit_trust.py then writes its calibration into the model files
     rm -f benchmarks/results/bench_trust.partial.jsonl
     step bench_trust "$PY" benchmarks/bench_trust.py --models lucchi-pp vnc em-generalist lucchi-pp-robust \
+      --models-dir "$TMPDIR_MODELS" --threads 1
+    # the spot check's interval against whole-stack IoUs, leave one volume out (~40 min on 2 busy cores)
+    rm -f benchmarks/results/bench_spot_check.partial.jsonl
+    step bench_spot_check "$PY" benchmarks/bench_spot_check.py --models lucchi-pp vnc lucchi-pp-robust \
       --models-dir "$TMPDIR_MODELS" --threads 1
   else
     echo "($REAL not found: skipped bench_real_cross_domain, bench_real_generalisation)"
