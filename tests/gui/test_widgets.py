@@ -59,10 +59,13 @@ def test_one_click_adaptation_adds_scaled_labels_and_raises_iou(viewer, qtbot):
     assert "IoU without adaptation" in w.status.value
     # the reliability panel shows the label-free assessment of this run
     rep = panel.report
-    # docs/reliability.md: a +40 brightness shift is RELIABLE with a bound of 0.97 (measured 0.968)
+    # docs/reliability.md: a +40 brightness shift is RELIABLE with a bound of 0.968, shown rounded down (0.96)
     assert rep is not None and rep.verdict == "reliable" and "reliability" in w.status.value
     assert 0.95 <= rep.iou_lower_bound <= res.iou
     assert panel.table.rowCount() >= 5 and rep.verdict.upper() in panel.verdict.text()
+    from napari_bnadapt.bound.validity import format_bound
+
+    assert format_bound(rep.iou_lower_bound) in panel.bound.text() and "given this verdict" in panel.bound.text()
     np.testing.assert_array_equal(image.data, keep)  # the user's image is untouched
     assert w.save.enabled and w.run_adapt.enabled
     # a second run never replaces the first result: the same run again (same layer names wanted)
