@@ -114,13 +114,11 @@ def test_adabn_on_the_real_pair_does_not_lower_iou_and_the_bound_is_computed(rea
     assert adapted_iou >= 0.42 and adapted_iou > source_only + 0.3, (source_only, adapted_iou)
     assert report.n_patches > 0
     rel = nb.reliability(model, adapted, images, device="cpu")
-    assert rel.calibration_x is not None and np.isfinite(rel.calibration_x)  # the calibrated distance was measured
-    # docs/real-data.md: "the report promises IoU >= 0.70 (uncertain). The true IoU is 0.455: the bound fails
-    # on this shift" (measured on the crop: bound 0.700, uncertain, true 0.441). If this changes, so must the docs.
-    assert not rel.gate_failures
-    assert rel.verdict == "uncertain"
-    assert rel.iou_lower_bound == pytest.approx(0.70, abs=0.01)
-    assert rel.iou_lower_bound > adapted_iou  # the documented violation of the bound on real cross-lab data
+    # before issue 15 the report promised IoU >= 0.70 ("uncertain") here while the truth is 0.441 on this
+    # crop. lucchi-pp's W2 calibration is now rejected (its distance won a tie), and the trust witnesses
+    # either abstain or state a bound that holds (tests/test_real_trust.py pins the verdict itself)
+    assert rel.verdict != "reliable"
+    assert rel.iou_lower_bound is None or rel.iou_lower_bound <= adapted_iou, (rel.iou_lower_bound, adapted_iou)
     assert state_bytes(model) == before
 
 

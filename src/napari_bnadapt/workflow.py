@@ -22,6 +22,7 @@ from .adabn.need import NeedVerdict, adaptation_needed, apply_verdict
 from .adabn.scale_search import ZoomChoice, choose_zoom_iter
 from .bound.assess import reliability_iter
 from .bound.report import ReliabilityReport
+from .bound.validity import format_bound
 from .errors import BNAdaptError
 from .io.resample import model_grid, resolve_grid
 from .io.stack_view import layer_data
@@ -120,7 +121,7 @@ class WorkflowResult:
             out.append(f"segmented on {self.device}")
         if self.reliability is not None:
             rel = self.reliability
-            bound = (f", predicted IoU >= {rel.iou_lower_bound:.2f}"
+            bound = (f", predicted IoU >= {format_bound(rel.iou_lower_bound)}"
                      if rel.iou_lower_bound is not None and not rel.gate_failures else "")
             out.append(f"reliability: {rel.verdict}{bound}")
         elif self.reliability_note:
