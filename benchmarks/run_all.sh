@@ -8,7 +8,7 @@
 #   quick        short CPU benchmarks (~7 min)
 #   slow         long CPU benchmarks (~30 min)
 #   gui          napari benchmarks, need a display or xvfb-run (~25 min)
-#   experiments  the six `bnadapt experiment` runs, default scale (~32 min)
+#   experiments  the seven `bnadapt experiment` runs, default scale (~32 min + compare)
 #   calibration  reliability figures: toy model; EM models with the real data (~8 min + ~10 min)
 #   screenshots  napari screenshots for the docs, need a display or xvfb-run (~3 min; real EM part needs the data)
 #   real         real EM cross-domain and generalisation benchmarks, need ../shared/data/real (~1.5 h)
@@ -122,12 +122,56 @@ write("experiments_" + name.replace("-", "_"), "\n".join(lines) + "\n")
 EOF
 }
 
-# experiments (~32 min: distance 6.5, brightness 4.9, mixed 7.2, grid800 4.8, shapes 8.0 min, toy-uda 20 s)
+# the comparison with TENT, ADDA and GLSS (docs/experiments.md, "AdaBN against the alternatives"): its two
+# halves side by side, one process each (toy families; the real pair, skipped without the data), into
+# bnadapt-experiments/compare-{toy,real}; then docs/results/compare-{toy,real}/{results.csv,table.md,summary.json},
+# docs/images/compare_*.png and benchmarks/results/experiments_compare_{toy,real}.txt
+compare_experiment() {
+  local hdr half d p1 p2
+  hdr=$("$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); from _common import header
+print(header("napari-bnadapt experiment compare at the default (reduced) scale"), end="")') || return 1
+  BNADAPT_MALLOC=default "$PY" -m napari_bnadapt.cli experiment compare --only brightness,distance,inverted,grid800 \
+    --out bnadapt-experiments/compare-toy --overwrite --quiet & p1=$!
+  BNADAPT_MALLOC=default "$PY" -m napari_bnadapt.cli experiment compare --only real \
+    --out bnadapt-experiments/compare-real --overwrite --quiet & p2=$!
+  wait $p1 || return 1
+  wait $p2 || return 1
+  for half in toy real; do
+    d=bnadapt-experiments/compare-$half
+    mkdir -p "docs/results/compare-$half" && cp "$d"/{results.csv,table.md,summary.json} "docs/results/compare-$half/" || return 1
+    cp "$d"/figures/compare_*.png docs/images/ 2>/dev/null || true
+    HEADER="$hdr" "$PY" - "$half" "$d" <<'EOF' || return 1
+import json, os, sys
+from pathlib import Path
+
+sys.path.insert(0, "benchmarks")
+from _common import write
+
+half, folder = sys.argv[1], Path(sys.argv[2])
+s = json.loads((folder / "summary.json").read_text())
+cfg = json.loads((folder / "config.json").read_text())
+rows = (folder / "results.csv").read_text().count("\n") - 1
+lines = [os.environ["HEADER"].rstrip("\n"),
+         f"# command: bnadapt experiment compare --only {','.join(cfg['families'])} --out {folder} --overwrite"
+         "   (benchmarks/run_all.sh experiments: the toy and the real half side by side, one process each)",
+         f"# load average at the end: {os.getloadavg()[0]:.2f}",
+         "# scale: " + json.dumps(cfg["scale"], sort_keys=True), "",
+         f"total (s)  : {s['seconds']:>8.1f}  = {s['seconds'] / 60:.1f} min",
+         f"rows       : {rows}   ((pair, seed, method) rows of results.csv)"]
+lines += [f"note       : {n}" for n in s.get("notes", [])]
+write("experiments_compare_" + half, "\n".join(lines) + "\n")
+EOF
+  done
+}
+
+# experiments (~32 min: distance 6.5, brightness 4.9, mixed 7.2, grid800 4.8, shapes 8.0 min, toy-uda 20 s;
+# compare: see docs/experiments.md)
 section_experiments() {
   local e
   for e in distance brightness mixed grid800 shapes toy-uda; do
     step "experiment $e" experiment "$e"
   done
+  step "experiment compare" compare_experiment
 }
 
 # calibration: the reliability figures. --dry-run draws them without rewriting the bundled model files

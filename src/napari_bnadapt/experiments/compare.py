@@ -402,7 +402,8 @@ def table(summary: dict[str, Any]) -> str:
     lines = ["| family | pair | method | IoU (mean +- sd over seeds) | seeds | wall time (s) | target data at training |",
              "|---|---|---|---|---|---|---|"]
     for pid, p in summary["pairs"].items():
-        for m, v in p["methods"].items():
+        for m in [m for m in METHODS if m in p["methods"]]:
+            v = p["methods"][m]
             extra = f" (search {v['search_s_per_image']:.2f} s/image)" if "search_s_per_image" in v else ""
             lines.append(f"| {p['family']} | {pid} | {METHODS[m][0]} | {v['iou']:.3f} +- {v['sd']:.3f} | {v['n']} | "
                          f"{v['seconds']:.1f}{extra} | {'yes' if v['target_at_training'] else 'no'} |")
@@ -426,12 +427,13 @@ def draw(summary: dict[str, Any], folder: Path) -> list[Path]:
         ps = {pid: p for pid, p in summary["pairs"].items() if p["family"] == fam}
         if not ps:
             continue
-        fig = figure(figsize=(7.5, 4.8))
+        fig = figure(figsize=(9.0, 4.8))
         ax = fig.add_subplot(1, 1, 1)
         colours = {m: f"C{i}" for i, m in enumerate(METHODS)}
         fills = ["full", "none", "left", "bottom", "right", "top"]
         for j, (pid, p) in enumerate(ps.items()):
-            for m, v in p["methods"].items():
+            for m in [m for m in METHODS if m in p["methods"]]:
+                v = p["methods"][m]
                 ax.errorbar(max(v["seconds"], 1e-2), v["iou"], yerr=v["sd"], fmt=MARKERS[m], color=colours[m],
                             fillstyle=fills[j % len(fills)], ms=8, capsize=3,
                             label=METHODS[m][0] if j == 0 else None)
@@ -440,13 +442,18 @@ def draw(summary: dict[str, Any], folder: Path) -> list[Path]:
                 ax.text(0.01, PUBLISHED[pid][0], f" {PUBLISHED[pid][2]}: {pid}",
                         transform=ax.get_yaxis_transform(), va="bottom", fontsize=7, color="grey")
         ax.set_xscale("log")
+        from matplotlib.ticker import FormatStrFormatter, LogLocator
+
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.set_xlabel("wall time on this machine (s, log scale; 1 CPU thread)")
         ax.set_ylabel("foreground IoU on the target")
         ax.set_ylim(-0.02, 1.02)
         pairs_txt = "; ".join(f"{['filled', 'open', 'left', 'bottom', 'right', 'top'][j % 6]}: {pid}"
                               for j, pid in enumerate(ps))
         ax.set_title(f"{fam}: IoU against cost (mean +- sd over seeds)\n{pairs_txt}", fontsize=8)
-        ax.legend(fontsize=7, loc="lower right", ncol=2)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         ax.grid(alpha=0.3)
         fig.tight_layout()
         paths.append(save(fig, folder / f"compare_{fam}.png"))
