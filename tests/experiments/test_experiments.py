@@ -170,7 +170,7 @@ def test_bad_requests_are_explained(tmp_path):
 
 
 def test_scales_are_documented():
-    assert set(E.EXPERIMENTS) == {"distance", "brightness", "mixed", "grid800", "shapes", "toy-uda"}
+    assert set(E.EXPERIMENTS) == {"distance", "brightness", "mixed", "grid800", "shapes", "toy-uda", "compare"}
     full = E.default_scale("grid800", full=True)
     assert (full.n_train, full.n_test, full.width, full.epochs, full.batch_size) == (5000, 1000, 64, 5, 1)
     assert full.train_steps() == 22500  # 5 epochs of 4500 training images, batch size 1
