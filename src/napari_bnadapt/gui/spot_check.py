@@ -81,6 +81,8 @@ class SpotCheckSection(QGroupBox):
         for w in (self.image, self.annotation, self.slices, self.region):
             form.addRow(w.label, w.native)
         form.addRow("", self.compare.native)
+        for w in (self.image, self.annotation, self.slices, self.region, self.run, self.cancel):
+            w.native.setMinimumHeight(w.native.sizeHint().height())  # never squeezed by a crowded panel
         self.how.setWordWrap(True)
         for w in (self.model, self.status):
             w.native.setWordWrap(True)
