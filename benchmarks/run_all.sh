@@ -225,7 +225,7 @@ section_real() {
     rm -f benchmarks/results/bench_trust.partial.jsonl
     step bench_trust "$PY" benchmarks/bench_trust.py --models lucchi-pp vnc em-generalist lucchi-pp-robust \
       --models-dir "$TMPDIR_MODELS" --threads 1
-    # the spot check's interval against whole-stack IoUs, leave one volume out (~40 min on 2 busy cores)
+    # the spot check's interval against whole-stack IoUs, leave one volume out (about an hour on 2 busy cores)
     rm -f benchmarks/results/bench_spot_check.partial.jsonl
     step bench_spot_check "$PY" benchmarks/bench_spot_check.py --models lucchi-pp vnc lucchi-pp-robust \
       --models-dir "$TMPDIR_MODELS" --threads 1
