@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entropy-step", action="store_true",
                    help="with --adapt: tune the BatchNorm affine parameters by entropy minimisation (research option)")
     p.add_argument("--self-train", action="store_true",
-                   help="with --adapt: a short self-training pass on the confidently segmented pixels (about a minute)")
+                   help="with --adapt: a short self-training pass on the confidently segmented pixels; it adds "
+                   "foreground: for stacks where the adapted model misses mitochondria (docs/real-data.md)")
     p.add_argument("--truth", help="ground-truth labels TIFF: prints the IoU (before and after adaptation)")
     p.add_argument("--probabilities", help="also write the float32 foreground probability to this TIFF")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")

@@ -95,8 +95,9 @@ class AdaptSegmentWidget(Container):
                                      "model was trained on")
         self.guard = CheckBox(text="keep the source statistics when the image already matches", value=True)
         self.self_train = CheckBox(text="self-training after adaptation (minutes)", value=False,
-                                   tooltip="a short pass of a copy on the pixels it segments confidently; "
-                                   "measured in docs/real-data.md")
+                                   tooltip="a short pass of a copy on the pixels it segments confidently: it "
+                                   "adds foreground, which helped where the adapted model missed mitochondria "
+                                   "and hurt elsewhere (docs/real-data.md)")
         self._advanced_widgets = [self.mode, self.alpha, self.prior, self.n_patches, self.patch_size,
                                   self.batch_size, self.seed, self.intensity, self.tile_size, self.tta,
                                   self.search_scale, self.guard, self.self_train]
