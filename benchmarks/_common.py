@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,3 +38,16 @@ def write(name: str, text: str) -> Path:
     path.write_text(text)
     print(text)
     return path
+
+
+def read_partial(path: Path) -> list[dict[str, Any]]:
+    """The rows an earlier run of a resumable benchmark appended to ``path`` (none when it is absent)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def load_em_model(name: str, models_dir: Path | None) -> Any:
+    """``<models_dir>/<name>.safetensors`` when it exists, else the bundled or user model ``name``, on the CPU."""
+    import napari_bnadapt as nb
+
+    path = models_dir / f"{name}.safetensors" if models_dir else None
+    return nb.load_model(path if path is not None and path.exists() else name, device="cpu")

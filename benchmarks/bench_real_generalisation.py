@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, write  # noqa: E402
+from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
 from em_data import RECIPES, available, load_split  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
@@ -189,12 +189,11 @@ def run(models: list[str], models_dir: Path | None, real_slices: int, sim_slices
         only: list[str] | None = None, partial_name: str = "bench_real_generalisation") -> dict[str, Any]:
     tg = [t for t in targets(real_slices, sim_slices) if not only or any(o in t["name"] for o in only)]
     partial = RESULTS / f"{partial_name}.partial.jsonl"
-    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    done = read_partial(partial)
     rows = []
     reused = 0
     for name in models:
-        path = models_dir / f"{name}.safetensors" if models_dir and (models_dir / f"{name}.safetensors").exists() else name
-        model = nb.load_model(path, device="cpu")
+        model = load_em_model(name, models_dir)
         for t in tg:
             old = [r for r in done if r["model"] == name and r["target"] == t["name"]]
             if old:

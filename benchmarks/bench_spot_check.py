@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, write  # noqa: E402
+from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
 from bench_real_generalisation import TRAINED_ON, targets  # noqa: E402
 from em_data import available  # noqa: E402
 
@@ -115,12 +115,11 @@ def fill_facts(rows: list[dict[str, Any]], labels: dict[str, np.ndarray]) -> int
 def run(models: list[str], models_dir: Path | None, real_slices: int, sim_slices: int, n_patches: int,
         skip: list[str]) -> dict[str, Any]:
     partial = RESULTS / "bench_spot_check.partial.jsonl"
-    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    done = read_partial(partial)
     rows, reused = [], 0
     tg = [t for t in targets(real_slices, sim_slices) if not any(k in t["name"] for k in skip)]
     for name in models:
-        path = models_dir / f"{name}.safetensors" if models_dir and (models_dir / f"{name}.safetensors").exists() else name
-        model = nb.load_model(path, device="cpu")
+        model = load_em_model(name, models_dir)
         for t in tg:
             old = [r for r in done if r["model"] == name and r["target"] == t["name"]]
             if old:
@@ -154,8 +153,7 @@ def timings(models: list[str], models_dir: Path | None, real_slices: int, n_patc
     out = []
     real = [t for t in targets(real_slices, 1) if t["kind"] == "real"]
     for name in models:
-        path = models_dir / f"{name}.safetensors" if models_dir and (models_dir / f"{name}.safetensors").exists() else name
-        model = nb.load_model(path, device="cpu")
+        model = load_em_model(name, models_dir)
         for t in real:
             x, y, px = t["image"], t["labels"], t["pixel_size_nm"]
             z = int(np.argmax((y > 0).reshape(len(y), -1).sum(1)))

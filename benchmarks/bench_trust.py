@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, write  # noqa: E402
+from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
 from bench_real_generalisation import TRAINED_ON, targets  # noqa: E402
 from em_data import available  # noqa: E402
 
@@ -81,12 +81,11 @@ def measure(model: Any, name: str, t: dict[str, Any]) -> dict[str, Any]:
 
 def run_cases(models: list[str], models_dir: Path | None, real_slices: int, sim_slices: int) -> tuple[list, int]:
     partial = RESULTS / f"{NAME}.partial.jsonl"
-    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    done = read_partial(partial)
     rows, reused = [], 0
     tg = targets(real_slices, sim_slices)
     for name in models:
-        path = models_dir / f"{name}.safetensors" if models_dir and (models_dir / f"{name}.safetensors").exists() else name
-        model = nb.load_model(path, device="cpu")
+        model = load_em_model(name, models_dir)
         for t in tg:
             old = [r for r in done if r["model"] == name and r["target"] == t["name"]]
             if old:
@@ -123,8 +122,7 @@ def analyse(rows: list[dict[str, Any]], models_dir: Path | None = None) -> dict[
     # as the product decides: only a gate of a usable W2 calibration overrules the trust calibration
     usable = {}
     for name in dict.fromkeys(r["model"] for r in rows):
-        path = models_dir / f"{name}.safetensors" if models_dir and (models_dir / f"{name}.safetensors").exists() else name
-        cal = (nb.load_model(path, device="cpu").meta or {}).get("calibration")
+        cal = (load_em_model(name, models_dir).meta or {}).get("calibration")
         usable[name] = cal is not None and calibration_problem(cal) == ""
     cases = [case_from_row({**r, "gate_failures": r["gate_failures"] if usable[r["model"]] else []}) for r in rows]
     shipped = shipped_trust(cases)
