@@ -218,7 +218,9 @@ section_real() {
     step bench_real_generalisation "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp vnc em-generalist --threads 1
     step "train lucchi-robust" "$PY" scripts/train_em_models.py lucchi-robust --out "$TMPDIR_MODELS" --steps 500 \
       --patch-size 192 --eval-every 100 --patience 3 --init lucchi-pp --lr 3e-4 --overwrite
-    step bench_real_generalisation_robust "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-robust \
+    step "train vnc-robust" "$PY" scripts/train_em_models.py vnc-robust --out "$TMPDIR_MODELS" --steps 500 \
+      --patch-size 192 --eval-every 100 --patience 3 --init vnc --lr 3e-4 --overwrite
+    step bench_real_generalisation_robust "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-robust vnc-robust \
       --models-dir "$TMPDIR_MODELS" --threads 1 --name bench_real_generalisation_robust
     # self-training after AdaBN (5,928 s here with the machine shared by up to 6 jobs)
     rm -f benchmarks/results/bench_self_training.partial.jsonl
