@@ -303,29 +303,18 @@ def entropy_step_iter(
 ) -> Iterator[Progress | Result[tuple[UNet, EntropyReport]]]:
     import torch
 
-    from ..model.foreign import card_of, copy_model, require_module
-    from .estimators import _bn_layers
-    from .patches import iter_patch_batches, plan_patches
-
     t0 = time.perf_counter()
     _check(steps, lr, balance, batch_size, max_foreground_ratio)
-    require_module(model)
-    _bn_layers(model)  # a model without BatchNorm: refused before any data is read
-    view = check_stack(images)
-    card = card_of(model)
-    meta = copy.deepcopy(card or default_meta(model))
-    norm = resolve_normalization(view, meta["normalization"], intensity_range)
-    work = model_grid(model, images, pixel_size_nm).view(view)  # patches at the model's pixel size
-    plan = plan_patches(work.shape3d, max(1, steps) * batch_size, patch_size, seed)
-    dev = get_device(device)
-    tuned = copy_model(model).to(dev)
+    target = tuning_target(model, images, n_patches=max(1, steps) * batch_size, patch_size=patch_size, seed=seed,
+                           device=device, intensity_range=intensity_range, pixel_size_nm=pixel_size_nm)
+    meta, plan, dev, tuned = target.meta, target.plan, target.device, target.copy
     params = affine_parameters(tuned)
     if not params:
         raise BNAdaptError("this model's BatchNorm layers have no affine parameters (affine=False): "
                            "there is nothing for the entropy step to tune")
     stage = "entropy minimisation"
     yield Progress(stage, 0, steps + 2)
-    batches = [torch.from_numpy(b).to(dev) for b in iter_patch_batches(work, plan, norm.apply, batch_size)]
+    batches = target.batches(batch_size)
     flags = {id(p): p.requires_grad for p in tuned.parameters()}
     for p in tuned.parameters():
         p.requires_grad_(False)
@@ -390,12 +379,80 @@ def entropy_step_iter(
         foreground_before=f0_all, foreground_after=f1_all, guard_fired=bool(guard), reverted=reverted,
         guard=guard, device=str(dev), seconds=time.perf_counter() - t0,
     )
-    if isinstance(meta.get("adaptation"), dict):
-        meta["adaptation"]["entropy_step"] = report.to_dict()
-    else:
-        meta["entropy_step"] = report.to_dict()
-    tuned.meta = meta
+    record_in_card(tuned, meta, "entropy_step", report.to_dict())
     yield Result((tuned, report))
+
+
+@dataclass
+class TuningTarget:
+    """What a tuning step after AdaBN (this module's, :mod:`.self_train`'s) works on: a copy and target patches.
+
+    Attributes
+    ----------
+    meta : dict
+        A copy of the model's card (the step records itself in it, :func:`record_in_card`).
+    plan : PatchPlan
+        The target patches, at the model's pixel size.
+    device : torch.device
+    copy : torch.nn.Module
+        A copy of the model on ``device``; the model itself is never changed.
+    """
+
+    meta: dict[str, Any]
+    plan: Any
+    device: Any
+    copy: Any
+    _view: Any
+    _normalize: Any
+
+    def batches(self, batch_size: int) -> list[Any]:
+        """The planned patches as normalised float32 tensors (B, 1, H, W) on ``device`` (read now)."""
+        import torch
+
+        from .patches import iter_patch_batches
+
+        return [torch.from_numpy(b).to(self.device)
+                for b in iter_patch_batches(self._view, self.plan, self._normalize, batch_size)]
+
+
+def tuning_target(
+    model: Any,
+    images: Any,
+    *,
+    n_patches: int,
+    patch_size: int,
+    seed: int,
+    device: str | torch.device,
+    intensity_range: tuple[float, float] | str | None,
+    pixel_size_nm: tuple[float, float] | None,
+) -> TuningTarget:
+    """Check the model and the stack, plan ``n_patches`` target patches, copy the model to the device.
+
+    A model without BatchNorm, or a bad stack, is refused here, before any patch is read.
+    """
+    from ..model.foreign import card_of, copy_model, require_module
+    from .estimators import _bn_layers
+    from .patches import plan_patches
+
+    require_module(model)
+    _bn_layers(model)  # a model without BatchNorm: refused before any data is read
+    view = check_stack(images)
+    meta = copy.deepcopy(card_of(model) or default_meta(model))
+    norm = resolve_normalization(view, meta["normalization"], intensity_range)
+    work = model_grid(model, images, pixel_size_nm).view(view)  # patches at the model's pixel size
+    plan = plan_patches(work.shape3d, n_patches, patch_size, seed)
+    dev = get_device(device)
+    return TuningTarget(meta=meta, plan=plan, device=dev, copy=copy_model(model).to(dev), _view=work,
+                        _normalize=norm.apply)
+
+
+def record_in_card(tuned: Any, meta: dict[str, Any], key: str, report: dict[str, Any]) -> None:
+    """Store a step's report in ``meta`` (under ``adaptation`` for an adapted model) and give it to ``tuned``."""
+    if isinstance(meta.get("adaptation"), dict):
+        meta["adaptation"][key] = report
+    else:
+        meta[key] = report
+    tuned.meta = meta
 
 
 def _restore(params: list[Any], values: list[Any]) -> None:

@@ -43,12 +43,15 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BNAdaptError
-from ..io.resample import model_grid
-from ..io.stack_view import check_stack, resolve_normalization
-from ..model.device import get_device
-from ..model.files import default_meta
 from ..progress import Progress, Result, run_to_end, shares_docstring
-from .entropy import MAX_FOREGROUND_RATIO, _fraction_ratio, _foreground_logit, _outside
+from .entropy import (
+    MAX_FOREGROUND_RATIO,
+    _foreground_logit,
+    _fraction_ratio,
+    _outside,
+    record_in_card,
+    tuning_target,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -243,24 +246,16 @@ def self_train_iter(
 ) -> Iterator[Progress | Result[tuple[UNet, SelfTrainReport]]]:
     import torch
 
-    from ..model.foreign import batchnorm_layers, card_of, copy_model, require_module
-    from .estimators import _bn_layers
-    from .patches import iter_patch_batches, plan_patches
+    from ..model.foreign import batchnorm_layers
 
     t0 = time.perf_counter()
     _check(steps, lr, confidence, batch_size, max_foreground_ratio)
-    require_module(model)
-    _bn_layers(model)  # a model without BatchNorm: refused before any data is read
-    view = check_stack(images)
-    meta = copy.deepcopy(card_of(model) or default_meta(model))
-    norm = resolve_normalization(view, meta["normalization"], intensity_range)
-    work = model_grid(model, images, pixel_size_nm).view(view)  # patches at the model's pixel size
-    plan = plan_patches(work.shape3d, max(1, steps) * batch_size, patch_size, seed)
-    dev = get_device(device)
-    tuned = copy_model(model).to(dev)
+    target = tuning_target(model, images, n_patches=max(1, steps) * batch_size, patch_size=patch_size, seed=seed,
+                           device=device, intensity_range=intensity_range, pixel_size_nm=pixel_size_nm)
+    meta, plan, dev, tuned = target.meta, target.plan, target.device, target.copy
     stage = "self-training"
     yield Progress(stage, 0, steps + 2)
-    batches = [torch.from_numpy(b).to(dev) for b in iter_patch_batches(work, plan, norm.apply, batch_size)]
+    batches = target.batches(batch_size)
     bn_params = {id(p) for _, bn in batchnorm_layers(tuned) for p in bn.parameters(recurse=False)}
     flags = {id(p): p.requires_grad for p in tuned.parameters()}
     params = [p for p in tuned.parameters() if id(p) not in bn_params]
@@ -312,11 +307,7 @@ def self_train_iter(
         pseudo_foreground=pseudo_fg, foreground_before=f0, foreground_after=f1, loss_before=l0, loss_after=l1,
         reverted=reverted, guard=guard, device=str(dev), seconds=time.perf_counter() - t0,
     )
-    if isinstance(meta.get("adaptation"), dict):
-        meta["adaptation"]["self_train"] = report.to_dict()
-    else:
-        meta["self_train"] = report.to_dict()
-    tuned.meta = meta
+    record_in_card(tuned, meta, "self_train", report.to_dict())
     yield Result((tuned, report))
 
 
