@@ -7,7 +7,9 @@ Needs ``../shared/data/real/`` (not shipped). The cases are the targets of
 held-out test slices at their true pixel size, and the simulated other-lab versions of held-out
 slices (pixel sizes, low dose, blur and stripes, inversion, a combination). For every (model,
 target) case: the true IoU after AdaBN (the library default: 64 patches, seed 0), the witnesses of
-:mod:`napari_bnadapt.bound.witnesses`, the label-free gate signals, and what the reliability report
+:mod:`napari_bnadapt.bound.witnesses`, the noise-floor test of
+:func:`napari_bnadapt.adabn.need.adaptation_needed` (the in-domain route of
+:mod:`napari_bnadapt.bound.trust`), the label-free gate signals, and what the reliability report
 of the model file as bundled before issue 15 promised (its W2 curve read at the measured distance).
 
 Validation, leave one volume out: the trust calibration (:func:`napari_bnadapt.bound.trust.fit_trust`)
@@ -56,7 +58,7 @@ def measure(model: Any, name: str, t: dict[str, Any]) -> dict[str, Any]:
     x, y, px = t["image"], t["labels"], t["pixel_size_nm"]
     run_px = px if px is not None else (model.meta or {}).get("pixel_size_nm")  # "not stated": runs as is
     t0 = time.perf_counter()
-    adapted, _ = nb.adapt(model, x, device="cpu", pixel_size_nm=run_px, seed=0)
+    adapted, adapt_report = nb.adapt(model, x, device="cpu", pixel_size_nm=run_px, seed=0)
     iou = nb.iou(nb.predict(adapted, x, device="cpu", pixel_size_nm=run_px) > 0.5, y > 0)
     t_adapt = time.perf_counter() - t0
     # what the model file promised before issue 15: its W2 calibration as it is, degenerate or not
@@ -71,7 +73,7 @@ def measure(model: Any, name: str, t: dict[str, Any]) -> dict[str, Any]:
     domain = "in-domain" if t["volume"] in TRAINED_ON.get(name, set()) else "cross-lab"
     return {
         "model": name, "target": t["name"], "volume": t["volume"], "kind": t["kind"], "domain": domain,
-        "iou": float(iou), "witnesses": w.to_dict(),
+        "iou": float(iou), "witnesses": w.to_dict(), **_need(model, adapted, adapt_report),
         "gate_failures": [list(g[:1]) for g in rep.gate_failures],
         "features": {k: float(v) for k, v in rep.signals.items() if isinstance(v, (int, float))},
         "old_bound": old_bound, "old_verdict": rep.verdict if cal is not None else None, "old_x": rep.calibration_x,
@@ -79,16 +81,35 @@ def measure(model: Any, name: str, t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _need(model: Any, adapted: Any, adapt_report: Any) -> dict[str, Any]:
+    """Whether the target's statistics were beyond the noise floor (the in-domain route of bound/trust.py)."""
+    from napari_bnadapt.adabn.need import adaptation_needed
+
+    v = adaptation_needed(model, adapted, adapt_report)
+    return {"needed": bool(v.needed), "need_ratio": float(v.ratio), "need_std_change": float(v.std_change)}
+
+
+def _backfill_need(model: Any, t: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """A row written before the noise-floor test was recorded: adapt again (same seed, same result) and add it."""
+    run_px = t["pixel_size_nm"] if t["pixel_size_nm"] is not None else (model.meta or {}).get("pixel_size_nm")
+    adapted, adapt_report = nb.adapt(model, t["image"], device="cpu", pixel_size_nm=run_px, seed=0)
+    return {**row, **_need(model, adapted, adapt_report)}
+
+
 def run_cases(models: list[str], models_dir: Path | None, real_slices: int, sim_slices: int) -> tuple[list, int]:
     partial = RESULTS / f"{NAME}.partial.jsonl"
     done = read_partial(partial)
-    rows, reused = [], 0
+    rows, reused, backfilled = [], 0, False
     tg = targets(real_slices, sim_slices)
     for name in models:
         model = load_em_model(name, models_dir)
         for t in tg:
             old = [r for r in done if r["model"] == name and r["target"] == t["name"]]
             if old:
+                if "needed" not in old[0]:
+                    old[0].update(_backfill_need(model, t, old[0]))
+                    backfilled = True
+                    print(f"{name:>14} | {t['name']:<34} | noise floor recorded: needed {old[0]['needed']}", flush=True)
                 rows.append(old[0])
                 reused += 1
                 continue
@@ -102,6 +123,8 @@ def run_cases(models: list[str], models_dir: Path | None, real_slices: int, sim_
             print(f"{name:>14} | {t['name']:<34} | IoU {row['iou']:.3f} | old {row['old_bound']} | agree "
                   f"{w['patch_agreement']:.3f} flip {w['flip_consistency']:.3f} scale {w['scale_consistency']:.3f} "
                   f"| {sum(row['seconds'].values()):.0f} s", flush=True)
+    if backfilled:  # the partial file keeps every row, now with the noise-floor test
+        partial.write_text("".join(json.dumps(r, default=float) + "\n" for r in done))
     return rows, reused
 
 
@@ -116,15 +139,17 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 
 def analyse(rows: list[dict[str, Any]], models_dir: Path | None = None) -> dict[str, Any]:
-    from napari_bnadapt.bound.trust import case_from_row, leave_one_volume_out, shipped_trust
+    from napari_bnadapt.bound.trust import case_from_row, heldout_iou, leave_one_volume_out, shipped_trust
     from napari_bnadapt.bound.validity import calibration_problem
 
     # as the product decides: only a gate of a usable W2 calibration overrules the trust calibration
-    usable = {}
+    usable, heldout = {}, {}
     for name in dict.fromkeys(r["model"] for r in rows):
-        cal = (load_em_model(name, models_dir).meta or {}).get("calibration")
-        usable[name] = cal is not None and calibration_problem(cal) == ""
-    cases = [case_from_row({**r, "gate_failures": r["gate_failures"] if usable[r["model"]] else []}) for r in rows]
+        meta = load_em_model(name, models_dir).meta or {}
+        usable[name] = meta.get("calibration") is not None and calibration_problem(meta["calibration"]) == ""
+        heldout[name] = heldout_iou(meta)
+    cases = [case_from_row({**r, "gate_failures": r["gate_failures"] if usable[r["model"]] else []}, heldout[r["model"]])
+             for r in rows]
     shipped = shipped_trust(cases)
     lovo = leave_one_volume_out(cases, level=shipped["level"], witnesses=list(shipped["thresholds"]))
     corr = {}
@@ -136,7 +161,7 @@ def analyse(rows: list[dict[str, Any]], models_dir: Path | None = None) -> dict[
                        "foreground_match": _spearman([-abs(r["features"]["fg_logratio"]) for r in sel],
                                                      [r["iou"] for r in sel]),
                        "confidence": _spearman([r["features"]["confidence"] for r in sel], [r["iou"] for r in sel])}
-    return {"lovo": lovo, "shipped": shipped, "spearman": corr}
+    return {"lovo": lovo, "shipped": shipped, "spearman": corr, "heldout_iou": heldout}
 
 
 #: the toy example of docs/reliability.md (both grey levels +40; tests/conftest.py BRIGHT, tests/bound/test_assess.py)
@@ -179,8 +204,8 @@ def _f(v: Any, d: int = 3) -> str:
 def report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
     lines = ["## Cases (true IoU after AdaBN, witnesses, what was promised)", "",
              "| model | target | kind | IoU | patch agreement | flip | scale | foreground match | "
-             "bound before issue 15 | verdict now (leave-one-volume-out) | bound now |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "within noise floor | bound before issue 15 | verdict now (leave-one-volume-out) | bound now | route |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lovo = res["lovo"]
     by_key = {(d["model"], d["target"]): d for d in lovo["decisions"]}
     for r in rows:
@@ -188,8 +213,9 @@ def report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
         d = by_key[(r["model"], r["target"])]
         lines.append(f"| {r['model']} | {r['target']} | {r['kind']}, {r['domain']} | {r['iou']:.3f} | "
                      f"{_f(w['patch_agreement'])} | {_f(w['flip_consistency'])} | {_f(w['scale_consistency'])} | "
-                     f"{-abs(r['features']['fg_logratio']):.2f} | "
-                     f"{_f(r['old_bound'], 2)} | {d['verdict']} | {_f(d['bound'], 2)} |")
+                     f"{-abs(r['features']['fg_logratio']):.2f} | {'yes' if r['needed'] is False else 'no'} | "
+                     f"{_f(r['old_bound'], 2)} | {d['verdict']} | {_f(d['bound'], 2)} | "
+                     f"{d['route'] if d['bound'] is not None else ''} |")
     lines += ["", "## Leave one volume out (fit on the cases of one real volume, judged on the other's)", "",
               "| judged on | cases | bound stated | coverage of stated bounds | median gap | reliable | "
               "uncertain | unreliable | no guarantee | false promises |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -198,12 +224,24 @@ def report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
         lines.append(f"| {fold['judged_on']} | {fold['n']} | {fold['n_stated']} | {_f(fold['coverage'], 2)} | "
                      f"{_f(fold['median_gap'], 3)} | {v.get('reliable', 0)} | {v.get('uncertain', 0)} | "
                      f"{v.get('unreliable', 0)} | {v.get('no guarantee', 0)} | {len(fold['false_promises'])} |")
-    lines += ["", "Thresholds fitted per fold (the witnesses must reach all of them for a bound to be stated):", ""]
+    lines += ["", "Thresholds fitted per fold (the witnesses must reach all of them for a bound to be stated), "
+              "and the in-domain route (statistics within the noise floor: min(level, the model's held-out IoU "
+              f"{', '.join(f'{k} {_f(v)}' for k, v in res['heldout_iou'].items())})):", ""]
     for fold in lovo["folds"]:
         cal = fold["calibration"]
+        route = cal["in_domain"]
         lines.append(f"- fitted on {fold['fitted_on']}: " + ", ".join(
             f"{k} >= {v:.3f}" for k, v in cal["thresholds"].items()) + f"; bound {_f(cal['bound'], 3)} "
-            f"({cal['n_accepted']} of {cal['n']} fit cases accepted)")
+            f"({cal['n_accepted']} of {cal['n']} fit cases accepted); in-domain route "
+            f"{'used' if route['enabled'] else 'not used'} ({route['n']} fit cases took it, lowest true IoU "
+            f"{_f(route['iou_min'])}, {route['n_contradicted']} below what it would state)")
+    routed = [d for d in lovo["decisions"] if d["route"] == "in-domain" and d["bound"] is not None]
+    cross = [r for r in rows if r["domain"] == "cross-lab"]
+    lines += ["", f"The noise-floor test said 'within the noise floor' for {sum(r['needed'] is False for r in rows)} "
+              f"of {len(rows)} cases: {sum(r['needed'] is False for r in rows if r['domain'] == 'in-domain')} of "
+              f"{len(rows) - len(cross)} in-domain, {sum(r['needed'] is False for r in cross)} of {len(cross)} "
+              f"cross-lab. Bounds stated by the in-domain route (leave one volume out): {len(routed)}, "
+              f"{sum(d['iou'] >= d['bound'] for d in routed)} held."]
     lines += ["", "## Every false promise (leave one volume out)", ""]
     fps = lovo["pooled"]["false_promises"]
     if not fps:

@@ -2,6 +2,7 @@
 down, default thresholds said, witnesses measured, abstention outside the calibrated region."""
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from napari_bnadapt.bound.trust import (
     TrustCase,
     choose_rule,
     fit_trust,
+    heldout_iou,
     leave_one_volume_out,
     shipped_trust,
     trust_decide,
@@ -166,6 +168,56 @@ def test_leave_one_volume_out_finds_a_false_promise():
     shipped = shipped_trust(cases)  # fitted on everything: the look-alike failure is excluded
     assert shipped["level"] == 0.6 and shipped["validation"]["n_false_promises"] >= 1
     assert trust_decide(shipped, cases[-1].witnesses, 0.05).verdict == NO_GUARANTEE
+
+
+def _in_domain(i, iou, volume="a", heldout=0.85, w=(0.5, 0.95, 0.95)):
+    """An in-domain case whose patch agreement fell short (as lucchi-pp on Lucchi++ test slices)."""
+    return TrustCase("m", f"in{i}", volume, iou, dict(zip(WITNESS_NAMES, w)), 0.05,
+                     in_domain=True, heldout_iou=heldout)
+
+
+def test_in_domain_route_states_the_held_out_iou_capped_at_the_level():
+    cases = _cases() + [_in_domain(0, 0.9), _in_domain(1, 0.88, "b")]
+    cal = fit_trust(cases)
+    assert cal["in_domain"] == {"n": 2, "iou_min": 0.88, "n_contradicted": 0, "enabled": True}
+    low = dict(zip(WITNESS_NAMES, [0.5, 0.95, 0.95]))  # a witness below its threshold
+    assert trust_decide(cal, low, 0.05).verdict == NO_GUARANTEE  # without the noise-floor test: abstain
+    d = trust_decide(cal, low, 0.05, in_domain=True, heldout=0.85)
+    assert (d.route, d.bound, d.verdict) == ("in-domain", 0.7, "uncertain")  # min(level 0.7, held-out 0.85)
+    d = trust_decide(cal, low, 0.05, in_domain=True, heldout=0.45)  # a poor model: its own held-out IoU
+    assert (d.bound, d.verdict) == (0.45, "unreliable")
+    assert trust_decide(cal, low, 0.05, in_domain=True, heldout=None).verdict == NO_GUARANTEE  # nothing measured
+    assert trust_decide(cal, low, 0.9, in_domain=True, heldout=0.85).verdict == NO_GUARANTEE  # foreground far off
+    assert trust_decide(cal, low, 0.05, in_domain=True, heldout=0.85, blank=True).verdict == NO_GUARANTEE
+
+
+def test_in_domain_route_is_not_used_when_a_calibration_case_contradicts_it_or_none_took_it():
+    cal = fit_trust(_cases() + [_in_domain(0, 0.9), _in_domain(1, 0.6, "b")])  # 0.6 < min(0.7, 0.85)
+    assert cal["in_domain"]["n_contradicted"] == 1 and not cal["in_domain"]["enabled"]
+    low = dict(zip(WITNESS_NAMES, [0.5, 0.95, 0.95]))
+    assert trust_decide(cal, low, 0.05, in_domain=True, heldout=0.85).verdict == NO_GUARANTEE
+    assert not fit_trust(_cases())["in_domain"]["enabled"]
+    # leave one volume out: the route is checked on the other volume's cases only
+    lovo = leave_one_volume_out(_cases() + [_in_domain(0, 0.9), _in_domain(1, 0.6, "b")])
+    routed = {d["target"]: d for d in lovo["decisions"] if d["route"] == "in-domain"}
+    assert routed["in1"]["bound"] == 0.7 and "above the true IoU" in routed["in1"]["why"]  # caught as a false promise
+    assert "in0" not in routed  # fitted on b, whose in-domain case contradicts the route
+
+
+def test_the_rule_choice_ignores_the_in_domain_route():
+    # route cases alone would make level 0.8 look free of false promises; the witness rule must not follow them
+    cases = _cases() + [_in_domain(i, 0.95, "ab"[i % 2], heldout=0.9, w=(0.3, 0.3, 0.3)) for i in range(4)]
+    plain = [dataclasses.replace(c, in_domain=False) for c in cases]
+    (rule, table), (rule_plain, table_plain) = choose_rule(cases), choose_rule(plain)
+    assert rule == rule_plain
+    assert [r["n_stated"] for r in table] == [r["n_stated"] for r in table_plain]  # no statement by the route
+    assert leave_one_volume_out(cases, **rule)["pooled"]["n_stated"] > leave_one_volume_out(plain, **rule)["pooled"]["n_stated"]
+
+
+def test_heldout_iou_reads_the_card():
+    assert heldout_iou({"training": {"metrics": {"test_iou": 0.884, "val_iou": 0.9}}}) == 0.884
+    assert heldout_iou({"training": {"metrics": {"val_iou": 0.9}}}) == 0.9
+    assert heldout_iou({}) is None and heldout_iou(None) is None
 
 
 # ------------------------------------------------------------------ the witnesses themselves

@@ -47,7 +47,7 @@ from .decision import decide, signal_features
 from .names import _NORM_ARG, candidate_key, parse_key
 from .names import RELIABLE_AT, UNRELIABLE_BELOW
 from .report import _FEATURE_TEXT, LatentDistance, ReliabilityReport, _bound_sentence, _sentence
-from .trust import NO_GUARANTEE, trust_decide
+from .trust import NO_GUARANTEE, heldout_iou, trust_decide
 from .validity import calibration_problem, verdict_coverage
 from .witnesses import foreground_match, measure_witnesses, stack_is_blank
 
@@ -382,10 +382,14 @@ def reliability_iter(
                      + ", ".join(_FEATURE_TEXT.get(g[0], g[0]) for g in dec.gate_failures)
                      + "; the verdict follows the model's trust calibration")
     if blank or (trust is not None and not gated):
-        td = trust_decide(trust, wvals,
-                          wit.foreground_fraction if wit is not None else None, blank=blank)
+        heldout = heldout_iou(getattr(source_model, "meta", None))
+        td = trust_decide(trust, wvals, wit.foreground_fraction if wit is not None else None, blank=blank,
+                          in_domain=_within_noise_floor(source_model, adapted_model), heldout=heldout)
         wit_info.update({"thresholds": (trust or {}).get("thresholds", {}), "failing": td.failing,
-                         "passing": td.passing})
+                         "passing": td.passing, "route": td.route})
+        if td.route == "in-domain":
+            notes.append(f"the image's statistics are within the noise floor of the model's training data: the "
+                         f"model's held-out IoU ({heldout:.3f}) applies, capped at the calibrated level")
         if td.verdict == NO_GUARANTEE:
             bound, verdict, sentence = None, NO_GUARANTEE, td.reason
             spoke = ("blank stack" if blank else
@@ -393,7 +397,8 @@ def reliability_iter(
         else:
             assert td.bound is not None
             tb = float(td.bound)
-            spoke = "witnesses (all within the calibrated region)"
+            spoke = ("noise floor (the image matches the training data)" if td.route == "in-domain"
+                     else "witnesses (all within the calibrated region)")
             if cal is not None and dec.bound is not None and dec.bound < tb:
                 tb, spoke = float(dec.bound), "W2 distance (lower than the witnesses' bound)"
             thr = trust.get("verdict_thresholds", {}) if trust else {}
@@ -442,6 +447,16 @@ def reliability_iter(
         w2_bound=dec.bound if cal is not None else None,
     )
     yield Result(report)
+
+
+def _within_noise_floor(source_model: Any, adapted_model: Any) -> bool:
+    """Whether AdaBN moved the statistics no more than the image's own noise floor (False when unknown)."""
+    from ..adabn.need import adaptation_needed
+
+    try:
+        return not adaptation_needed(source_model, adapted_model).needed
+    except (BNAdaptError, KeyError, AttributeError, TypeError):  # no adaptation report, or not this project's U-Net
+        return False
 
 
 # ========================================================== research mode

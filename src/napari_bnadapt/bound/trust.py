@@ -26,13 +26,26 @@ the most calibration cases while accepting none with an IoU below ``level``;
 then each threshold is raised to the lowest value among the accepted cases (the covered region).
 The witnesses are the self-consistency ones of :mod:`~napari_bnadapt.bound.witnesses` and
 ``foreground_match`` (how far the predicted share of mitochondria moved from the training data's).
+
+**The in-domain route.** The witnesses are thresholded on shifted targets, and on a target from the
+model's own training domain they can fall just short (``lucchi-pp`` on Lucchi++ test slices: patch
+agreement 0.9168 against a threshold of 0.917 set by a VNC case): the panel then abstained exactly
+where the model is at its best. A second, unfitted witness answers that case:
+:func:`~napari_bnadapt.adabn.need.adaptation_needed` finds the target's BatchNorm statistics within
+the noise floor of the image itself (the model's own parameters, nothing fitted on calibration cases).
+The image is then like the model's training data, the source statistics are kept (the workflow's
+guard), and the model's held-out in-domain IoU (its model card) is what applies: the stated bound is
+``min(level, held-out IoU)``. The calibration only checks the route (``in_domain``): it is used when at
+least one calibration case took it and none had a true IoU below what it would have stated. Measured
+(``benchmarks/bench_trust.py``): the noise floor was met by in-domain targets only, never by a
+cross-lab one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -79,6 +92,11 @@ class TrustCase:
     blank : bool
     gated : bool
         A gate signal of the reliability report failed (the verdict is then ``unreliable`` anyway).
+    in_domain : bool
+        The target's statistics were within the noise floor (:func:`~napari_bnadapt.adabn.need.adaptation_needed`
+        said "not needed"): the in-domain route applies.
+    heldout_iou : float or None
+        The model's held-out in-domain IoU from its model card (:func:`heldout_iou`).
     """
 
     model: str
@@ -89,17 +107,36 @@ class TrustCase:
     foreground_fraction: float
     blank: bool = False
     gated: bool = False
+    in_domain: bool = False
+    heldout_iou: float | None = None
 
 
-def case_from_row(row: Mapping[str, Any]) -> TrustCase:
-    """A :class:`TrustCase` from a row of ``benchmarks/results/bench_trust.json``."""
+def heldout_iou(meta: Mapping[str, Any] | None) -> float | None:
+    """A model's held-out in-domain IoU from its card: the test IoU, else the validation IoU (None: neither)."""
+    metrics = ((meta or {}).get("training") or {}).get("metrics") or {}
+    for key in ("test_iou", "val_iou"):
+        v = metrics.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            return float(v)
+    return None
+
+
+def in_domain_bound(level: float, heldout: float | None) -> float | None:
+    """What the in-domain route states: the level, or the model's held-out IoU when that is lower."""
+    return None if heldout is None else min(float(level), float(heldout))
+
+
+def case_from_row(row: Mapping[str, Any], heldout: float | None = None) -> TrustCase:
+    """A :class:`TrustCase` from a row of ``benchmarks/results/bench_trust.json`` (``heldout``: the
+    model's held-out IoU, :func:`heldout_iou`)."""
     w = row["witnesses"]
     values = {k: float(w[k]) if w[k] is not None else math.nan for k in WITNESS_NAMES}
     values["foreground_match"] = foreground_match(row["features"]["fg_logratio"])
     return TrustCase(model=row["model"], target=row["target"], volume=row["volume"], iou=float(row["iou"]),
                      witnesses=values,
                      foreground_fraction=float(w["foreground_fraction"]), blank=bool(w["blank"]),
-                     gated=bool(row.get("gate_failures")))
+                     gated=bool(row.get("gate_failures")), in_domain=row.get("needed") is False,
+                     heldout_iou=heldout)
 
 
 @dataclass
@@ -118,6 +155,8 @@ class TrustDecision:
         The witnesses outside the covered region.
     passing : list of str
         The witnesses inside it.
+    route : str
+        ``witnesses`` or ``in-domain`` (the noise-floor route of the module docstring).
     """
 
     verdict: str
@@ -125,6 +164,7 @@ class TrustDecision:
     reason: str = ""
     failing: list[tuple[str, float, float]] = field(default_factory=list)
     passing: list[str] = field(default_factory=list)
+    route: str = "witnesses"
 
 
 def _accept(w: np.ndarray, thr: np.ndarray) -> np.ndarray:
@@ -182,6 +222,7 @@ def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU, witness
     fg = np.array([c.foreground_fraction for c in usable])[accepted]
     n_acc = int(accepted.sum())
     bound = float(level) if n_acc >= MIN_ACCEPTED else None
+    route = [(c.iou, in_domain_bound(level, c.heldout_iou)) for c in usable if c.in_domain and c.heldout_iou is not None]
     return {
         "version": TRUST_VERSION,
         "thresholds": {k: float(v) for k, v in zip(names, thr)},
@@ -193,6 +234,9 @@ def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU, witness
         "n": len(usable),
         "n_accepted": n_acc,
         "n_rejected_success": int(np.sum(~accepted & ~bad)),
+        "in_domain": {"n": len(route), "iou_min": min((r[0] for r in route), default=None),
+                      "n_contradicted": sum(r[0] < r[1] for r in route),
+                      "enabled": bool(route) and all(r[0] >= r[1] for r in route)},
         "verdict_thresholds": {"reliable": reliable_at, "unreliable": unreliable_below},
         "models": sorted({c.model for c in usable}),
         "volumes": sorted({c.volume for c in usable}),
@@ -201,7 +245,7 @@ def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU, witness
 
 def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float] | None,
                  foreground_fraction: float | None = None, *, blank: bool = False,
-                 gated: bool = False) -> TrustDecision:
+                 gated: bool = False, in_domain: bool = False, heldout: float | None = None) -> TrustDecision:
     """The verdict from the witnesses and a trust calibration.
 
     Parameters
@@ -216,6 +260,10 @@ def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float]
         The stack is blank or nearly constant: always ``no guarantee``.
     gated : bool
         A gate signal of the reliability report failed: ``unreliable``, no number.
+    in_domain : bool
+        The target's statistics are within the noise floor ("no adaptation needed").
+    heldout : float or None
+        The model's held-out in-domain IoU (:func:`heldout_iou`); the in-domain route needs it.
 
     Returns
     -------
@@ -229,6 +277,12 @@ def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float]
     if trust is None or witnesses is None:
         return TrustDecision(NO_GUARANTEE, None, "No guarantee: this model was never checked on labelled volumes "
                              "of other labs; look at a few slices, or run a spot check.")
+    lo, hi = trust.get("foreground_range", [math.nan, math.nan])
+    fg = foreground_fraction
+    fg_inside = fg is None or not math.isfinite(lo) or lo <= fg <= hi
+    route = in_domain_bound(float(trust.get("level", SUCCESS_IOU)), heldout)
+    if in_domain and route is not None and fg_inside and (trust.get("in_domain") or {}).get("enabled"):
+        return TrustDecision(_verdict(trust, route), route, "", [], ["noise floor"], "in-domain")
     failing, passing = [], []
     for k, t in trust["thresholds"].items():
         v = float(witnesses.get(k, math.nan))
@@ -237,7 +291,6 @@ def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float]
         else:
             passing.append(k)
     out = TrustDecision(NO_GUARANTEE, None, "", failing, passing)
-    lo, hi = trust.get("foreground_range", [math.nan, math.nan])
     if failing:
         k, v, t = min(failing, key=lambda f: (f[1] - f[2]) if math.isfinite(f[1]) else -math.inf)
         d = 2 if f"{v:.2f}" != f"{t:.2f}" else 3 if f"{v:.3f}" != f"{t:.3f}" else 4
@@ -246,8 +299,8 @@ def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float]
             why += f"; the witnesses disagree ({', '.join(p.replace('_', ' ') for p in passing)} would have passed)"
         out.reason = UNLIKE_SENTENCE.format(why=why)
         return out
-    fg = foreground_fraction
-    if fg is not None and math.isfinite(lo) and not (lo <= fg <= hi):
+    if not fg_inside:
+        assert fg is not None
         out.reason = UNLIKE_SENTENCE.format(
             why=f"the adapted model marks {fg:.1%} of the pixels as mitochondria, outside the {lo:.1%}-{hi:.1%} "
                 "of the cases the model was checked on")
@@ -256,12 +309,15 @@ def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float]
         out.reason = ("No guarantee: too few of the volumes this model was checked on were like this one to "
                       "state a bound; look at a few slices, or run a spot check.")
         return out
-    b = float(trust["bound"])
-    thr = trust.get("verdict_thresholds", {})
-    out.bound = b
-    out.verdict = ("reliable" if b >= float(thr.get("reliable", RELIABLE_AT))
-                   else "unreliable" if b < float(thr.get("unreliable", UNRELIABLE_BELOW)) else "uncertain")
+    out.bound = float(trust["bound"])
+    out.verdict = _verdict(trust, out.bound)
     return out
+
+
+def _verdict(trust: Mapping[str, Any], bound: float) -> str:
+    thr = trust.get("verdict_thresholds", {})
+    return ("reliable" if bound >= float(thr.get("reliable", RELIABLE_AT))
+            else "unreliable" if bound < float(thr.get("unreliable", UNRELIABLE_BELOW)) else "uncertain")
 
 
 def _summary(decisions: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -286,14 +342,15 @@ def _summary(decisions: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _decision_row(trust: Mapping[str, Any], c: TrustCase) -> dict[str, Any]:
-    d = trust_decide(trust, c.witnesses, c.foreground_fraction, blank=c.blank, gated=c.gated)
+    d = trust_decide(trust, c.witnesses, c.foreground_fraction, blank=c.blank, gated=c.gated,
+                     in_domain=c.in_domain, heldout=c.heldout_iou)
     why = []
     if d.bound is not None and d.bound > c.iou:
         why.append(f"stated bound {d.bound:.3f} above the true IoU")
     if d.verdict == "reliable" and c.iou < FALSE_RELIABLE_BELOW:
         why.append(f"'reliable' with a true IoU below {FALSE_RELIABLE_BELOW}")
     return {"model": c.model, "target": c.target, "volume": c.volume, "iou": c.iou, "verdict": d.verdict,
-            "bound": d.bound, "reason": d.reason, "why": "; ".join(why)}
+            "bound": d.bound, "reason": d.reason, "route": d.route, "why": "; ".join(why)}
 
 
 def leave_one_volume_out(cases: Sequence[TrustCase], **fit_kw: Any) -> dict[str, Any]:
@@ -332,7 +389,9 @@ def choose_rule(cases: Sequence[TrustCase], levels: Sequence[float] = TRUST_LEVE
     level, then the most bounds stated, then the most witnesses (more witnesses, more ways to abstain).
     When no pair is free of false promises: the highest coverage, then the lowest level. The choice
     is made on the same validation that reports it, so the figures of the chosen pair are optimistic;
-    with two volumes no nested validation is possible (docs/reliability.md says so).
+    with two volumes no nested validation is possible (docs/reliability.md says so). The in-domain
+    route takes no part in the choice (its bounds would make any level look free of false promises);
+    it then states at most the chosen level.
 
     Returns
     -------
@@ -342,6 +401,7 @@ def choose_rule(cases: Sequence[TrustCase], levels: Sequence[float] = TRUST_LEVE
     """
     import itertools
 
+    cases = [replace(c, in_domain=False) for c in cases]
     present = [k for k in TRUST_WITNESSES if any(k in c.witnesses for c in cases)]
     if witness_sets is None:
         witness_sets = [list(sub) for r in range(1, len(present) + 1) for sub in itertools.combinations(present, r)]
