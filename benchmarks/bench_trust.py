@@ -89,11 +89,19 @@ def _need(model: Any, adapted: Any, adapt_report: Any) -> dict[str, Any]:
     return {"needed": bool(v.needed), "need_ratio": float(v.ratio), "need_std_change": float(v.std_change)}
 
 
-def _backfill_need(model: Any, t: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """A row written before the noise-floor test was recorded: adapt again (same seed, same result) and add it."""
+def _backfill(model: Any, t: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """A row written before the noise-floor test and the object-size witness were recorded: adapt again
+    (same seed, same result) and add them (the size witness as ``measure_witnesses`` computes it)."""
+    import torch
+
+    from napari_bnadapt.bound.witnesses import SIZE_CROP, WITNESS_SLICES, _crops, _probabilities, size_ratio
+
     run_px = t["pixel_size_nm"] if t["pixel_size_nm"] is not None else (model.meta or {}).get("pixel_size_nm")
     adapted, adapt_report = nb.adapt(model, t["image"], device="cpu", pixel_size_nm=run_px, seed=0)
-    return {**row, **_need(model, adapted, adapt_report)}
+    x = _crops(t["image"], model, run_px, None, WITNESS_SLICES, SIZE_CROP)
+    p0 = _probabilities(adapted, x, torch.device("cpu"))
+    return {**row, **_need(model, adapted, adapt_report),
+            "witnesses": {**row["witnesses"], "size_ratio": size_ratio(model, p0)}}
 
 
 def run_cases(models: list[str], models_dir: Path | None, real_slices: int, sim_slices: int) -> tuple[list, int]:
@@ -106,10 +114,11 @@ def run_cases(models: list[str], models_dir: Path | None, real_slices: int, sim_
         for t in tg:
             old = [r for r in done if r["model"] == name and r["target"] == t["name"]]
             if old:
-                if "needed" not in old[0]:
-                    old[0].update(_backfill_need(model, t, old[0]))
+                if "needed" not in old[0] or "size_ratio" not in old[0]["witnesses"]:
+                    old[0].update(_backfill(model, t, old[0]))
                     backfilled = True
-                    print(f"{name:>14} | {t['name']:<34} | noise floor recorded: needed {old[0]['needed']}", flush=True)
+                    print(f"{name:>14} | {t['name']:<34} | recorded: needed {old[0]['needed']}, size ratio "
+                          f"{old[0]['witnesses']['size_ratio']:.2f}", flush=True)
                 rows.append(old[0])
                 reused += 1
                 continue
@@ -204,8 +213,8 @@ def _f(v: Any, d: int = 3) -> str:
 def report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
     lines = ["## Cases (true IoU after AdaBN, witnesses, what was promised)", "",
              "| model | target | kind | IoU | patch agreement | flip | scale | foreground match | "
-             "within noise floor | bound before issue 15 | verdict now (leave-one-volume-out) | bound now | route |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "object size ratio | within noise floor | bound before issue 15 | verdict now (leave-one-volume-out) | bound now | route |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lovo = res["lovo"]
     by_key = {(d["model"], d["target"]): d for d in lovo["decisions"]}
     for r in rows:
@@ -213,7 +222,8 @@ def report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
         d = by_key[(r["model"], r["target"])]
         lines.append(f"| {r['model']} | {r['target']} | {r['kind']}, {r['domain']} | {r['iou']:.3f} | "
                      f"{_f(w['patch_agreement'])} | {_f(w['flip_consistency'])} | {_f(w['scale_consistency'])} | "
-                     f"{-abs(r['features']['fg_logratio']):.2f} | {'yes' if r['needed'] is False else 'no'} | "
+                     f"{-abs(r['features']['fg_logratio']):.2f} | {_f(w.get('size_ratio'), 2)} | "
+                     f"{'yes' if r['needed'] is False else 'no'} | "
                      f"{_f(r['old_bound'], 2)} | {d['verdict']} | {_f(d['bound'], 2)} | "
                      f"{d['route'] if d['bound'] is not None else ''} |")
     lines += ["", "## Leave one volume out (fit on the cases of one real volume, judged on the other's)", "",
@@ -269,6 +279,9 @@ def report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
               "optimistic.", "",
               "## The shipped trust calibration (fitted on every case)", "",
               ", ".join(f"{k} >= {v:.3f}" for k, v in s["thresholds"].items())
+              + f"; predicted foreground fraction {_f(s['foreground_range'][0])}-{_f(s['foreground_range'][1])}, "
+              f"object size ratio {_f(s['size_range'][0], 2)}-{_f(s['size_range'][1], 2)} (accepted cases' ranges, "
+              "widened)"
               + f"; bound {_f(s['bound'], 3)} ({s['n_accepted']} of {s['n']} cases accepted); "
               f"leave-one-volume-out coverage of stated bounds {_f(lovo['pooled']['coverage'], 3)} "
               f"({lovo['pooled']['n_stated']} stated of {lovo['pooled']['n']})", "",

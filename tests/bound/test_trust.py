@@ -14,6 +14,7 @@ from napari_bnadapt.bound.decision import Decision
 from napari_bnadapt.bound.report import _sentence
 from napari_bnadapt.bound.trust import (
     NO_GUARANTEE,
+    SIZE_SLACK,
     TrustCase,
     choose_rule,
     fit_trust,
@@ -23,7 +24,7 @@ from napari_bnadapt.bound.trust import (
     trust_decide,
 )
 from napari_bnadapt.bound.validity import calibration_problem, floor_bound, format_bound, verdict_coverage
-from napari_bnadapt.bound.witnesses import WITNESS_NAMES, measure_witnesses, stack_is_blank
+from napari_bnadapt.bound.witnesses import WITNESS_NAMES, measure_witnesses, size_ratio, stack_is_blank
 
 from ..conftest import state_bytes
 
@@ -214,6 +215,37 @@ def test_the_rule_choice_ignores_the_in_domain_route():
     assert leave_one_volume_out(cases, **rule)["pooled"]["n_stated"] > leave_one_volume_out(plain, **rule)["pooled"]["n_stated"]
 
 
+def test_object_size_outside_the_calibrated_range_abstains():
+    cases = [dataclasses.replace(c, size_ratio=0.8 + 0.02 * i) for i, c in enumerate(_cases())]
+    cal = fit_trust(cases)
+    accepted = [c.size_ratio for c in cases if c.iou >= 0.7]
+    assert cal["size_range"] == pytest.approx([min(accepted) / SIZE_SLACK, max(accepted) * SIZE_SLACK])
+    good = dict(zip(WITNESS_NAMES, [0.99, 0.99, 0.99]))
+    assert trust_decide(cal, good, 0.05, size_ratio=1.0).bound == 0.7
+    assert trust_decide(cal, good, 0.05, size_ratio=math.nan).bound == 0.7  # not measured: no objection
+    d = trust_decide(cal, good, 0.05, size_ratio=8.0)  # a nucleus called mitochondria: objects 8x too large
+    assert d.verdict == NO_GUARANTEE and d.outside == "object size" and "8 times the size" in d.reason
+    d = trust_decide(cal, good, 0.05, size_ratio=8.0, in_domain=True, heldout=0.9)
+    assert d.verdict == NO_GUARANTEE  # nor does the in-domain route state a number then
+    few = [dataclasses.replace(c, size_ratio=math.nan if i > 2 else 0.9) for i, c in enumerate(_cases())]
+    assert all(math.isnan(v) for v in fit_trust(few)["size_range"])  # 3 measured: too few for a range
+
+
+def test_size_ratio_witness_measures_the_objects_against_the_card():
+    yy, xx = np.mgrid[:256, :256]
+    prob = np.zeros((1, 256, 256), np.float32)
+    for cy, cx in ((60, 60), (60, 180), (180, 60), (180, 180)):
+        prob[0][(yy - cy) ** 2 + (xx - cx) ** 2 <= 20 ** 2] = 1.0  # discs of diameter ~40 px
+
+    class Card:
+        meta = {"objects": {"median_diameter_px": 20.0}}
+
+    assert size_ratio(Card(), prob) == pytest.approx(2.0, rel=0.05)
+    assert math.isnan(size_ratio(Card(), prob[:, :128, :128]))  # one whole disc: too few to say
+    Card.meta = {}
+    assert math.isnan(size_ratio(Card(), prob))  # no sizes in the card
+
+
 def test_heldout_iou_reads_the_card():
     assert heldout_iou({"training": {"metrics": {"test_iou": 0.884, "val_iou": 0.9}}}) == 0.884
     assert heldout_iou({"training": {"metrics": {"val_iou": 0.9}}}) == 0.9
@@ -239,6 +271,11 @@ def test_witnesses_on_a_good_adaptation(toy_model, bright_small):
     for k, v in w.values().items():
         assert 0.0 <= v <= 1.0, (k, v)
     assert w.flip_consistency > 0.8 and w.patch_agreement > 0.8  # a good adaptation agrees with itself
+    assert math.isnan(w.size_ratio)  # the toy model's card has no object sizes
+    carded = copy.deepcopy(toy_model)
+    carded.meta["objects"] = nb.object_size_summary(bright_small[1])  # the true objects' sizes
+    ratio = measure_witnesses(carded, adapted, images, device="cpu", n_slices=8).size_ratio
+    assert 0.67 < ratio < 1.5, ratio  # a good segmentation finds objects of the true size
     assert state_bytes(toy_model) == before
 
 

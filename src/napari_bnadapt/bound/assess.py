@@ -374,7 +374,7 @@ def reliability_iter(
     if wit is not None:
         wvals = {**wit.values(), "foreground_match": foreground_match(feats["fg_logratio"])}
         wit_info = {"values": wvals, "contrast": wit.contrast, "foreground_fraction": wit.foreground_fraction,
-                    "seconds": wit.seconds}
+                    "size_ratio": wit.size_ratio, "seconds": wit.seconds}
     # a gate with DEFAULT limits (no usable W2 calibration) does not overrule a validated trust calibration
     gated = bool(dec.gate_failures) and (cal is not None or trust is None)
     if trust is not None and dec.gate_failures and not gated:
@@ -384,7 +384,8 @@ def reliability_iter(
     if blank or (trust is not None and not gated):
         heldout = heldout_iou(getattr(source_model, "meta", None))
         td = trust_decide(trust, wvals, wit.foreground_fraction if wit is not None else None, blank=blank,
-                          in_domain=_within_noise_floor(source_model, adapted_model), heldout=heldout)
+                          in_domain=_within_noise_floor(source_model, adapted_model), heldout=heldout,
+                          size_ratio=wit.size_ratio if wit is not None else None)
         wit_info.update({"thresholds": (trust or {}).get("thresholds", {}), "failing": td.failing,
                          "passing": td.passing, "route": td.route})
         if td.route == "in-domain":
@@ -393,7 +394,7 @@ def reliability_iter(
         if td.verdict == NO_GUARANTEE:
             bound, verdict, sentence = None, NO_GUARANTEE, td.reason
             spoke = ("blank stack" if blank else
-                     ", ".join(f[0].replace("_", " ") for f in td.failing) or "witnesses")
+                     ", ".join(f[0].replace("_", " ") for f in td.failing) or td.outside or "witnesses")
         else:
             assert td.bound is not None
             tb = float(td.bound)

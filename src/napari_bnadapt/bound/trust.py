@@ -11,6 +11,10 @@ dict stored in ``model.meta["trust"]``:
 * ``foreground_range``: the predicted foreground fractions of the accepted cases, widened by
   :data:`FOREGROUND_SLACK` on each side (a model that predicts almost nothing agrees with itself
   perfectly, so the witnesses alone would accept it).
+* ``size_range``: the same for the ``size_ratio`` witness (median predicted object diameter over the
+  training labels'), widened by :data:`SIZE_SLACK`, when at least :data:`MIN_ACCEPTED` accepted cases
+  measured it: a model that calls a nucleus mitochondria agrees with itself too, but its objects are
+  many times too large.
 * ``bound``: the ``level`` that no accepted calibration case fell below (the thresholds are chosen so
   that every accepted case reached it). Not the accepted cases' own lowest IoU: with two real
   volumes, one volume's successes (Lucchi++ in-domain, 0.83-0.95) say nothing about how high another
@@ -60,6 +64,9 @@ TRUST_LEVELS: tuple[float, ...] = (0.6, 0.7, 0.8)
 #: The accepted foreground-fraction range is widened by this factor on each side.
 FOREGROUND_SLACK = 2.0
 
+#: The accepted range of the object-size ratio is widened by this factor on each side.
+SIZE_SLACK = 1.5
+
 #: Fewer accepted calibration cases than this: the calibration states no bound at all.
 MIN_ACCEPTED = 5
 
@@ -97,6 +104,8 @@ class TrustCase:
         said "not needed"): the in-domain route applies.
     heldout_iou : float or None
         The model's held-out in-domain IoU from its model card (:func:`heldout_iou`).
+    size_ratio : float
+        The ``size_ratio`` witness (NaN: not measured).
     """
 
     model: str
@@ -109,6 +118,7 @@ class TrustCase:
     gated: bool = False
     in_domain: bool = False
     heldout_iou: float | None = None
+    size_ratio: float = math.nan
 
 
 def heldout_iou(meta: Mapping[str, Any] | None) -> float | None:
@@ -136,7 +146,7 @@ def case_from_row(row: Mapping[str, Any], heldout: float | None = None) -> Trust
                      witnesses=values,
                      foreground_fraction=float(w["foreground_fraction"]), blank=bool(w["blank"]),
                      gated=bool(row.get("gate_failures")), in_domain=row.get("needed") is False,
-                     heldout_iou=heldout)
+                     heldout_iou=heldout, size_ratio=float(w.get("size_ratio") or math.nan))
 
 
 @dataclass
@@ -157,6 +167,8 @@ class TrustDecision:
         The witnesses inside it.
     route : str
         ``witnesses`` or ``in-domain`` (the noise-floor route of the module docstring).
+    outside : str
+        ``foreground fraction`` or ``object size`` when that lies outside its calibrated range.
     """
 
     verdict: str
@@ -165,6 +177,7 @@ class TrustDecision:
     failing: list[tuple[str, float, float]] = field(default_factory=list)
     passing: list[str] = field(default_factory=list)
     route: str = "witnesses"
+    outside: str = ""
 
 
 def _accept(w: np.ndarray, thr: np.ndarray) -> np.ndarray:
@@ -220,6 +233,8 @@ def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU, witness
     else:
         thr = np.full(len(names), np.inf)
     fg = np.array([c.foreground_fraction for c in usable])[accepted]
+    sizes = np.array([c.size_ratio for c in usable])[accepted]
+    sizes = sizes[np.isfinite(sizes)]
     n_acc = int(accepted.sum())
     bound = float(level) if n_acc >= MIN_ACCEPTED else None
     route = [(c.iou, in_domain_bound(level, c.heldout_iou)) for c in usable if c.in_domain and c.heldout_iou is not None]
@@ -228,6 +243,8 @@ def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU, witness
         "thresholds": {k: float(v) for k, v in zip(names, thr)},
         "foreground_range": ([float(fg.min() / FOREGROUND_SLACK), float(min(1.0, fg.max() * FOREGROUND_SLACK))]
                              if n_acc else [math.nan, math.nan]),
+        "size_range": ([float(sizes.min() / SIZE_SLACK), float(sizes.max() * SIZE_SLACK)]
+                       if len(sizes) >= MIN_ACCEPTED else [math.nan, math.nan]),
         "bound": None if bound is None else float(bound),
         "level": float(level),
         "accepted_iou_min": float(y[accepted].min()) if n_acc else None,
@@ -245,7 +262,8 @@ def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU, witness
 
 def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float] | None,
                  foreground_fraction: float | None = None, *, blank: bool = False,
-                 gated: bool = False, in_domain: bool = False, heldout: float | None = None) -> TrustDecision:
+                 gated: bool = False, in_domain: bool = False, heldout: float | None = None,
+                 size_ratio: float | None = None) -> TrustDecision:
     """The verdict from the witnesses and a trust calibration.
 
     Parameters
@@ -264,6 +282,8 @@ def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float]
         The target's statistics are within the noise floor ("no adaptation needed").
     heldout : float or None
         The model's held-out in-domain IoU (:func:`heldout_iou`); the in-domain route needs it.
+    size_ratio : float, optional
+        The ``size_ratio`` witness; outside the calibration's ``size_range``: no number.
 
     Returns
     -------
@@ -277,11 +297,9 @@ def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float]
     if trust is None or witnesses is None:
         return TrustDecision(NO_GUARANTEE, None, "No guarantee: this model was never checked on labelled volumes "
                              "of other labs; look at a few slices, or run a spot check.")
-    lo, hi = trust.get("foreground_range", [math.nan, math.nan])
-    fg = foreground_fraction
-    fg_inside = fg is None or not math.isfinite(lo) or lo <= fg <= hi
+    outside, why_outside = _outside_ranges(trust, foreground_fraction, size_ratio)
     route = in_domain_bound(float(trust.get("level", SUCCESS_IOU)), heldout)
-    if in_domain and route is not None and fg_inside and (trust.get("in_domain") or {}).get("enabled"):
+    if in_domain and route is not None and not outside and (trust.get("in_domain") or {}).get("enabled"):
         return TrustDecision(_verdict(trust, route), route, "", [], ["noise floor"], "in-domain")
     failing, passing = [], []
     for k, t in trust["thresholds"].items():
@@ -299,11 +317,8 @@ def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float]
             why += f"; the witnesses disagree ({', '.join(p.replace('_', ' ') for p in passing)} would have passed)"
         out.reason = UNLIKE_SENTENCE.format(why=why)
         return out
-    if not fg_inside:
-        assert fg is not None
-        out.reason = UNLIKE_SENTENCE.format(
-            why=f"the adapted model marks {fg:.1%} of the pixels as mitochondria, outside the {lo:.1%}-{hi:.1%} "
-                "of the cases the model was checked on")
+    if outside:
+        out.reason, out.outside = UNLIKE_SENTENCE.format(why=why_outside), outside
         return out
     if trust.get("bound") is None:
         out.reason = ("No guarantee: too few of the volumes this model was checked on were like this one to "
@@ -312,6 +327,21 @@ def trust_decide(trust: Mapping[str, Any] | None, witnesses: Mapping[str, float]
     out.bound = float(trust["bound"])
     out.verdict = _verdict(trust, out.bound)
     return out
+
+
+def _outside_ranges(trust: Mapping[str, Any], fg: float | None, size: float | None) -> tuple[str, str]:
+    """Which of the foreground fraction and the object-size ratio lies outside its calibrated range,
+    and why in words (``("", "")`` if neither)."""
+    lo, hi = trust.get("foreground_range", [math.nan, math.nan])
+    if fg is not None and math.isfinite(lo) and not lo <= fg <= hi:
+        return "foreground fraction", (f"the adapted model marks {fg:.1%} of the pixels as mitochondria, outside the {lo:.1%}-{hi:.1%} "
+                "of the cases the model was checked on")
+    lo, hi = trust.get("size_range", [math.nan, math.nan])
+    if size is not None and math.isfinite(size) and math.isfinite(lo) and not lo <= size <= hi:
+        return "object size", (f"the objects it finds are {size:.2g} times the size of the mitochondria it was trained on, outside "
+                f"the {lo:.2g}-{hi:.2g} times of the cases the model was checked on (another structure, or "
+                "another scale: is the pixel size right?)")
+    return "", ""
 
 
 def _verdict(trust: Mapping[str, Any], bound: float) -> str:
@@ -343,7 +373,7 @@ def _summary(decisions: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _decision_row(trust: Mapping[str, Any], c: TrustCase) -> dict[str, Any]:
     d = trust_decide(trust, c.witnesses, c.foreground_fraction, blank=c.blank, gated=c.gated,
-                     in_domain=c.in_domain, heldout=c.heldout_iou)
+                     in_domain=c.in_domain, heldout=c.heldout_iou, size_ratio=c.size_ratio)
     why = []
     if d.bound is not None and d.bound > c.iou:
         why.append(f"stated bound {d.bound:.3f} above the true IoU")

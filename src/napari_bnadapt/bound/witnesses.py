@@ -14,6 +14,15 @@ Measured AFTER adaptation, on a few central crops of a few slices, on the model'
   one that is guessing from texture at the wrong scale does not.
 * ``contrast``: the standard deviation of the network input over the crops (normalised grey
   values); a blank or nearly constant stack has none, and no witness means anything there.
+* ``size_ratio``: the median diameter of the objects the adapted model finds on larger central crops
+  (:data:`SIZE_CROP`) of the same slices over the
+  median diameter of the mitochondria in the model's training labels (its card,
+  :func:`~napari_bnadapt.adabn.scale_search.object_size_summary`, same pixel grid). Not thresholded
+  like the others: the trust calibration keeps the range of the cases it accepted (widened), and a
+  target outside it gets no number. It catches what the self-consistency witnesses cannot: a model
+  that consistently calls a much larger structure (a nucleus, a cell body) mitochondria, or sees
+  them at the wrong scale (pixel size not stated). NaN with fewer than :data:`SIZE_MIN_OBJECTS`
+  objects on those crops, or without sizes in the card.
 
 On the bundled EM models these witnesses separate in-domain held-out slices from volumes of other
 labs (benchmarks/bench_trust.py, docs/reliability.md); how their thresholds were chosen is in
@@ -77,6 +86,13 @@ WITNESS_CROP = 256
 #: Below this standard deviation of the network input (normalised grey values) a stack counts as blank.
 BLANK_STD = 0.02
 
+#: Fewer objects than this on the size crops: the size ratio is not measured (NaN).
+SIZE_MIN_OBJECTS = 3
+
+#: Side of the central crops (model grid) the object sizes are measured on: larger than
+#: :data:`WITNESS_CROP`, which holds too few whole mitochondria (about 60 px across) to count.
+SIZE_CROP = 512
+
 
 @dataclass(frozen=True)
 class Witnesses:
@@ -90,6 +106,8 @@ class Witnesses:
         Standard deviation of the network input over the crops.
     foreground_fraction : float
         Share of crop pixels the adapted model calls mitochondria.
+    size_ratio : float
+        Median object diameter on the crops over the training labels' (NaN: not measured).
     blank : bool
         ``contrast < BLANK_STD``: the stack is blank or nearly constant.
     n_slices, crop : int
@@ -106,6 +124,7 @@ class Witnesses:
     n_slices: int
     crop: int
     seconds: float
+    size_ratio: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -124,6 +143,20 @@ def foreground_match(fg_logratio: float) -> float:
     predicted foreground fractions (measured on the reliability report's patch sample).
     """
     return -abs(float(fg_logratio))
+
+
+def size_ratio(model: Any, probabilities: np.ndarray) -> float:
+    """The ``size_ratio`` witness: median diameter of the predicted objects over that of the model's
+    training labels (``model.meta["objects"]``); NaN when either is unknown or too few objects were found."""
+    from ..adabn.scale_search import OBJECTS_KEY, object_size_summary
+
+    ref = ((getattr(model, "meta", None) or {}).get(OBJECTS_KEY) or {}).get("median_diameter_px")
+    if not ref:
+        return math.nan
+    found = object_size_summary(np.asarray(probabilities) > 0.5)
+    if found["count"] < SIZE_MIN_OBJECTS or not found["median_diameter_px"]:
+        return math.nan
+    return float(found["median_diameter_px"]) / float(ref)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -234,7 +267,7 @@ def measure_witnesses(
     fg = float((p0 > 0.5).mean())
     if blank:
         nan = math.nan
-        return Witnesses(nan, nan, nan, contrast, fg, True, len(x), x.shape[-1], time.perf_counter() - t0)
+        return Witnesses(nan, nan, nan, contrast, fg, True, len(x), x.shape[-1], time.perf_counter() - t0, nan)
     flips = []
     for turn, back in ((lambda a: np.rot90(a, 1, (1, 2)), lambda a: np.rot90(a, -1, (1, 2))),
                        (lambda a: a[:, :, ::-1], lambda a: a[:, :, ::-1]),
@@ -258,6 +291,8 @@ def measure_witnesses(
         blank=False,
         n_slices=len(x),
         crop=int(x.shape[-1]),
+        size_ratio=size_ratio(source_model, _probabilities(
+            adapted, _crops(images, source_model, pixel_size_nm, intensity_range, n_slices, SIZE_CROP), dev)),
         seconds=time.perf_counter() - t0,
     )
 
