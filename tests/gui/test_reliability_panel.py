@@ -37,7 +37,7 @@ def test_an_abstention_names_the_witness_and_gives_no_number(panel):
                  "or run a spot check.",
         witnesses={"values": {"patch_agreement": 0.99, "flip_consistency": 0.85, "scale_consistency": 0.60},
                    "thresholds": {"patch_agreement": 0.95, "flip_consistency": 0.90, "scale_consistency": 0.83},
-                   "failing": [("scale_consistency", 0.60, 0.83)]},
+                   "failing": [("scale_consistency", 0.60, 0.83)], "size_ratio": 0.81},
         spoke="scale consistency",
         calibration={"rejected": "its distance (ls0|source|full) won the selection by a tie with 16 other distances"},
     )
@@ -48,6 +48,7 @@ def test_an_abstention_names_the_witness_and_gives_no_number(panel):
     text = panel.witnesses.text()
     assert "scale consistency: 0.6" in text and "below" in text and "0.83" in text
     assert text.count("below") == 2  # flip and scale are below their thresholds, patch agreement is not
+    assert "object size: 0.81x the training mitochondria" in text
     assert "unlike anything" in panel.sentence.text()
     drawn = " ".join(t.get_text() for ax in panel.figure.axes for t in ax.texts)
     assert "not used" in drawn and "tie" in drawn  # the rejected W2 calibration is said where the curve was

@@ -51,6 +51,9 @@ def _witness_text(w: dict[str, Any]) -> str:
         t = thr.get(k)
         mark = "" if t is None else (" &#10003;" if math.isfinite(v) and v >= t else " <b>&#10007; below</b>")
         lines.append(f"{k.replace('_', ' ')}: {_fmt(v)}" + ("" if t is None else f" (calibrated >= {_fmt(t)}){mark}"))
+    size = w.get("size_ratio")
+    if size is not None and math.isfinite(size):
+        lines.append(f"object size: {size:.2g}x the training mitochondria")
     return "witnesses: " + "; ".join(lines)
 
 
