@@ -1,6 +1,6 @@
 """What each part of the EM domain randomisation buys: one part left out at a time, equal training.
 
-Run: python benchmarks/bench_augmentation_ablation.py [--source lucchi] [--steps 300] [--seeds 0 1]
+Run: python benchmarks/bench_augmentation_ablation.py [--source lucchi] [--steps 300] [--seeds 0 1] [--repeat geometric em]
 
 Needs ``../shared/data/real/`` (not shipped). Every variant fine-tunes the same bundled single-source
 model (``--init``, default ``lucchi-pp`` for ``--source lucchi``) for the same number of steps with the
@@ -18,7 +18,8 @@ weights, so each one sees exactly the same number of crops. Each is then evaluat
 ``bench_real_generalisation.py`` (its targets, held-out slices only): source only and AdaBN on the
 real held-out slices of both volumes and on the simulated other-lab versions of each (clearly labelled
 simulated). One training per (variant, seed): differences smaller than the spread between seeds of the
-same variant (reported) are not established.
+same variant (reported) are not established. ``--repeat`` names the variants that also run the seeds
+after the first (the others run the first seed only), to measure that spread at a fraction of the cost.
 
 Trained models go to ``--out`` (default ``benchmarks/results/ablation_models/``, not committed) and
 are reused by a rerun; rows are appended to ``<name>.partial.jsonl`` as they finish and skipped by a
