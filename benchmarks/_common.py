@@ -51,3 +51,12 @@ def load_em_model(name: str, models_dir: Path | None) -> Any:
 
     path = models_dir / f"{name}.safetensors" if models_dir else None
     return nb.load_model(path if path is not None and path.exists() else name, device="cpu")
+
+
+def save_results(name: str, text: str, result: dict[str, Any], figure: Any = None) -> None:
+    """Write ``results/<name>.txt`` (and print it), ``results/<name>.json`` and, given a ``figure(result, path)``
+    function, ``docs/images/<name without bench_>.png``."""
+    write(name, text)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    if figure is not None:
+        figure(result, Path(__file__).resolve().parents[1] / "docs" / "images" / f"{name.replace('bench_', '')}.png")

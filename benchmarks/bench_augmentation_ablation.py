@@ -42,14 +42,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
+from _common import RESULTS, header, load_em_model, read_partial, save_results  # noqa: E402
 from bench_real_generalisation import targets  # noqa: E402
 from em_data import RECIPES, available, load_split  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
 from napari_bnadapt.model.augment import Augmentation  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 #: the parts of the recipe, and the settings that switch each one off
 PARTS: dict[str, dict[str, Any]] = {
     "scale": {"scale_jitter": 1.0},
@@ -234,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# every variant: fine-tune {args.init} on {RECIPES[args.source]['label']} train, {args.steps} steps, "
         f"batch {args.batch_size} x {args.patch_size} px, lr {args.lr}, final weights (no early stopping)\n\n"
         + table(result) + "\n")
-    write(args.name, text)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
-    figure(result, ROOT / "docs" / "images" / f"{args.name.replace('bench_', '')}.png")
+    save_results(args.name, text, result, figure)
     return 0
 
 

@@ -49,12 +49,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
+from _common import RESULTS, header, load_em_model, read_partial, save_results  # noqa: E402
 from em_data import RECIPES, available, load_split  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("source", "adabn", "+guard", "+tta", "+entropy", "+scale")
 #: which volume(s) each model was trained on (its other volumes are cross-lab targets)
 TRAINED_ON = {"lucchi-pp": {"lucchi"}, "lucchi-pp-robust": {"lucchi"}, "vnc": {"vnc"}, "vnc-robust": {"vnc"},
@@ -294,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f" ({result['reused']} of {len(result['rows'])} rows read back from {args.name}.partial.jsonl, written by "
            "earlier runs of the same command; each row's seconds are its own)" if result["reused"] else "")
         + "\n\n" + table(result) + "\n")
-    write(args.name, text)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
-    figure(result, ROOT / "docs" / "images" / f"{args.name.replace('bench_', '')}.png")
+    save_results(args.name, text, result, figure)
     return 0
 
 
