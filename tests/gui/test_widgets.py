@@ -229,7 +229,7 @@ def test_pixel_size_mismatch_is_said_and_rescaling_adds_a_new_layer(viewer, qtbo
     w = _adapt_widget(viewer)
     w.image.value = image
     w.add_model_file(path)
-    assert "mismatch" in w.scale_note.value and "2.00x" in w.scale_note.value
+    assert "differs from the model" in w.scale_note.value and "2.00x" in w.scale_note.value
     assert not w.rescale.native.isHidden()  # offered (the dock itself may be off-screen)
     assert w.rescale_to_model() is not None
     _wait(qtbot, w)

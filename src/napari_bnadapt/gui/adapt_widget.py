@@ -233,7 +233,7 @@ class AdaptSegmentWidget(Container):
         grid = resolve_grid(image_nm, model_nm)
         msg = None
         if grid.resamples:
-            msg = (f"pixel size mismatch ({size_ratio(image_nm, model_nm):.2f}x): this layer has "
+            msg = (f"pixel size differs from the model's ({size_ratio(image_nm, model_nm):.2f}x): this layer has "
                    f"{' x '.join(f'{v:g}' for v in image_nm)} nm pixels; resampled internally to the model's "
                    f"{' x '.join(f'{v:g}' for v in model_nm)} nm; results on your layer's grid")
             self.scale_note.value = msg
