@@ -235,6 +235,10 @@ section_real() {
     rm -f benchmarks/results/bench_spot_check.partial.jsonl
     step bench_spot_check "$PY" benchmarks/bench_spot_check.py --models lucchi-pp vnc lucchi-pp-robust \
       --models-dir "$TMPDIR_MODELS" --threads 1
+    # what each part of the EM augmentation buys: 10 fine-tunings of lucchi-pp (about an hour on 2 cores)
+    rm -f benchmarks/results/bench_augmentation_ablation.partial.jsonl
+    step bench_augmentation_ablation "$PY" benchmarks/bench_augmentation_ablation.py --seeds 0 1 --repeat geometric em \
+      --out "$TMPDIR_MODELS/ablation"
   else
     echo "($REAL not found: skipped bench_real_cross_domain, bench_real_generalisation)"
   fi
