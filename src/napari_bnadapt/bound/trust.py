@@ -237,7 +237,8 @@ def fit_trust(cases: Sequence[TrustCase], *, level: float = SUCCESS_IOU, witness
     sizes = sizes[np.isfinite(sizes)]
     n_acc = int(accepted.sum())
     bound = float(level) if n_acc >= MIN_ACCEPTED else None
-    route = [(c.iou, in_domain_bound(level, c.heldout_iou)) for c in usable if c.in_domain and c.heldout_iou is not None]
+    route = [(c.iou, in_domain_bound(level, c.heldout_iou)) for c in usable
+             if c.in_domain and c.heldout_iou is not None]
     return {
         "version": TRUST_VERSION,
         "thresholds": {k: float(v) for k, v in zip(names, thr)},
@@ -334,13 +335,13 @@ def _outside_ranges(trust: Mapping[str, Any], fg: float | None, size: float | No
     and why in words (``("", "")`` if neither)."""
     lo, hi = trust.get("foreground_range", [math.nan, math.nan])
     if fg is not None and math.isfinite(lo) and not lo <= fg <= hi:
-        return "foreground fraction", (f"the adapted model marks {fg:.1%} of the pixels as mitochondria, outside the {lo:.1%}-{hi:.1%} "
-                "of the cases the model was checked on")
+        return "foreground fraction", (f"the adapted model marks {fg:.1%} of the pixels as mitochondria, outside "
+                                       f"the {lo:.1%}-{hi:.1%} of the cases the model was checked on")
     lo, hi = trust.get("size_range", [math.nan, math.nan])
     if size is not None and math.isfinite(size) and math.isfinite(lo) and not lo <= size <= hi:
-        return "object size", (f"the objects it finds are {size:.2g} times the size of the mitochondria it was trained on, outside "
-                f"the {lo:.2g}-{hi:.2g} times of the cases the model was checked on (another structure, or "
-                "another scale: is the pixel size right?)")
+        return "object size", (f"the objects it finds are {size:.2g} times the size of the mitochondria it was "
+                               f"trained on, outside the {lo:.2g}-{hi:.2g} times of the cases the model was checked "
+                               "on (another structure, or another scale: is the pixel size right?)")
     return "", ""
 
 
