@@ -56,7 +56,8 @@ import napari_bnadapt as nb  # noqa: E402
 
 METHODS = ("source", "adabn", "+guard", "+tta", "+entropy", "+scale")
 #: which volume(s) each model was trained on (its other volumes are cross-lab targets)
-TRAINED_ON = {"lucchi-pp": {"lucchi"}, "lucchi-pp-robust": {"lucchi"}, "vnc": {"vnc"}, "vnc-robust": {"vnc"},
+TRAINED_ON = {"lucchi-pp": {"lucchi"}, "lucchi-pp-robust": {"lucchi"}, "lucchi-pp-robust-fixed": {"lucchi"},
+              "vnc": {"vnc"}, "vnc-robust": {"vnc"},
               "em-generalist": {"lucchi", "vnc"}}
 
 

@@ -60,6 +60,13 @@ ROBUST: dict[str, dict[str, Any]] = {
         "steps": 5000,
         "description": RECIPES["lucchi"]["description"] + "; EM domain randomisation",
     },
+    "lucchi-robust-fixed": {
+        "name": "lucchi-pp-robust-fixed",
+        "sources": ["lucchi"],
+        "pixel_size_nm": (5.0, 5.0),
+        "steps": 500,
+        "description": RECIPES["lucchi"]["description"] + "; EM domain randomisation, fixed steps (final weights)",
+    },
     "vnc-robust": {
         "name": "vnc-robust",
         "sources": ["vnc"],

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patch-size", type=int, default=256)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--patience", type=int, default=6, help="validations without improvement before stopping")
+    ap.add_argument("--val-fraction", type=float, default=0.1,
+                    help="share of slices held out to pick the best weights; 0: no validation, the final weights "
+                    "are kept (in-domain validation favours the least augmented-looking weights: docs/models.md)")
     ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                     help="bfloat16 is faster only on CPUs with native bfloat16 (AVX-512 BF16, AMX); "
                     "on AVX2-only CPUs it is about 5x slower")
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = nb.train_iter(
         [im for im, _ in splits], [lb for _, lb in splits], width=16, bilinear=True,
         steps=args.steps or r["steps"], batch_size=args.batch_size,
-        patch_size=args.patch_size, lr=args.lr, val_fraction=0.1, eval_every=args.eval_every,
+        patch_size=args.patch_size, lr=args.lr, val_fraction=args.val_fraction, eval_every=args.eval_every,
         patience=args.patience, seed=args.seed, device="cpu", pixel_size_nm=r["pixel_size_nm"], name=r["name"],
         data_description=r["description"], precision=args.precision, augment=r["augment"],
         volume_pixel_sizes_nm=[RECIPES[s]["pixel_size_nm"] for s in r["sources"]],

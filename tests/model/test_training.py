@@ -38,6 +38,14 @@ def test_training_is_reproducible(small_data):
     assert state_bytes(a) == state_bytes(b)
 
 
+def test_without_validation_the_final_weights_are_kept_and_named(small_data):
+    images, masks = small_data
+    model = nb.train(images, masks, width=4, steps=6, batch_size=4, patch_size=32, eval_every=3, seed=3,
+                     val_fraction=0.0, device="cpu")
+    metrics = model.meta["training"]["metrics"]
+    assert metrics["best_step"] == metrics["steps_run"] == 6 and "val_iou" not in metrics
+
+
 def test_bad_training_input(small_data):
     images, masks = small_data
     with pytest.raises(BNAdaptError, match="differ in shape"):

@@ -381,7 +381,8 @@ def train_iter(
     if val_images is not None:
         model.load_state_dict(best["state"])
     model.to(memory_format=torch.contiguous_format).eval()
-    metrics: dict[str, Any] = {"steps_run": step, "best_step": best["step"]}
+    # without validation the final weights are kept: they are the "best" ones the card names
+    metrics: dict[str, Any] = {"steps_run": step, "best_step": best["step"] if val_images is not None else step}
     if val_images is not None:
         val_iou, val_dice = _validate(model, val_sets, dev)
         metrics.update(val_iou=val_iou, val_dice=val_dice, val_slices=sum(len(v.val) for v in volumes))
