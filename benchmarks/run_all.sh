@@ -222,6 +222,10 @@ section_real() {
       --patch-size 192 --eval-every 100 --patience 3 --init vnc --lr 3e-4 --overwrite
     step bench_real_generalisation_robust "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-robust vnc-robust \
       --models-dir "$TMPDIR_MODELS" --threads 1 --name bench_real_generalisation_robust
+    step "train lucchi-pp-robust-fixed" "$PY" scripts/train_em_models.py lucchi-robust-fixed --out "$TMPDIR_MODELS" \
+      --steps 500 --patch-size 192 --init lucchi-pp --lr 3e-4 --val-fraction 0 --overwrite
+    step bench_real_generalisation_fixed "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-robust-fixed \
+      --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_fixed
     # self-training after AdaBN (5,928 s here with the machine shared by up to 6 jobs)
     rm -f benchmarks/results/bench_self_training.partial.jsonl
     step bench_self_training "$PY" benchmarks/bench_self_training.py --models lucchi-pp vnc em-generalist lucchi-pp-robust \
