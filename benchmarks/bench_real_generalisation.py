@@ -57,6 +57,7 @@ import napari_bnadapt as nb  # noqa: E402
 METHODS = ("source", "adabn", "+guard", "+tta", "+entropy", "+scale")
 #: which volume(s) each model was trained on (its other volumes are cross-lab targets)
 TRAINED_ON = {"lucchi-pp": {"lucchi"}, "lucchi-pp-robust": {"lucchi"}, "lucchi-pp-robust-fixed": {"lucchi"},
+              "lucchi-pp-robust-half": {"lucchi"},
               "vnc": {"vnc"}, "vnc-robust": {"vnc"},
               "em-generalist": {"lucchi", "vnc"}}
 

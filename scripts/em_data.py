@@ -67,6 +67,14 @@ ROBUST: dict[str, dict[str, Any]] = {
         "steps": 500,
         "description": RECIPES["lucchi"]["description"] + "; EM domain randomisation, fixed steps (final weights)",
     },
+    "lucchi-robust-half": {
+        "name": "lucchi-pp-robust-half",
+        "sources": ["lucchi"],
+        "pixel_size_nm": (5.0, 5.0),
+        "steps": 1500,
+        "augment": {"p_grey": 0.4, "p_blur": 0.15, "p_noise": 0.2, "p_stripes": 0.075},
+        "description": RECIPES["lucchi"]["description"] + "; EM domain randomisation with every probability halved",
+    },
     "vnc-robust": {
         "name": "vnc-robust",
         "sources": ["vnc"],
