@@ -42,6 +42,13 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def _single_robust(dataset: str, name: str, steps: int, note: str = "", **extra: Any) -> dict[str, Any]:
+    """A single-dataset recipe with the EM domain randomisation (``extra``: e.g. ``augment=`` settings)."""
+    r = RECIPES[dataset]
+    return {"name": name, "sources": [dataset], "pixel_size_nm": r["pixel_size_nm"], "steps": steps,
+            "description": r["description"] + "; EM domain randomisation" + note, **extra}
+
+
 #: source models trained on several datasets, or with the domain-randomising recipe (docs/real-data.md)
 ROBUST: dict[str, dict[str, Any]] = {
     "generalist": {
@@ -53,35 +60,11 @@ ROBUST: dict[str, dict[str, Any]] = {
         "(mouse CA1, 42 x 768 x 1024, ~5 nm) and VNC ssTEM slices 0-13 (Drosophila, 4.6 nm, resampled); "
         "EM domain randomisation",
     },
-    "lucchi-robust": {
-        "name": "lucchi-pp-robust",
-        "sources": ["lucchi"],
-        "pixel_size_nm": (5.0, 5.0),
-        "steps": 5000,
-        "description": RECIPES["lucchi"]["description"] + "; EM domain randomisation",
-    },
-    "lucchi-robust-fixed": {
-        "name": "lucchi-pp-robust-fixed",
-        "sources": ["lucchi"],
-        "pixel_size_nm": (5.0, 5.0),
-        "steps": 500,
-        "description": RECIPES["lucchi"]["description"] + "; EM domain randomisation, fixed steps (final weights)",
-    },
-    "lucchi-robust-half": {
-        "name": "lucchi-pp-robust-half",
-        "sources": ["lucchi"],
-        "pixel_size_nm": (5.0, 5.0),
-        "steps": 1500,
-        "augment": {"p_grey": 0.4, "p_blur": 0.15, "p_noise": 0.2, "p_stripes": 0.075},
-        "description": RECIPES["lucchi"]["description"] + "; EM domain randomisation with every probability halved",
-    },
-    "vnc-robust": {
-        "name": "vnc-robust",
-        "sources": ["vnc"],
-        "pixel_size_nm": (4.6, 4.6),
-        "steps": 4000,
-        "description": RECIPES["vnc"]["description"] + "; EM domain randomisation",
-    },
+    "lucchi-robust": _single_robust("lucchi", "lucchi-pp-robust", 5000),
+    "lucchi-robust-fixed": _single_robust("lucchi", "lucchi-pp-robust-fixed", 500, ", fixed steps (final weights)"),
+    "lucchi-robust-half": _single_robust("lucchi", "lucchi-pp-robust-half", 1500, " with every probability halved",
+                                         augment={"p_grey": 0.4, "p_blur": 0.15, "p_noise": 0.2, "p_stripes": 0.075}),
+    "vnc-robust": _single_robust("vnc", "vnc-robust", 4000),
 }
 
 

@@ -15,8 +15,8 @@ Measured AFTER adaptation, on a few central crops of a few slices, on the model'
 * ``contrast``: the standard deviation of the network input over the crops (normalised grey
   values); a blank or nearly constant stack has none, and no witness means anything there.
 * ``size_ratio``: the median diameter of the objects the adapted model finds on larger central crops
-  (:data:`SIZE_CROP`) of the same slices over the
-  median diameter of the mitochondria in the model's training labels (its card,
+  (:data:`SIZE_CROP`) of the same slices over the median diameter of the mitochondria in the model's
+  training labels (its card,
   :func:`~napari_bnadapt.adabn.scale_search.object_size_summary`, same pixel grid). Not thresholded
   like the others: the trust calibration keeps the range of the cases it accepted (widened), and a
   target outside it gets no number. It catches what the self-consistency witnesses cannot: a model
