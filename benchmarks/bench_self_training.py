@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
-from bench_real_generalisation import TRAINED_ON, targets  # noqa: E402
+from bench_real_generalisation import domain_of, targets  # noqa: E402
 from em_data import available  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
@@ -73,7 +73,7 @@ def run(models: list[str], models_dir: Path | None, only: list[str]) -> dict[str
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 res = evaluate(model, t)
-            domain = "in-domain" if t["volume"] in TRAINED_ON.get(name, set()) else "cross-lab"
+            domain = domain_of(name, t["volume"])
             rows.append({"model": name, "target": t["name"], "kind": t["kind"], "domain": domain, **res})
             with partial.open("a") as f:
                 f.write(json.dumps(rows[-1], default=float) + "\n")

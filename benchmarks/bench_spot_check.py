@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
-from bench_real_generalisation import TRAINED_ON, targets  # noqa: E402
+from bench_real_generalisation import domain_of, targets  # noqa: E402
 from em_data import available  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
@@ -135,7 +135,7 @@ def run(models: list[str], models_dir: Path | None, real_slices: int, sim_slices
                 adapted, _ = nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0, n_patches=n_patches)
                 seg = nb.predict(adapted, x, device="cpu", pixel_size_nm=px) > 0.5
             truth = nb.iou(seg, y)
-            domain = "in-domain" if t["volume"] in TRAINED_ON.get(name, set()) else "cross-lab"
+            domain = domain_of(name, t["volume"])
             rows.append({"model": name, "target": t["name"], "volume": t["volume"], "kind": t["kind"],
                          "domain": domain, "shape": list(y.shape), "stack_iou": truth, "cases": cases(seg, y)})
             with partial.open("a") as f:

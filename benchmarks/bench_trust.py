@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
-from bench_real_generalisation import TRAINED_ON, targets  # noqa: E402
+from bench_real_generalisation import domain_of, targets  # noqa: E402
 from em_data import available  # noqa: E402
 
 from napari_bnadapt.bound.trust import FALSE_RELIABLE_BELOW  # noqa: E402
@@ -70,7 +70,7 @@ def measure(model: Any, name: str, t: dict[str, Any]) -> dict[str, Any]:
         old_bound = 0.0 if rep.gate_failures else float(LowerBound.from_dict(cal["curve"])(rep.calibration_x))
     t1 = time.perf_counter()
     w = measure_witnesses(model, adapted, x, pixel_size_nm=run_px, device="cpu")
-    domain = "in-domain" if t["volume"] in TRAINED_ON.get(name, set()) else "cross-lab"
+    domain = domain_of(name, t["volume"])
     return {
         "model": name, "target": t["name"], "volume": t["volume"], "kind": t["kind"], "domain": domain,
         "iou": float(iou), "witnesses": w.to_dict(), **_need(model, adapted, adapt_report),
