@@ -259,7 +259,7 @@ def figure(result: dict[str, Any], path: Path) -> None:
 
     rows = [r for r in result["rows"] if r["kind"] == "real" or r["target"].endswith(("coarser", "low dose", "combined"))]
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 6.0), sharey=True, squeeze=False)
     for ax, model in zip(axes[0], models):
         for r in (r for r in rows if r["model"] == model):
             ax.plot(range(len(METHODS)), [r[m]["iou"] for m in METHODS], marker="o",  # NaN: not run, a gap
@@ -268,9 +268,10 @@ def figure(result: dict[str, Any], path: Path) -> None:
         ax.set_title(model)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="lower right")
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over the data
     axes[0][0].set_ylabel("foreground IoU")
-    fig.suptitle("IoU per step: source only -> AdaBN -> each extra (solid: real, dashed: simulated other labs)")
+    title = "IoU per step: source only -> AdaBN -> each extra (solid: real, dashed: simulated other labs)"
+    fig.suptitle(title if len(models) > 1 else title.replace(" (", "\n("))  # one panel: too narrow for one line
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

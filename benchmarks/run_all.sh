@@ -230,6 +230,10 @@ section_real() {
       --steps 1500 --patch-size 192 --init lucchi-pp --lr 3e-4 --val-fraction 0 --overwrite
     step bench_real_generalisation_half "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-robust-half \
       --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_half
+    step "train vnc-robust-half" "$PY" scripts/train_em_models.py vnc-robust-half --out "$TMPDIR_MODELS" \
+      --steps 1500 --patch-size 192 --init vnc --lr 3e-4 --val-fraction 0 --overwrite
+    step bench_real_generalisation_vnc_half "$PY" benchmarks/bench_real_generalisation.py --models vnc-robust-half \
+      --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_vnc_half
     # self-training after AdaBN (5,928 s here with the machine shared by up to 6 jobs)
     rm -f benchmarks/results/bench_self_training.partial.jsonl
     step bench_self_training "$PY" benchmarks/bench_self_training.py --models lucchi-pp vnc em-generalist lucchi-pp-robust \
