@@ -234,6 +234,11 @@ section_real() {
       --steps 1500 --patch-size 192 --init vnc --lr 3e-4 --val-fraction 0 --overwrite
     step bench_real_generalisation_vnc_half "$PY" benchmarks/bench_real_generalisation.py --models vnc-robust-half \
       --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_vnc_half
+    # which BatchNorm layers to adapt: AdaBN on the first k U-Net blocks (about 25 min on 2 cores)
+    rm -f benchmarks/results/bench_adabn_depth.partial.jsonl
+    step bench_adabn_depth "$PY" benchmarks/bench_adabn_depth.py --models lucchi-pp vnc em-generalist \
+      lucchi-pp-robust-half vnc-robust-half --models-dir "$TMPDIR_MODELS"
+    step bench_target_blur "$PY" benchmarks/bench_target_blur.py --models-dir "$TMPDIR_MODELS"
     # self-training after AdaBN (5,928 s here with the machine shared by up to 6 jobs)
     rm -f benchmarks/results/bench_self_training.partial.jsonl
     step bench_self_training "$PY" benchmarks/bench_self_training.py --models lucchi-pp vnc em-generalist lucchi-pp-robust \

@@ -64,15 +64,6 @@ ROBUST: dict[str, dict[str, Any]] = {
         "(mouse CA1, 42 x 768 x 1024, ~5 nm) and VNC ssTEM slices 0-13 (Drosophila, 4.6 nm, resampled); "
         "EM domain randomisation",
     },
-    "generalist-half": {
-        "name": "em-generalist-half",
-        "sources": ["lucchi", "vnc"],
-        "pixel_size_nm": (5.0, 5.0),
-        "steps": 2000,
-        "description": "every labelled EM volume of the project at 5 nm (as em-generalist); EM domain randomisation"
-        + _HALF_NOTE,
-        "augment": HALF_PROBABILITIES,
-    },
     "lucchi-robust": _single_robust("lucchi", "lucchi-pp-robust", 5000),
     "lucchi-robust-fixed": _single_robust("lucchi", "lucchi-pp-robust-fixed", 500, ", fixed steps (final weights)"),
     "lucchi-robust-half": _single_robust("lucchi", "lucchi-pp-robust-half", 1500, _HALF_NOTE, augment=HALF_PROBABILITIES),

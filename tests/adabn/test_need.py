@@ -98,6 +98,28 @@ def test_mixture_variance_is_the_variance_of_the_pooled_samples():
         mix_statistics(source, trained, 0.5)
 
 
+def test_per_layer_weights_keep_the_source_statistics_where_the_weight_is_zero(toy_model, in_domain):
+    """Partial AdaBN: weight 1 takes a layer's adapted statistics, 0 keeps the source's, exactly."""
+    adapted = in_domain[0]
+    before = (state_bytes(toy_model), state_bytes(adapted))
+    names = [n for n, _ in batchnorm_layers(toy_model)]
+    weights = {n: float(i < len(names) // 2) for i, n in enumerate(names)}
+    mixed = mix_statistics(toy_model, adapted, weights)
+    src, ad, mx = (dict(batchnorm_layers(m)) for m in (toy_model, adapted, mixed))
+    for n in names:
+        want = ad[n] if weights[n] else src[n]
+        assert torch.equal(mx[n].running_mean, want.running_mean) and torch.equal(mx[n].running_var, want.running_var)
+    assert not torch.equal(src[names[0]].running_mean, ad[names[0]].running_mean)  # the test can tell them apart
+    assert mixed.meta["adaptation"]["mixed_with_source"] == {"weight": weights}
+    assert (state_bytes(toy_model), state_bytes(adapted)) == before  # neither input changed
+    with pytest.raises(BNAdaptError, match=r"every BatchNorm layer.*missing"):
+        mix_statistics(toy_model, adapted, {n: 1.0 for n in names[1:]})
+    with pytest.raises(BNAdaptError, match=r"unknown \['nope'\]"):
+        mix_statistics(toy_model, adapted, {**weights, "nope": 1.0})
+    with pytest.raises(BNAdaptError, match=f"between 0 and 1, not 2.0 \\({names[0]}\\)"):
+        mix_statistics(toy_model, adapted, {**weights, names[0]: 2.0})
+
+
 def test_only_batchnorm_statistics_are_compared(toy_model, in_domain):
     adapted = in_domain[0]
     names = [n for n, _ in batchnorm_layers(toy_model)]

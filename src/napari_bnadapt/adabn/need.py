@@ -47,6 +47,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BNAdaptError
@@ -234,10 +235,10 @@ def adaptation_needed(
                        message=message, layers=shifts)
 
 
-def mix_statistics(source: UNet, adapted: UNet, weight: float) -> UNet:
+def mix_statistics(source: UNet, adapted: UNet, weight: float | Mapping[str, float]) -> UNet:
     """A copy of ``adapted`` whose BatchNorm statistics are a mixture of the source's and the adapted ones.
 
-    With ``w = weight``: ``mu = (1 - w) mu_s + w mu_t`` and
+    With ``w = weight`` (per layer, when ``weight`` maps layer names to weights): ``mu = (1 - w) mu_s + w mu_t`` and
     ``var = (1 - w) var_s + w var_t + w (1 - w) (mu_t - mu_s)^2``. That is the mean and variance of
     the mixture distribution "source with probability 1 - w, target with probability w": the last
     term is the spread between the two means, which a plain average of the variances would drop
@@ -251,8 +252,10 @@ def mix_statistics(source: UNet, adapted: UNet, weight: float) -> UNet:
         The source model.
     adapted : UNet or torch.nn.Module
         Its adapted copy (same weights, other BatchNorm statistics).
-    weight : float
-        Weight of the adapted statistics, in [0, 1].
+    weight : float or mapping of str to float
+        Weight of the adapted statistics, in [0, 1]; or one weight per BatchNorm layer name (every
+        layer named; see :func:`~napari_bnadapt.model.foreign.batchnorm_layers`), e.g. 0 for layers
+        that keep the source statistics (partial AdaBN, ``benchmarks/bench_adabn_depth.py``).
 
     Returns
     -------
@@ -263,14 +266,13 @@ def mix_statistics(source: UNet, adapted: UNet, weight: float) -> UNet:
 
     from ..model.foreign import batchnorm_layers, copy_model
 
-    if not 0.0 <= float(weight) <= 1.0:
-        raise BNAdaptError(f"weight must be between 0 and 1, not {weight}")
-    w = float(weight)
     s, _ = _paired(source, adapted)
+    weights = _layer_weights(weight, list(s))
     _check_same_weights(source, adapted)
     out = copy_model(adapted)
     with torch.no_grad():
         for name, bn in batchnorm_layers(out):
+            w = weights[name]
             ms, vs = s[name]
             mt, vt = bn.running_mean.detach().double().cpu(), bn.running_var.detach().double().cpu()
             if w == 0.0:
@@ -287,9 +289,25 @@ def mix_statistics(source: UNet, adapted: UNet, weight: float) -> UNet:
         meta = copy.deepcopy(meta)
         meta.setdefault("adaptation", {})
         if isinstance(meta["adaptation"], dict):
-            meta["adaptation"]["mixed_with_source"] = {"weight": w}
+            meta["adaptation"]["mixed_with_source"] = {"weight": float(weight) if not isinstance(weight, Mapping)
+                                                       else dict(weights)}
         out.meta = meta
     return out
+
+
+def _layer_weights(weight: float | Mapping[str, float], names: list[str]) -> dict[str, float]:
+    """One weight in [0, 1] per BatchNorm layer, from a single weight or a complete mapping."""
+    if not isinstance(weight, Mapping):
+        weight = dict.fromkeys(names, weight)
+    missing, unknown = set(names) - set(weight), set(weight) - set(names)
+    if missing or unknown:
+        found = (("missing", missing), ("unknown", unknown))
+        raise BNAdaptError("the weights must name every BatchNorm layer of the model and no other: "
+                           + "; ".join(f"{what} {sorted(v)[:3]}" for what, v in found if v))
+    for name, w in weight.items():
+        if not 0.0 <= float(w) <= 1.0:
+            raise BNAdaptError(f"weight must be between 0 and 1, not {w}" + (f" ({name})" if len(names) > 1 else ""))
+    return {n: float(weight[n]) for n in names}
 
 
 def _check_same_weights(source: Any, adapted: Any) -> None:

@@ -1,0 +1,144 @@
+"""Which BatchNorm layers should AdaBN adapt? Partial adaptation, block by block from the input.
+
+Run: python benchmarks/bench_adabn_depth.py [--models lucchi-pp vnc em-generalist ...] [--models-dir DIR]
+
+Needs ``../shared/data/real/`` (not shipped). For every model and every target of
+``bench_real_generalisation.py`` (real held-out slices and the simulated other labs, inverted contrast
+left out: no setting works there), AdaBN is run once (cumulative, 64 patches, seed 0, at the stated
+pixel size) and the model is then segmented with the adapted statistics in the first ``k`` U-Net blocks
+(counted from the input: ``inc``, ``down1``..``down4``, ``up1``..``up4``) and the source statistics in
+the rest (:func:`napari_bnadapt.adabn.need.mix_statistics` with per-layer weights 1 and 0). ``k = 0`` is
+the source model, ``k = 9`` plain AdaBN, ``k = 5`` the encoder only.
+
+The question is whether a depth other than "all" is better across pairs, which needs the depth to be
+chosen on some models and judged on others: the table keeps every model's row so that the choice and
+its check can be read off (docs/real-data.md states which depth was chosen on which models, before
+which others were seen). One run, 3 real slices and one simulated crop per target: differences under
+about 0.05 on one target are not established. Rows are appended to ``<name>.partial.jsonl`` as they
+finish and skipped by a rerun. Writes ``benchmarks/results/<name>.{txt,json}``. Foreground IoU at
+threshold 0.5 on the target's grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from _common import RESULTS, header, load_em_model, read_partial, save_results  # noqa: E402
+from bench_real_generalisation import domain_of, targets  # noqa: E402
+from em_data import available  # noqa: E402
+
+import napari_bnadapt as nb  # noqa: E402
+
+#: U-Net blocks adapted, counted from the input (0: source only; 9: every block, plain AdaBN)
+DEPTHS = (0, 1, 2, 3, 4, 5, 7, 9)
+
+
+def block_weights(model: Any, depth: int) -> dict[str, float]:
+    """Weight 1 (adapted statistics) for the BatchNorm layers of the first ``depth`` blocks, 0 for the rest."""
+    from napari_bnadapt.model.foreign import batchnorm_layers
+
+    blocks = list(dict.fromkeys(name.rsplit(".", 1)[0] for name, _ in batchnorm_layers(model)))
+    kept = set(blocks[:depth])
+    return {name: float(name.rsplit(".", 1)[0] in kept) for name, _ in batchnorm_layers(model)}
+
+
+def evaluate(model: Any, t: dict[str, Any]) -> dict[str, float]:
+    """IoU at every depth on one target (one AdaBN run; the depths only choose which statistics to keep)."""
+    from napari_bnadapt.adabn.need import mix_statistics
+
+    x, y, px = t["image"], t["labels"], t["pixel_size_nm"]
+    if px is None:
+        px = (getattr(model, "meta", None) or {}).get("pixel_size_nm")  # "not stated": run as is
+    adapted, _ = nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0)
+    out = {}
+    for depth in DEPTHS:
+        m = mix_statistics(model, adapted, block_weights(model, depth))
+        out[f"depth {depth}"] = nb.iou(nb.predict(m, x, device="cpu", pixel_size_nm=px) > 0.5, y > 0)
+    return out
+
+
+def run(models: list[str], models_dir: Path | None, name: str) -> dict[str, Any]:
+    partial = RESULTS / f"{name}.partial.jsonl"
+    done = read_partial(partial)
+    rows, reused = [], 0
+    for model_name in models:
+        model = load_em_model(model_name, models_dir)
+        for t in targets(3, 1):
+            if t["name"].endswith("inverted"):
+                continue
+            old = [r for r in done if r["model"] == model_name and r["target"] == t["name"]]
+            if old:
+                rows.append(old[0])
+                reused += 1
+                continue
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = evaluate(model, t)
+            rows.append({"model": model_name, "target": t["name"], "kind": t["kind"],
+                         "domain": domain_of(model_name, t["volume"]), **res,
+                         "seconds": time.perf_counter() - t0})
+            with partial.open("a") as f:
+                f.write(json.dumps(rows[-1], default=float) + "\n")
+            print(f"{model_name:>22} | {t['name']:<34} | "
+                  + " ".join(f"{d.split()[1]}:{res[d]:.3f}" for d in res), flush=True)
+    return {"rows": rows, "reused": reused, "depths": list(DEPTHS)}
+
+
+def table(result: dict[str, Any]) -> str:
+    cols = [f"depth {d}" for d in result["depths"]]
+    head = "| model | target | domain | " + " | ".join(c.replace("depth ", "") for c in cols) + " |"
+    lines = [head, "|" + "---|" * (3 + len(cols))]
+    for r in result["rows"]:
+        best = max(r[c] for c in cols)
+        lines.append(f"| {r['model']} | {r['target']} | {r['domain']} | "
+                     + " | ".join(f"**{r[c]:.3f}**" if r[c] == best else f"{r[c]:.3f}" for c in cols) + " |")
+    lines += ["", "Means per model and domain (real and simulated targets pooled):", "", head.replace(
+        "target | domain", "targets"), "|" + "---|" * (2 + len(cols))]
+    for model in dict.fromkeys(r["model"] for r in result["rows"]):
+        for dom in ("in-domain", "cross-lab"):
+            rr = [r for r in result["rows"] if r["model"] == model and r["domain"] == dom]
+            if rr:
+                means = [statistics.fmean(r[c] for r in rr) for c in cols]
+                lines.append(f"| {model} | {dom} ({len(rr)}) | "
+                             + " | ".join(f"**{m:.3f}**" if m == max(means) else f"{m:.3f}" for m in means) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc", "em-generalist"])
+    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="bench_adabn_depth")
+    args = ap.parse_args(argv)
+    if not available():
+        print("../shared/data/real/ not found: nothing to measure", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = run(args.models, args.models_dir, args.name)
+    wall = time.perf_counter() - t0
+    text = (header("AdaBN on the first k U-Net blocks only (the rest keep the source statistics)")
+            + f"# command: python benchmarks/bench_adabn_depth.py {' '.join(sys.argv[1:] if argv is None else argv)}\n"
+            + f"# wall time: {wall:.0f} s ({result['reused']} of {len(result['rows'])} rows read back from "
+            f"{args.name}.partial.jsonl; each row's seconds are its own)\n"
+            + "# depth k: the first k blocks (inc, down1..down4, up1..up4) adapted; 0: source only, 9: AdaBN\n\n"
+            + table(result) + "\n")
+    save_results(args.name, text, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
