@@ -220,7 +220,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             device=args.device, intensity_range=_intensity(args), pixel_size_nm=px, tile_size=args.tile_size,
             overlap=args.overlap,
             batch_size=args.batch_size, adapt_options=_adapt_kwargs(args), guard=not args.no_guard, tta=args.tta,
-            search_scale=args.search_scale, entropy=args.entropy_step,
+            search_scale=args.search_scale, choose_depth=args.choose_depth, entropy=args.entropy_step,
             self_train=args.self_train,
         ),
         _progress(args),
@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation: average over this many flipped/rotated views (default 1: off)")
     p.add_argument("--search-scale", action="store_true",
                    help="choose the zoom at which predicted mitochondria match the training sizes (no labels)")
+    p.add_argument("--choose-depth", action="store_true",
+                   help="with --adapt: keep the adapted statistics only in the first blocks, as many as make the "
+                   "segmentation agree best with itself on the image turned 180 degrees (no labels; an option)")
     p.add_argument("--entropy-step", action="store_true",
                    help="with --adapt: tune the BatchNorm affine parameters by entropy minimisation (research option)")
     p.add_argument("--self-train", action="store_true",

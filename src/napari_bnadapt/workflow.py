@@ -19,6 +19,7 @@ from .adabn.adaptation import AdaptReport, adapt_iter
 from .adabn.entropy import EntropyReport, entropy_step_iter
 from .adabn.self_train import SelfTrainReport, self_train_iter
 from .adabn.need import NeedVerdict, adaptation_needed, apply_verdict
+from .adabn.depth import DepthChoice, choose_depth_iter
 from .adabn.scale_search import ZoomChoice, choose_zoom_iter
 from .bound.assess import reliability_iter
 from .bound.report import ReliabilityReport
@@ -80,6 +81,8 @@ class WorkflowResult:
         Whether the target needed adaptation at all (``guard``); when not, the source statistics segmented.
     zoom_choice : ZoomChoice or None
         The label-free scale search's choice (``search_scale``).
+    depth_choice : DepthChoice or None
+        How many blocks kept the adapted statistics (``choose_depth``).
     entropy_report : EntropyReport or None
         The entropy step's report (``entropy``).
     self_train_report : SelfTrainReport or None
@@ -102,6 +105,7 @@ class WorkflowResult:
     pixel_size_note: str | None = None
     need: NeedVerdict | None = None
     zoom_choice: ZoomChoice | None = None
+    depth_choice: DepthChoice | None = None
     entropy_report: EntropyReport | None = None
     self_train_report: SelfTrainReport | None = None
 
@@ -130,6 +134,8 @@ class WorkflowResult:
             out.append(f"scale search: {self.zoom_choice.reason}")
         if self.need is not None and not self.need.needed:
             out.append(self.need.message)
+        if self.depth_choice is not None:
+            out.append(f"adaptation depth: {self.depth_choice.reason}")
         if self.entropy_report is not None:
             e = self.entropy_report
             out.append(f"entropy step: {e.steps_run} of {e.steps} steps kept, mean entropy {e.entropy_before:.3f} -> "
@@ -166,6 +172,7 @@ def run_iter(
     guard: bool = True,
     tta: int = 1,
     search_scale: bool = False,
+    choose_depth: bool = False,
     entropy: bool = False,
     self_train: bool = False,
 ) -> Iterator[Progress | Result[WorkflowResult]]:
@@ -219,6 +226,11 @@ def run_iter(
         Before adapting, choose the zoom at which predicted mitochondria have the sizes the model
         was trained on (:func:`~napari_bnadapt.adabn.scale_search.choose_zoom`, no labels) and run
         at that zoom; ``zoom_choice`` says which and why. Needs the model's pixel size in its card.
+    choose_depth : bool, default False
+        After AdaBN (when the guard found adaptation needed), keep the adapted statistics only in the
+        first blocks, as many as make the segmentation agree best with that of the image turned 180
+        degrees (:func:`~napari_bnadapt.adabn.depth.choose_depth`, no labels; 10 segmentations of a
+        small sample); ``depth_choice`` says which and why.
     entropy : bool, default False
         After AdaBN, the entropy step on the BatchNorm affine parameters
         (:func:`~napari_bnadapt.adabn.entropy.entropy_step`; a research option: it lowered the IoU
@@ -277,6 +289,9 @@ def run_iter(
         if guard:
             result.need = adaptation_needed(model, used, result.adapt_report)
             used = apply_verdict(model, used, result.need)
+        if choose_depth and (result.need is None or result.need.needed):
+            used, result.depth_choice = yield from forward(choose_depth_iter(
+                model, used, images, device=device, intensity_range=intensity_range, pixel_size_nm=px))
         if entropy and (result.need is None or result.need.needed):
             used, result.entropy_report = yield from forward(entropy_step_iter(
                 used, images, device=device, intensity_range=intensity_range, pixel_size_nm=px,
@@ -317,6 +332,7 @@ def run(
     guard: bool = True,
     tta: int = 1,
     search_scale: bool = False,
+    choose_depth: bool = False,
     entropy: bool = False,
     self_train: bool = False,
     callback: Any = None,
@@ -326,6 +342,7 @@ def run(
         model, images, adapt=adapt, assess=assess, truth=truth, threshold=threshold, instances=instances,
         keep_probabilities=keep_probabilities, device=device, intensity_range=intensity_range,
         pixel_size_nm=pixel_size_nm, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-        adapt_options=adapt_options, guard=guard, tta=tta, search_scale=search_scale, entropy=entropy,
+        adapt_options=adapt_options, guard=guard, tta=tta, search_scale=search_scale, choose_depth=choose_depth,
+        entropy=entropy,
         self_train=self_train,
     ), callback)

@@ -302,7 +302,7 @@ def default_factors(pixel_size_nm: Sequence[float] | None = None, model_nm: Sequ
     return [round(float(centre * span ** e), 4) for e in exps]
 
 
-def _sample(view: Any, n_slices: int, side: int) -> np.ndarray:
+def sample_slices(view: Any, n_slices: int, side: int) -> np.ndarray:
     """``n_slices`` evenly spaced slices, the central ``side`` x ``side`` crop of each."""
     nz, h, w = view.shape3d
     zs = np.unique(np.linspace(0, nz - 1, max(1, min(n_slices, nz))).round().astype(int))
@@ -322,7 +322,8 @@ def _drain(gen: Iterator[Any], done: int, total: int) -> Iterator[Progress]:
     return value
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks (1 when both are empty)."""
     s = int(a.sum()) + int(b.sum())
     return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
@@ -437,7 +438,7 @@ def choose_zoom_iter(
     if not 0 < threshold < 1:
         raise BNAdaptError(f"threshold must lie between 0 and 1, not {threshold}")
     view = check_stack(images)
-    sample = _sample(view, n_slices, max(16, int(max_side / max(grid))))
+    sample = sample_slices(view, n_slices, max(16, int(max_side / max(grid))))
     norm = resolve_normalization(check_stack(sample), meta["normalization"], intensity_range)
     mapping = (norm.in_low, norm.in_high)  # one grey-value mapping for every factor
     given = reference
@@ -472,9 +473,9 @@ def choose_zoom_iter(
         else:
             flipped = np.ascontiguousarray(zoomed[:, ::-1, ::-1])
             prob_f = yield from _drain(predict_iter(adapted, flipped, **on_grid), i, total)
-            dice = _dice(mask, np.asarray(prob_f)[:, ::-1, ::-1] >= threshold)
-            dices.append(dice)
-            scores.append(1.0 - dice if summary["count"] else math.inf)
+            agree = dice(mask, np.asarray(prob_f)[:, ::-1, ::-1] >= threshold)
+            dices.append(agree)
+            scores.append(1.0 - agree if summary["count"] else math.inf)
         yield Progress(_STAGE, i + 1, total)
     best = _best(grid, scores, ratio or 1.0)
     medians = [s["median_diameter_px"] for s in summaries]

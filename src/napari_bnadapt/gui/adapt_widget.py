@@ -94,13 +94,17 @@ class AdaptSegmentWidget(Container):
                                      tooltip="choose the zoom at which the predicted mitochondria have the sizes the "
                                      "model was trained on")
         self.guard = CheckBox(text="keep the source statistics when the image already matches", value=True)
+        self.choose_depth = CheckBox(text="choose the adaptation depth (no labels)", value=False,
+                                     tooltip="adapt only the first blocks of the network, as many as make the "
+                                     "segmentation agree best with itself on the image turned 180 degrees "
+                                     "(docs/real-data.md)")
         self.self_train = CheckBox(text="self-training after adaptation (minutes)", value=False,
                                    tooltip="a short pass of a copy on the pixels it segments confidently: it "
                                    "adds foreground, which helped where the adapted model missed mitochondria "
                                    "and hurt elsewhere (docs/real-data.md)")
         self._advanced_widgets = [self.mode, self.alpha, self.prior, self.n_patches, self.patch_size,
                                   self.batch_size, self.seed, self.intensity, self.tile_size, self.tta,
-                                  self.search_scale, self.guard, self.self_train]
+                                  self.search_scale, self.guard, self.choose_depth, self.self_train]
 
         self.run_adapt = PushButton(text="Adapt && segment")
         self.run_plain = PushButton(text="Segment without adaptation")
@@ -332,7 +336,8 @@ class AdaptSegmentWidget(Container):
             keep_probabilities=bool(self.add_probabilities.value), device=self.device.value,
             intensity_range=intensity, pixel_size_nm=pixel_size, tile_size=int(self.tile_size.value) or None,
             adapt_options=self.adapt_settings(), guard=bool(self.guard.value), tta=int(self.tta.value),
-            search_scale=bool(self.search_scale.value), self_train=bool(self.self_train.value),
+            search_scale=bool(self.search_scale.value), choose_depth=bool(self.choose_depth.value),
+            self_train=bool(self.self_train.value),
         )
 
         def job() -> Any:
