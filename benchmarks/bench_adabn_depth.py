@@ -42,27 +42,24 @@ import napari_bnadapt as nb  # noqa: E402
 DEPTHS = (0, 1, 2, 3, 4, 5, 7, 9)
 
 
-def block_weights(model: Any, depth: int) -> dict[str, float]:
-    """Weight 1 (adapted statistics) for the BatchNorm layers of the first ``depth`` blocks, 0 for the rest."""
-    from napari_bnadapt.model.foreign import batchnorm_layers
-
-    blocks = list(dict.fromkeys(name.rsplit(".", 1)[0] for name, _ in batchnorm_layers(model)))
-    kept = set(blocks[:depth])
-    return {name: float(name.rsplit(".", 1)[0] in kept) for name, _ in batchnorm_layers(model)}
-
-
 def evaluate(model: Any, t: dict[str, Any]) -> dict[str, float]:
     """IoU at every depth on one target (one AdaBN run; the depths only choose which statistics to keep)."""
+    from napari_bnadapt.adabn.depth import block_weights, choose_depth
     from napari_bnadapt.adabn.need import mix_statistics
 
     x, y, px = t["image"], t["labels"], t["pixel_size_nm"]
     if px is None:
         px = (getattr(model, "meta", None) or {}).get("pixel_size_nm")  # "not stated": run as is
     adapted, _ = nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0)
-    out = {}
+    out: dict[str, float] = {}
     for depth in DEPTHS:
         m = mix_statistics(model, adapted, block_weights(model, depth))
         out[f"depth {depth}"] = nb.iou(nb.predict(m, x, device="cpu", pixel_size_nm=px) > 0.5, y > 0)
+    t0 = time.perf_counter()
+    _, choice = choose_depth(model, adapted, x, device="cpu", pixel_size_nm=px)
+    out["chosen depth"] = float(choice.depth)
+    out["chosen seconds"] = time.perf_counter() - t0
+    out["auto"] = out[f"depth {choice.depth}"]  # the chosen depth is one of DEPTHS (1, 3, 5, 7, 9)
     return out
 
 
@@ -90,27 +87,35 @@ def run(models: list[str], models_dir: Path | None, name: str) -> dict[str, Any]
             with partial.open("a") as f:
                 f.write(json.dumps(rows[-1], default=float) + "\n")
             print(f"{model_name:>22} | {t['name']:<34} | "
-                  + " ".join(f"{d.split()[1]}:{res[d]:.3f}" for d in res), flush=True)
+                  + " ".join(f"{d}:{res[f'depth {d}']:.3f}" for d in DEPTHS)
+                  + f" | chosen {res['chosen depth']:.0f}: {res['auto']:.3f}", flush=True)
     return {"rows": rows, "reused": reused, "depths": list(DEPTHS)}
 
 
 def table(result: dict[str, Any]) -> str:
     cols = [f"depth {d}" for d in result["depths"]]
-    head = "| model | target | domain | " + " | ".join(c.replace("depth ", "") for c in cols) + " |"
-    lines = [head, "|" + "---|" * (3 + len(cols))]
+    head = ("| model | target | domain | " + " | ".join(c.replace("depth ", "") for c in cols)
+            + " | chosen | IoU at the chosen depth | choice s |")
+    lines = [head, "|" + "---|" * (6 + len(cols))]
     for r in result["rows"]:
         best = max(r[c] for c in cols)
         lines.append(f"| {r['model']} | {r['target']} | {r['domain']} | "
-                     + " | ".join(f"**{r[c]:.3f}**" if r[c] == best else f"{r[c]:.3f}" for c in cols) + " |")
-    lines += ["", "Means per model and domain (real and simulated targets pooled):", "", head.replace(
-        "target | domain", "targets"), "|" + "---|" * (2 + len(cols))]
+                     + " | ".join(f"**{r[c]:.3f}**" if r[c] == best else f"{r[c]:.3f}" for c in cols)
+                     + f" | {r['chosen depth']:.0f} | {r['auto']:.3f} | {r['chosen seconds']:.1f} |")
+    lines += ["", "Means per model and domain (real and simulated targets pooled; auto: the depth "
+              "choose_depth picked per target, without labels; worst: its largest loss against plain AdaBN):", "",
+              "| model | targets | " + " | ".join(c.replace("depth ", "") for c in cols) + " | auto | auto - 9 | worst |",
+              "|" + "---|" * (5 + len(cols))]
     for model in dict.fromkeys(r["model"] for r in result["rows"]):
         for dom in ("in-domain", "cross-lab"):
             rr = [r for r in result["rows"] if r["model"] == model and r["domain"] == dom]
             if rr:
                 means = [statistics.fmean(r[c] for r in rr) for c in cols]
+                auto = statistics.fmean(r["auto"] for r in rr)
+                worst = min(r["auto"] - r["depth 9"] for r in rr)
                 lines.append(f"| {model} | {dom} ({len(rr)}) | "
-                             + " | ".join(f"**{m:.3f}**" if m == max(means) else f"{m:.3f}" for m in means) + " |")
+                             + " | ".join(f"**{m:.3f}**" if m == max(means) else f"{m:.3f}" for m in means)
+                             + f" | {auto:.3f} | {auto - means[-1]:+.3f} | {worst:+.3f} |")
     return "\n".join(lines)
 
 
