@@ -15,6 +15,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
+from qtpy.QtWidgets import QSizePolicy
 
 from ..bound.curve import calibration_curve
 from ..errors import BNAdaptError
@@ -120,6 +121,8 @@ class AdaptSegmentWidget(Container):
                      self.save, self.progress, self.status])
         for w in (self.card, self.scale_note, self.status):
             w.native.setWordWrap(True)
+            # a wrapped label left at its preferred width pushes its row's name out of the label column
+            w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.status.native.setMinimumHeight(64)
         self._show_advanced(False)
 
