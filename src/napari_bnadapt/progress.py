@@ -84,6 +84,12 @@ def forward(gen: Iterable[Progress | Result[T]]) -> Generator[Progress, None, T]
     return result.value
 
 
+def forward_as(gen: Iterable[Progress | Result[T]], stage: str, done: int, total: int) -> Generator[Progress, None, T]:
+    """Like :func:`forward`, but every progress item of the inner operation is reported as step ``done``
+    of ``total`` of ``stage`` (an inner pass of a larger one: the bar stays on the outer count)."""
+    return (yield from forward(Progress(stage, done, total) if isinstance(item, Progress) else item for item in gen))
+
+
 def run_to_end(
     gen: Iterator[Progress | Result[T]],
     callback: Callable[[Progress], Any] | None = None,

@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import BNAdaptError
 from ..io.stack_view import check_stack, resolve_normalization
 from ..model.foreign import card_of
-from ..progress import Progress, Result, run_to_end, shares_docstring
+from ..progress import Progress, Result, forward_as, run_to_end, shares_docstring
 from .scale_search import dice, sample_slices
 
 if TYPE_CHECKING:
@@ -62,7 +62,12 @@ def network_blocks(model: Any) -> list[str]:
     names = [name for name, _ in batchnorm_layers(model)]
     if not names:
         raise BNAdaptError("this model has no BatchNorm layers: there is no depth to choose")
-    return list(dict.fromkeys(name.rsplit(".", 1)[0] if "." in name else name for name in names))
+    return list(dict.fromkeys(map(_block_of, names)))
+
+
+def _block_of(layer: str) -> str:
+    """The block a BatchNorm layer belongs to: its name without the last part (``down1.conv.bn2`` -> ``down1.conv``)."""
+    return layer.rsplit(".", 1)[0]
 
 
 def block_weights(model: Any, depth: int) -> dict[str, float]:
@@ -73,8 +78,7 @@ def block_weights(model: Any, depth: int) -> dict[str, float]:
     if not 0 <= depth <= len(blocks):
         raise BNAdaptError(f"depth must lie between 0 and {len(blocks)} (the model's blocks), not {depth}")
     kept = set(blocks[:depth])
-    return {name: float((name.rsplit(".", 1)[0] if "." in name else name) in kept)
-            for name, _ in batchnorm_layers(model)}
+    return {name: float(_block_of(name) in kept) for name, _ in batchnorm_layers(model)}
 
 
 @dataclass
@@ -187,22 +191,16 @@ def choose_depth_iter(
     norm = resolve_normalization(check_stack(sample), meta["normalization"], intensity_range)
     opts = {"device": device, "intensity_range": (norm.in_low, norm.in_high), "pixel_size_nm": pixel_size_nm}
     turned = np.ascontiguousarray(sample[:, ::-1, ::-1])
+    def partial(depth: int) -> Any:
+        return adapted if depth == n_blocks else mix_statistics(source, adapted, block_weights(source, depth))
+
     agreement: list[float] = []
-    models: list[Any] = []
     yield Progress(_STAGE, 0, len(candidates))
     for i, depth in enumerate(candidates):
-        model = adapted if depth == n_blocks else mix_statistics(source, adapted, block_weights(source, depth))
-        masks = []
-        for x in (sample, turned):
-            prob = None
-            for item in predict_iter(model, x, **opts):
-                if isinstance(item, Result):
-                    prob = item.value
-                else:
-                    yield Progress(_STAGE, i, len(candidates))
-            masks.append(np.asarray(prob) > threshold)
-        agreement.append(dice(masks[0], masks[1][:, ::-1, ::-1]))
-        models.append(model)
+        model = partial(depth)
+        prob = yield from forward_as(predict_iter(model, sample, **opts), _STAGE, i, len(candidates))
+        prob_t = yield from forward_as(predict_iter(model, turned, **opts), _STAGE, i, len(candidates))
+        agreement.append(dice(np.asarray(prob) > threshold, np.asarray(prob_t)[:, ::-1, ::-1] > threshold))
         yield Progress(_STAGE, i + 1, len(candidates))
     best = max(range(len(candidates)), key=lambda i: (agreement[i], candidates[i]))
     depth = candidates[best]
@@ -210,5 +208,5 @@ def choose_depth_iter(
     reason = (f"adapted statistics in {what}: the segmentation then agrees best with that of the image turned "
               f"180 degrees (Dice {agreement[best]:.3f}; " + ", ".join(
                   f"{d}: {a:.3f}" for d, a in zip(candidates, agreement)) + ")")
-    yield Result((models[best], DepthChoice(depth=depth, n_blocks=n_blocks, depths=candidates, agreement=agreement,
+    yield Result((partial(depth), DepthChoice(depth=depth, n_blocks=n_blocks, depths=candidates, agreement=agreement,
                                             reason=reason, seconds=time.perf_counter() - t0)))

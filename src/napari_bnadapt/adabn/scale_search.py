@@ -35,7 +35,7 @@ from ..errors import BNAdaptError
 from ..io.pixel_size import rescale, size_ratio
 from ..io.stack_view import check_stack, resolve_normalization
 from ..model.foreign import card_of
-from ..progress import Progress, Result, run_to_end, shares_docstring
+from ..progress import Progress, Result, forward_as, run_to_end, shares_docstring
 
 if TYPE_CHECKING:
     import torch
@@ -311,17 +311,6 @@ def sample_slices(view: Any, n_slices: int, side: int) -> np.ndarray:
     return np.stack([np.asarray(view.read(int(z), slice(y0, y0 + sh), slice(x0, x0 + sw))) for z in zs])
 
 
-def _drain(gen: Iterator[Any], done: int, total: int) -> Iterator[Progress]:
-    """Run an inner long operation, reporting it as step ``done`` of ``total``; return its result."""
-    value = None
-    for item in gen:
-        if isinstance(item, Result):
-            value = item.value
-        else:
-            yield Progress(_STAGE, done, total)
-    return value
-
-
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two boolean masks (1 when both are empty)."""
     s = int(a.sum()) + int(b.sum())
@@ -462,9 +451,9 @@ def choose_zoom_iter(
             summaries.append(object_size_summary(np.zeros((1, 1, 1), np.uint8)))
             dices.append(0.0)
             continue
-        adapted, _ = yield from _drain(adapt_iter(model, zoomed, seed=seed, **on_grid, **kwargs),
+        adapted, _ = yield from forward_as(adapt_iter(model, zoomed, seed=seed, **on_grid, **kwargs), _STAGE,
                                            i, total)
-        prob = yield from _drain(predict_iter(adapted, zoomed, **on_grid), i, total)
+        prob = yield from forward_as(predict_iter(adapted, zoomed, **on_grid), _STAGE, i, total)
         mask = np.asarray(prob) >= threshold
         summary = object_size_summary(mask)
         summaries.append(summary)
@@ -472,7 +461,7 @@ def choose_zoom_iter(
             scores.append(size_distance(summary, reference))  # type: ignore[arg-type]
         else:
             flipped = np.ascontiguousarray(zoomed[:, ::-1, ::-1])
-            prob_f = yield from _drain(predict_iter(adapted, flipped, **on_grid), i, total)
+            prob_f = yield from forward_as(predict_iter(adapted, flipped, **on_grid), _STAGE, i, total)
             agree = dice(mask, np.asarray(prob_f)[:, ::-1, ::-1] >= threshold)
             dices.append(agree)
             scores.append(1.0 - agree if summary["count"] else math.inf)
