@@ -124,3 +124,16 @@ def test_segment_takes_the_pixel_size_and_writes_on_the_input_grid(tmp_path, cap
     assert main(["segment", "--model", str(model), "--input", str(img), "--output", str(tmp_path / "x.tif"),
                  "--pixel-size", "0", "10", "--quiet"]) == 2
     assert "positive" in capsys.readouterr().err
+
+
+def test_segment_smooths_on_request_and_refuses_a_bad_blur(tmp_path, capsys):
+    img, out = tmp_path / "t.tif", tmp_path / "labels.tif"
+    assert main(["generate", "--n", "2", "--shape", "96", "96", "--output", str(img)]) == 0
+    common = ["segment", "--model", "toy-perlin", "--adapt", "--no-assess", "--input", str(img), "--device", "cpu",
+              "--quiet"]
+    assert main([*common, "--smooth", "auto", "--output", str(out)]) == 0
+    assert "smoothing: " in capsys.readouterr().out and tifffile.imread(out).shape == (2, 96, 96)
+    with pytest.raises(SystemExit):
+        main([*common, "--smooth", "-1", "--output", str(tmp_path / "o.tif")])
+    assert "--smooth takes 'auto' or a blur of 0 or more pixels" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()

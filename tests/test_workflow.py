@@ -183,6 +183,17 @@ def test_test_time_augmentation_and_the_research_options_run(toy_model, target):
     assert res.entropy_report is not None and "entropy step" in "; ".join(res.summary())
     assert res.depth_choice is not None and "adaptation depth" in "; ".join(res.summary())
     assert state_bytes(toy_model) == keep
+    before = images[:2].copy()
+    for smooth, said in (("auto", "the image then looks most like the training data"), (1.0, "1 pixels")):
+        res = workflow.run(toy_model, images[:2], truth=truth[:2], assess=False, device="cpu", smooth=smooth,
+                           adapt_options={"n_patches": 8, "patch_size": 128})
+        assert res.labels.shape == images[:2].shape and res.iou > 0.8
+        assert res.smoothing is not None and said in res.smoothing.reason
+        assert f"smoothing: {res.smoothing.reason}" in res.summary()
+    assert state_bytes(toy_model) == keep
+    np.testing.assert_array_equal(images[:2], before)
+    with pytest.raises(BNAdaptError, match="smooth must be"):
+        workflow.run(toy_model, images[:2], smooth="yes")
     res = workflow.run(toy_model, images[:2], truth=truth[:2], assess=False, device="cpu", self_train=True,
                        adapt_options={"n_patches": 8, "patch_size": 128})
     assert res.self_train_report is not None and "self-training" in "; ".join(res.summary())

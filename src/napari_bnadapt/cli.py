@@ -93,6 +93,19 @@ def _intensity(args: argparse.Namespace) -> Any:
         raise BNAdaptError("--intensity-range takes 'auto' or two numbers LOW HIGH") from None
 
 
+def _smoothing(value: str) -> float | str:
+    """--smooth: 'auto' or a blur (Gaussian standard deviation) >= 0 in the model's pixels."""
+    if value == "auto":
+        return value
+    try:
+        sigma = float(value)
+    except ValueError:
+        sigma = -1.0
+    if not 0 <= sigma < float("inf"):
+        raise argparse.ArgumentTypeError(f"--smooth takes 'auto' or a blur of 0 or more pixels, not {value!r}")
+    return sigma
+
+
 def _progress(args: argparse.Namespace) -> Any:
     from .progress import tqdm_callback
 
@@ -220,8 +233,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             device=args.device, intensity_range=_intensity(args), pixel_size_nm=px, tile_size=args.tile_size,
             overlap=args.overlap,
             batch_size=args.batch_size, adapt_options=_adapt_kwargs(args), guard=not args.no_guard, tta=args.tta,
-            search_scale=args.search_scale, choose_depth=args.choose_depth, entropy=args.entropy_step,
-            self_train=args.self_train,
+            search_scale=args.search_scale, choose_depth=args.choose_depth, smooth=args.smooth,
+            entropy=args.entropy_step, self_train=args.self_train,
         ),
         _progress(args),
     )
@@ -229,6 +242,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(f"IoU without adaptation: {res.iou_source_only:.3f}")
     if res.adapt_report is not None:
         print(res.adapt_report)
+    for what, choice in (("scale search", res.zoom_choice), ("smoothing", res.smoothing),
+                         ("adaptation depth", res.depth_choice)):
+        if choice is not None:
+            print(f"{what}: {choice.reason}")
+    if res.need is not None and not res.need.needed:
+        print(res.need.message)
     if res.reliability is not None:
         print(res.reliability)
     elif res.reliability_note:
@@ -326,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choose-depth", action="store_true",
                    help="with --adapt: keep the adapted statistics only in the first blocks, as many as make the "
                    "segmentation agree best with itself on the image turned 180 degrees (no labels; an option)")
+    p.add_argument("--smooth", type=_smoothing, default=None, metavar="auto|SIGMA",
+                   help="see the image through a Gaussian blur of SIGMA pixels (at the model's pixel size), or 'auto': "
+                   "the blur that makes it look most like the training data to the model's first layer (no labels; "
+                   "an option, docs/real-data.md)")
     p.add_argument("--entropy-step", action="store_true",
                    help="with --adapt: tune the BatchNorm affine parameters by entropy minimisation (research option)")
     p.add_argument("--self-train", action="store_true",

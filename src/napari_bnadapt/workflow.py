@@ -16,16 +16,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .adabn.adaptation import AdaptReport, adapt_iter
-from .adabn.entropy import EntropyReport, entropy_step_iter
-from .adabn.self_train import SelfTrainReport, self_train_iter
-from .adabn.need import NeedVerdict, adaptation_needed, apply_verdict
 from .adabn.depth import DepthChoice, choose_depth_iter
+from .adabn.entropy import EntropyReport, entropy_step_iter
+from .adabn.need import NeedVerdict, adaptation_needed, apply_verdict
 from .adabn.scale_search import ZoomChoice, choose_zoom_iter
+from .adabn.self_train import SelfTrainReport, self_train_iter
+from .adabn.smoothing import SmoothingChoice, choose_smoothing_iter, given_smoothing
 from .bound.assess import reliability_iter
 from .bound.report import ReliabilityReport
 from .bound.validity import format_bound
 from .errors import BNAdaptError
 from .io.resample import model_grid, resolve_grid
+from .io.smoothed import smoothed
 from .io.stack_view import layer_data
 from .metrics import iou
 from .model.device import get_device
@@ -83,6 +85,8 @@ class WorkflowResult:
         The label-free scale search's choice (``search_scale``).
     depth_choice : DepthChoice or None
         How many blocks kept the adapted statistics (``choose_depth``).
+    smoothing : SmoothingChoice or None
+        The blur the whole run saw the image through (``smooth``); None: no smoothing.
     entropy_report : EntropyReport or None
         The entropy step's report (``entropy``).
     self_train_report : SelfTrainReport or None
@@ -106,6 +110,7 @@ class WorkflowResult:
     need: NeedVerdict | None = None
     zoom_choice: ZoomChoice | None = None
     depth_choice: DepthChoice | None = None
+    smoothing: SmoothingChoice | None = None
     entropy_report: EntropyReport | None = None
     self_train_report: SelfTrainReport | None = None
 
@@ -132,6 +137,8 @@ class WorkflowResult:
             out.append(self.reliability_note)
         if self.zoom_choice is not None:
             out.append(f"scale search: {self.zoom_choice.reason}")
+        if self.smoothing is not None:
+            out.append(f"smoothing: {self.smoothing.reason}")
         if self.need is not None and not self.need.needed:
             out.append(self.need.message)
         if self.depth_choice is not None:
@@ -173,6 +180,7 @@ def run_iter(
     tta: int = 1,
     search_scale: bool = False,
     choose_depth: bool = False,
+    smooth: float | str | None = None,
     entropy: bool = False,
     self_train: bool = False,
 ) -> Iterator[Progress | Result[WorkflowResult]]:
@@ -231,6 +239,12 @@ def run_iter(
         first blocks, as many as make the segmentation agree best with that of the image turned 180
         degrees (:func:`~napari_bnadapt.adabn.depth.choose_depth`, no labels; 10 segmentations of a
         small sample); ``depth_choice`` says which and why.
+    smooth : float, "auto" or None, default None
+        See the image through a Gaussian blur (lazily, slice by slice; the data is never changed) for the
+        whole run: a standard deviation in the model's pixels, or "auto" to choose the one that makes the
+        image look most like the training data to the model's first BatchNorm layer
+        (:func:`~napari_bnadapt.adabn.smoothing.choose_smoothing`, no labels; 5 small AdaBN estimates).
+        ``smoothing`` says which and why. None or 0: none.
     entropy : bool, default False
         After AdaBN, the entropy step on the BatchNorm affine parameters
         (:func:`~napari_bnadapt.adabn.entropy.entropy_step`; a research option: it lowered the IoU
@@ -256,6 +270,17 @@ def run_iter(
         if choice.effective_pixel_size_nm() is not None:
             px = choice.effective_pixel_size_nm()
             grid = resolve_grid(px, grid.model_nm)
+    smoothing = None
+    if isinstance(smooth, str):
+        if smooth != "auto":
+            raise BNAdaptError(f"smooth must be a blur in the model's pixels, \"auto\" or None, not {smooth!r}")
+        smoothing = yield from forward(choose_smoothing_iter(
+            model, images, device=device, intensity_range=intensity_range, pixel_size_nm=px,
+            seed=(adapt_options or {}).get("seed", 0)))
+    elif smooth:
+        smoothing = given_smoothing(float(smooth), grid)
+    if smoothing is not None and smoothing.sigma > 0:
+        images = smoothed(images, smoothing.sigma_image_px)  # the whole run sees the image through it
     if truth is not None:
         truth = layer_data(truth, kind="labels")
         if tuple(np.shape(truth)) != tuple(np.shape(images)):
@@ -266,7 +291,7 @@ def run_iter(
                   intensity_range=intensity_range, pixel_size_nm=px)
     result = WorkflowResult(labels=np.zeros(0, np.uint8), probabilities=None, model=model, source_model=model,
                             adapted=adapt, device=str(get_device(device)), zoom=grid.zoom,
-                            pixel_size_note=grid.sentence(), zoom_choice=choice)
+                            pixel_size_note=grid.sentence(), zoom_choice=choice, smoothing=smoothing)
     if truth is not None and adapt:
         before = yield from forward(predict_iter(model, images, **tiling))
         result.iou_source_only = iou(before > threshold, truth)
@@ -333,6 +358,7 @@ def run(
     tta: int = 1,
     search_scale: bool = False,
     choose_depth: bool = False,
+    smooth: float | str | None = None,
     entropy: bool = False,
     self_train: bool = False,
     callback: Any = None,
@@ -343,6 +369,6 @@ def run(
         keep_probabilities=keep_probabilities, device=device, intensity_range=intensity_range,
         pixel_size_nm=pixel_size_nm, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         adapt_options=adapt_options, guard=guard, tta=tta, search_scale=search_scale, choose_depth=choose_depth,
-        entropy=entropy,
+        smooth=smooth, entropy=entropy,
         self_train=self_train,
     ), callback)

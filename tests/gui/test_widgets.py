@@ -333,9 +333,11 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
     monkeypatch.setattr(adapt_widget, "run_iter", record)
     viewer.open_sample(PLUGIN, "toy_source")
     w = _adapt_widget(viewer)
-    assert (w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value) == (1, False, True, False)
-    w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value = 4, True, False, True
+    assert (w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value, w.smooth.value) == (
+        1, False, True, False, False)
+    w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value, w.smooth.value = 4, True, False, True, True
     w.image.value = viewer.layers["toy source"]
     w.start(adapt=True)
     _wait(qtbot, w)
-    assert (seen["tta"], seen["search_scale"], seen["guard"], seen["choose_depth"]) == (4, True, False, True)
+    assert (seen["tta"], seen["search_scale"], seen["guard"], seen["choose_depth"], seen["smooth"]) == (
+        4, True, False, True, "auto")

@@ -99,13 +99,17 @@ class AdaptSegmentWidget(Container):
                                      tooltip="adapt only the first blocks of the network, as many as make the "
                                      "segmentation agree best with itself on the image turned 180 degrees "
                                      "(docs/real-data.md)")
+        self.smooth = CheckBox(text="smooth to the training data's sharpness (no labels)", value=False,
+                               tooltip="see the image through the Gaussian blur that makes it look most like the "
+                               "model's training data to its first layer; helps where the image is sharper than "
+                               "the training data (docs/real-data.md)")
         self.self_train = CheckBox(text="self-training after adaptation (minutes)", value=False,
                                    tooltip="a short pass of a copy on the pixels it segments confidently: it "
                                    "adds foreground, which helped where the adapted model missed mitochondria "
                                    "and hurt elsewhere (docs/real-data.md)")
         self._advanced_widgets = [self.mode, self.alpha, self.prior, self.n_patches, self.patch_size,
                                   self.batch_size, self.seed, self.intensity, self.tile_size, self.tta,
-                                  self.search_scale, self.guard, self.choose_depth, self.self_train]
+                                  self.search_scale, self.guard, self.choose_depth, self.smooth, self.self_train]
 
         self.run_adapt = PushButton(text="Adapt && segment")
         self.run_plain = PushButton(text="Segment without adaptation")
@@ -340,7 +344,7 @@ class AdaptSegmentWidget(Container):
             intensity_range=intensity, pixel_size_nm=pixel_size, tile_size=int(self.tile_size.value) or None,
             adapt_options=self.adapt_settings(), guard=bool(self.guard.value), tta=int(self.tta.value),
             search_scale=bool(self.search_scale.value), choose_depth=bool(self.choose_depth.value),
-            self_train=bool(self.self_train.value),
+            smooth="auto" if self.smooth.value else None, self_train=bool(self.self_train.value),
         )
 
         def job() -> Any:

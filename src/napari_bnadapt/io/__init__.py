@@ -10,5 +10,7 @@
 - ``stack_view``: ``check_stack`` (bad input -> clear message) and intensity ``Normalization``.
 - ``pixel_size``: pixel sizes of layers and models, the mismatch check and ``rescale``.
 - ``resample``: ``ModelGrid``: a network runs at its training pixel size, results come back on the image's grid.
+- ``plane_stack``: ``PlaneStack``, a stack whose slices are computed when read; ``smoothed``: the stack seen
+  through a Gaussian blur (``SmoothedStack``).
 - ``memmap_pages``: give memory-mapped pages back to the OS after reading them.
 """

@@ -32,6 +32,7 @@ from ..errors import BNAdaptError
 from ..model.layout import MIN_SIDE
 from .pixel_size import RESAMPLE_TOLERANCE, size_ratio, zoom_slice
 from .pixel_size import pixel_size_nm as layer_pixel_size_nm
+from .plane_stack import PlaneStack
 from .stack_view import StackView
 
 
@@ -121,38 +122,16 @@ class ModelGrid:
         return np.clip(zoom_slice(plane, shape_yx, order=1), 0.0, 1.0)
 
 
-class ResampledStack:
+class ResampledStack(PlaneStack):
     """A stack seen at another pixel size: each slice resampled (linear, float32) when read.
 
-    An array-like for :class:`~napari_bnadapt.io.stack_view.StackView`: ``shape``, ``dtype``,
-    ``ndim`` and indexing by ``[z, y, x]`` (``[y, x]`` for a 2D image). The last slice
-    resampled is kept, so patches and tiles read in z order resample each slice once.
+    A :class:`~napari_bnadapt.io.plane_stack.PlaneStack`: an array-like for
+    :class:`~napari_bnadapt.io.stack_view.StackView`, each slice resampled once when the patches and
+    tiles read it in z order.
     """
 
     def __init__(self, view: StackView, shape_yx: tuple[int, int]) -> None:
-        self._view = view
-        self.shape = tuple(shape_yx) if view.is_2d else (view.shape3d[0], *shape_yx)
-        self.ndim = len(self.shape)
-        self.dtype = np.dtype(np.float32)
-        self._last: tuple[int, np.ndarray] | None = None
-
-    def plane(self, z: int) -> np.ndarray:
-        """Slice ``z`` at the new pixel size."""
-        if self._last is None or self._last[0] != z:
-            self._last = (z, zoom_slice(self._view.read(z), self.shape[-2:], order=1))
-        return self._last[1]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if self.ndim == 2:
-            return self.plane(0)[key]
-        z, rest = key[0], key[1:]
-        if isinstance(z, slice):
-            return np.stack([self.plane(i)[rest] for i in range(*z.indices(self.shape[0]))])
-        return self.plane(int(z))[rest]
-
-    def __len__(self) -> int:
-        return self.shape[0]
+        super().__init__(view, lambda plane: zoom_slice(plane, shape_yx, order=1), shape_yx, np.float32)
 
 
 def _checked_nm(value: Any, what: str) -> tuple[float, float] | None:
