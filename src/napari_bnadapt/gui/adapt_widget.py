@@ -15,6 +15,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 from ..bound.curve import calibration_curve
@@ -56,7 +57,7 @@ class AdaptSegmentWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)  # a laptop screen is shorter than the advanced settings
 
         self.viewer = viewer
         self._extra_models: list[str] = []
@@ -81,12 +82,14 @@ class AdaptSegmentWidget(Container):
         self.mode = ComboBox(label="mode", choices=["cumulative", "ema", "prior"], value="cumulative")
         self.alpha = FloatSpinBox(label="EMA alpha", value=0.1, min=0.001, max=1.0, step=0.05)
         self.prior = FloatSpinBox(label="prior N", value=16.0, min=0.0, max=1e6)
-        self.n_patches = SpinBox(label="patches (0 = auto)", value=0, min=0, max=100000)
+        self.n_patches = SpinBox(label="patches (0 = auto)", value=0, min=0, max=100000,
+                                 tooltip="target patches AdaBN reads; auto: the whole stack up to a budget, else that "
+                                 "budget in random patches")
         self.patch_size = SpinBox(label="patch size (px)", value=256, min=16, max=4096, step=16)
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.intensity = ComboBox(label="grey values", choices=list(INTENSITY_CHOICES))
-        self.tile_size = SpinBox(label="tile size (px, 0 = auto)", value=0, min=0, max=8192, step=16,
+        self.tile_size = SpinBox(label="tile size (0 = auto)", value=0, min=0, max=8192, step=16,
                                  tooltip="largest tile side; auto: 576 px on CPU (bundled models), 1024 px on GPU")
         self.tta = ComboBox(label="flip averaging", choices=[("off", 1), ("2 views", 2), ("4 views", 4), ("8 views", 8)],
                             value=1, tooltip="test-time augmentation: average the probabilities over flipped and "
@@ -128,6 +131,7 @@ class AdaptSegmentWidget(Container):
             # a wrapped label left at its preferred width pushes its row's name out of the label column
             w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.status.native.setMinimumHeight(64)
+        QTimer.singleShot(0, self._fit_label_column)  # once docked, when napari's style sheet sets the font
         self._show_advanced(False)
 
         self.advanced.changed.connect(self._show_advanced)
@@ -162,6 +166,20 @@ class AdaptSegmentWidget(Container):
     def _select_image(self, layer: Any) -> None:
         self.image.reset_choices()
         self.image.value = layer
+
+    def _fit_label_column(self) -> None:
+        """Widen the label column to the labels as drawn: magicgui measures their text in the application's
+        default font, but napari's style sheet draws labels larger and padded, which pushed the longest rows'
+        fields out of line."""
+        rows = [r for r in (w._labeled_widget() for w in self) if r is not None]
+        labels = [r._label_widget.native for r in rows]
+        if not labels:
+            return
+        for q in labels:
+            q.ensurePolished()
+        widest = max(q.sizeHint().width() for q in labels)
+        for r in rows:
+            r.label_width = max(r.label_width, widest)
 
     def _show_advanced(self, show: bool) -> None:
         for w in self._advanced_widgets:
