@@ -341,3 +341,12 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
     _wait(qtbot, w)
     assert (seen["tta"], seen["search_scale"], seen["guard"], seen["choose_depth"], seen["smooth"]) == (
         4, True, False, True, "auto")
+
+
+def test_every_row_name_fits_one_label_column(viewer, qtbot):
+    """napari draws labels larger than magicgui measures them: the column is widened to the widest one."""
+    w = _adapt_widget(viewer)
+    w.advanced.value = True
+    rows = [r for r in (x._labeled_widget() for x in w) if r is not None]
+    qtbot.waitUntil(lambda: len({r.label_width for r in rows}) == 1, timeout=5000)
+    assert rows[0].label_width >= max(r._label_widget.native.sizeHint().width() for r in rows)

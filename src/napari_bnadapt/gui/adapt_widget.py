@@ -57,7 +57,7 @@ class AdaptSegmentWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True, scrollable=True)  # a laptop screen is shorter than the advanced settings
+        super().__init__(labels=True)
 
         self.viewer = viewer
         self._extra_models: list[str] = []
