@@ -143,3 +143,20 @@ def test_lucchi_model_adapted_to_a_vnc_crop_at_its_pixel_size_keeps_the_document
     # docs/real-data.md reports CROP_IOU for this crop; a drop of more than the tolerance fails CI
     assert measured >= CROP_IOU - CROP_TOLERANCE, measured
     assert state_bytes(model) == before
+
+
+def test_the_lucchi_model_smooths_the_sharper_vnc_crop_and_leaves_lucchi_alone(real, one_torch_thread):
+    """docs/real-data.md ('Smoothing the target'): ssTEM slices look sharper than FIB-SEM to ``lucchi-pp``'s
+    first layer, so the label-free choice blurs them; its own volume's test slices it leaves as they are."""
+    import tifffile
+
+    import napari_bnadapt as nb
+    from napari_bnadapt.adabn.smoothing import choose_smoothing
+
+    model = nb.load_model("lucchi-pp", device="cpu")
+    vnc = np.ascontiguousarray(tifffile.memmap(VNC / "image.tif", mode="r")[14:20, 256:768, 256:768])
+    lucchi = np.ascontiguousarray(tifffile.memmap(LUCCHI / "test_image.tif", mode="r")[::14, 128:640, 256:768])
+    sharp = choose_smoothing(model, vnc, device="cpu", pixel_size_nm=(4.6, 4.6))
+    same = choose_smoothing(model, lucchi, device="cpu", pixel_size_nm=(5.0, 5.0))
+    assert sharp.sigma >= 1.5 and sharp.distances[0] > sharp.distances[-1], sharp.reason
+    assert same.sigma == 0.0, same.reason
