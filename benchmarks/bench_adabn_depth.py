@@ -22,18 +22,16 @@ threshold 0.5 on the target's grid.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, load_em_model, read_partial, save_results  # noqa: E402
-from bench_real_generalisation import domain_of, targets  # noqa: E402
+from _common import header, save_results  # noqa: E402
+from _suite import run_suite  # noqa: E402
 from em_data import available  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
@@ -64,31 +62,8 @@ def evaluate(model: Any, t: dict[str, Any]) -> dict[str, float]:
 
 
 def run(models: list[str], models_dir: Path | None, name: str) -> dict[str, Any]:
-    partial = RESULTS / f"{name}.partial.jsonl"
-    done = read_partial(partial)
-    rows, reused = [], 0
-    for model_name in models:
-        model = load_em_model(model_name, models_dir)
-        for t in targets(3, 1):
-            if t["name"].endswith("inverted"):
-                continue
-            old = [r for r in done if r["model"] == model_name and r["target"] == t["name"]]
-            if old:
-                rows.append(old[0])
-                reused += 1
-                continue
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = evaluate(model, t)
-            rows.append({"model": model_name, "target": t["name"], "kind": t["kind"],
-                         "domain": domain_of(model_name, t["volume"]), **res,
-                         "seconds": time.perf_counter() - t0})
-            with partial.open("a") as f:
-                f.write(json.dumps(rows[-1], default=float) + "\n")
-            print(f"{model_name:>22} | {t['name']:<34} | "
-                  + " ".join(f"{d}:{res[f'depth {d}']:.3f}" for d in DEPTHS)
-                  + f" | chosen {res['chosen depth']:.0f}: {res['auto']:.3f}", flush=True)
+    rows, reused = run_suite(models, models_dir, name, evaluate, lambda res: (
+        " ".join(f"{d}:{res[f'depth {d}']:.3f}" for d in DEPTHS) + f" | chosen {res['chosen depth']:.0f}: {res['auto']:.3f}"))
     return {"rows": rows, "reused": reused, "depths": list(DEPTHS)}
 
 
