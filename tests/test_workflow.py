@@ -190,6 +190,8 @@ def test_test_time_augmentation_and_the_research_options_run(toy_model, target):
         assert res.labels.shape == images[:2].shape and res.iou > 0.8
         assert res.smoothing is not None and said in res.smoothing.reason
         assert f"smoothing: {res.smoothing.reason}" in res.summary()
+        if res.smoothing.sigma > 0:  # the adapted copy's card says which blur its statistics were estimated through
+            assert res.model.meta["adaptation"]["smoothing"]["sigma_model_px"] == res.smoothing.sigma
     assert state_bytes(toy_model) == keep
     np.testing.assert_array_equal(images[:2], before)
     with pytest.raises(BNAdaptError, match="smooth must be"):

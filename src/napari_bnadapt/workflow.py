@@ -243,8 +243,9 @@ def run_iter(
         See the image through a Gaussian blur (lazily, slice by slice; the data is never changed) for the
         whole run: a standard deviation in the model's pixels, or "auto" to choose the one that makes the
         image look most like the training data to the model's first BatchNorm layer
-        (:func:`~napari_bnadapt.adabn.smoothing.choose_smoothing`, no labels; 5 small AdaBN estimates).
-        ``smoothing`` says which and why. None or 0: none.
+        (:func:`~napari_bnadapt.adabn.smoothing.choose_smoothing`, no labels; the first layer's statistics
+        on 16 patches per candidate, seconds). ``smoothing`` says which and why, and the adapted model's
+        card records the blur its statistics were estimated through. None or 0: none.
     entropy : bool, default False
         After AdaBN, the entropy step on the BatchNorm affine parameters
         (:func:`~napari_bnadapt.adabn.entropy.entropy_step`; a research option: it lowered the IoU
@@ -301,6 +302,8 @@ def run_iter(
         used, result.adapt_report = yield from forward(
             adapt_iter(model, images, device=device, intensity_range=intensity_range, pixel_size_nm=px,
                        **adapt_options))
+        if smoothing is not None and smoothing.sigma > 0:  # statistics of the smoothed image: say so in the card
+            used.meta["adaptation"]["smoothing"] = {"sigma_model_px": smoothing.sigma, "reason": smoothing.reason}
         if assess:
             if not hasattr(model, "latent_modules"):  # a model built elsewhere
                 result.reliability_note = ("reliability not assessed: it needs this project's U-Net (named latent "
