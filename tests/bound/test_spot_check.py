@@ -206,7 +206,8 @@ def test_compare_scores_every_variant_and_changes_neither_model_nor_arrays(toy, 
     assert before == (state_bytes(toy_model), state_bytes(adapted), x.tobytes(), lab.tobytes())
     names = [v.name for v in check.variants]
     assert set(names) == {"as given", "source only", "AdaBN cumulative", "AdaBN EMA", "AdaBN prior",
-                          "+ TTA (4 flips)", "+ entropy step"}
+                          "AdaBN, smoothed", "+ TTA (4 flips)", "+ entropy step"}
+    assert any(n.startswith("'AdaBN, smoothed': a blur of") for n in check.notes)  # the blur it chose
     assert [v.iou for v in check.variants] == sorted((v.iou for v in check.variants), reverse=True)
     assert check.best == names[0]
     given = next(v for v in check.variants if v.name == "as given")

@@ -77,7 +77,7 @@ MIN_OBJECTS = 3
 #: The ways an annotation is read (module docstring).
 REGIONS = ("slice", "bbox")
 #: The adaptation variants ``compare=True`` tries, in this order.
-VARIANTS = ("as given", "source only", "AdaBN cumulative", "AdaBN EMA", "AdaBN prior",
+VARIANTS = ("as given", "source only", "AdaBN cumulative", "AdaBN EMA", "AdaBN prior", "AdaBN, smoothed",
             "+ TTA (4 flips)", "+ entropy step")
 
 
@@ -517,7 +517,9 @@ def spot_check_iter(
 ) -> Iterator[Progress | Result[SpotCheck]]:
     from ..adabn.adaptation import adapt_iter
     from ..adabn.entropy import entropy_step_iter
+    from ..adabn.smoothing import choose_smoothing_iter
     from ..io.resample import image_pixel_size
+    from ..io.smoothed import smoothed
     from ..model.files import default_meta
     from ..model.foreign import card_of
     from ..segmentation.predict import predict_iter
@@ -565,6 +567,13 @@ def spot_check_iter(
         t = time.perf_counter()
         if name == "source only":
             p = yield from forward(predict_iter(source, sub, **run))
+        elif name == "AdaBN, smoothed":  # the blur chosen without labels (adabn/smoothing.py), then AdaBN
+            choice = yield from forward(choose_smoothing_iter(source, data, seed=seed, **run))
+            notes.append(f"'AdaBN, smoothed': a blur of {choice.sigma:g} px at the model's pixel size (chosen without "
+                         "labels)")
+            seen = smoothed(data, choice.sigma_image_px)
+            adapted, _ = yield from forward(adapt_iter(source, seen, seed=seed, **run))
+            p = yield from forward(predict_iter(adapted, np.stack([np.asarray(_as_stack(seen)[z]) for z in zs]), **run))
         elif name.startswith("AdaBN"):
             mode = name.split()[-1].lower()
             adapted, _ = yield from forward(adapt_iter(source, data, mode=mode, seed=seed, **run))
