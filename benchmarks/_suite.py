@@ -8,15 +8,18 @@ same name (delete the file to start over).
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, load_em_model, read_partial
+from _common import RESULTS, header, load_em_model, read_partial, save_results
 from bench_real_generalisation import domain_of, targets
+from em_data import available
 
 
 def run_suite(models: list[str], models_dir: Path | None, name: str,
@@ -49,3 +52,36 @@ def run_suite(models: list[str], models_dir: Path | None, name: str,
                 f.write(json.dumps(rows[-1], default=float) + "\n")
             print(f"{model_name:>22} | {t['name']:<34} | {describe(res)}", flush=True)
     return rows, reused
+
+
+def suite_main(argv: list[str] | None, *, doc: str, script: str, title: str, legend: str,
+               run: Callable[[list[str], Path | None, str], dict[str, Any]],
+               table: Callable[[dict[str, Any]], str]) -> int:
+    """The command line of a suite benchmark: ``run(models, models_dir, name)``, then ``results/<name>.{txt,json}``.
+
+    ``script`` is the benchmark's file name (also the default ``--name`` without ``.py``); ``title`` heads
+    the result file, ``legend`` is its last header line (what the table's columns mean).
+    """
+    name = Path(script).stem
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc", "em-generalist"])
+    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default=name)
+    args = ap.parse_args(argv)
+    if not available():
+        print("../shared/data/real/ not found: nothing to measure", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = run(args.models, args.models_dir, args.name)
+    wall = time.perf_counter() - t0
+    text = (header(title)
+            + f"# command: python benchmarks/{script} {' '.join(sys.argv[1:] if argv is None else argv)}\n"
+            + f"# wall time: {wall:.0f} s ({result['reused']} of {len(result['rows'])} rows read back from "
+            f"{args.name}.partial.jsonl; each row's seconds are its own)\n"
+            + f"# {legend}\n\n" + table(result) + "\n")
+    save_results(args.name, text, result)
+    return 0

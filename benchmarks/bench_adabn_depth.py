@@ -21,7 +21,6 @@ threshold 0.5 on the target's grid.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -30,9 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import header, save_results  # noqa: E402
-from _suite import run_suite  # noqa: E402
-from em_data import available  # noqa: E402
+from _suite import run_suite, suite_main  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
 
@@ -95,29 +92,9 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc", "em-generalist"])
-    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--name", default="bench_adabn_depth")
-    args = ap.parse_args(argv)
-    if not available():
-        print("../shared/data/real/ not found: nothing to measure", file=sys.stderr)
-        return 2
-    import torch
-
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    result = run(args.models, args.models_dir, args.name)
-    wall = time.perf_counter() - t0
-    text = (header("AdaBN on the first k U-Net blocks only (the rest keep the source statistics)")
-            + f"# command: python benchmarks/bench_adabn_depth.py {' '.join(sys.argv[1:] if argv is None else argv)}\n"
-            + f"# wall time: {wall:.0f} s ({result['reused']} of {len(result['rows'])} rows read back from "
-            f"{args.name}.partial.jsonl; each row's seconds are its own)\n"
-            + "# depth k: the first k blocks (inc, down1..down4, up1..up4) adapted; 0: source only, 9: AdaBN\n\n"
-            + table(result) + "\n")
-    save_results(args.name, text, result)
-    return 0
+    return suite_main(argv, doc=__doc__, script="bench_adabn_depth.py",
+                      title="AdaBN on the first k U-Net blocks only (the rest keep the source statistics)",
+                      legend="depth k: the first k blocks (inc, down1..down4, up1..up4) adapted; 0: source only, 9: AdaBN", run=run, table=table)
 
 
 if __name__ == "__main__":
