@@ -271,13 +271,14 @@ def run_iter(
         if choice.effective_pixel_size_nm() is not None:
             px = choice.effective_pixel_size_nm()
             grid = resolve_grid(px, grid.model_nm)
+    adapt_options = dict(adapt_options or {})
     smoothing = None
     if isinstance(smooth, str):
         if smooth != "auto":
             raise BNAdaptError(f"smooth must be a blur in the model's pixels, \"auto\" or None, not {smooth!r}")
         smoothing = yield from forward(choose_smoothing_iter(
             model, images, device=device, intensity_range=intensity_range, pixel_size_nm=px,
-            seed=(adapt_options or {}).get("seed", 0)))
+            seed=adapt_options.get("seed", 0)))
     elif smooth:
         smoothing = given_smoothing(float(smooth), grid)
     if smoothing is not None and smoothing.sigma > 0:
@@ -287,7 +288,6 @@ def run_iter(
         if tuple(np.shape(truth)) != tuple(np.shape(images)):
             raise BNAdaptError(f"the ground truth {tuple(np.shape(truth))} does not match the image "
                                f"{tuple(np.shape(images))}")
-    adapt_options = dict(adapt_options or {})
     tiling = dict(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
                   intensity_range=intensity_range, pixel_size_nm=px)
     result = WorkflowResult(labels=np.zeros(0, np.uint8), probabilities=None, model=model, source_model=model,

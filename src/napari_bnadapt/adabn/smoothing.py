@@ -127,8 +127,8 @@ def first_batchnorm(model: Any) -> str:
     return layers[0][0]
 
 
-def first_layer_moments(model: Any, batches: Iterator[np.ndarray], device: Any) -> tuple[str, Any, Any]:
-    """The first BatchNorm layer's name and the pooled float64 mean and variance of its input over ``batches``.
+def first_layer_moments(model: Any, name: str, batches: Iterator[np.ndarray], device: Any) -> tuple[Any, Any]:
+    """The pooled float64 mean and variance of the input of BatchNorm layer ``name`` over ``batches``.
 
     Only the layers before it run (a forward pre-hook stops the pass there); ``model`` is left as it was.
     """
@@ -137,7 +137,6 @@ def first_layer_moments(model: Any, batches: Iterator[np.ndarray], device: Any) 
     from ..model.device import model_on
     from ..model.foreign import batchnorm_layers
 
-    name = first_batchnorm(model)
     seen: list[Any] = []
 
     def stop(_module: Any, args: tuple[Any, ...]) -> None:
@@ -162,7 +161,7 @@ def first_layer_moments(model: Any, batches: Iterator[np.ndarray], device: Any) 
         finally:
             handle.remove()
     mean = total / count
-    return name, mean.cpu(), (total_sq / count - mean * mean).clamp_min(0.0).cpu()
+    return mean.cpu(), (total_sq / count - mean * mean).clamp_min(0.0).cpu()
 
 
 def moment_distance(bn: Any, mean: Any, var: Any) -> float:
@@ -235,20 +234,20 @@ def choose_smoothing_iter(
     candidates = sorted({float(s) for s in sigmas})
     if not candidates or candidates[0] < 0 or not all(math.isfinite(s) for s in candidates):
         raise BNAdaptError(f"sigmas must be finite blurs >= 0 (model pixels), not {list(sigmas)}")
-    first_batchnorm(model)  # refuse a model without BatchNorm (or hooks) before reading any data
+    layer = first_batchnorm(model)  # refuses a model without BatchNorm (or hooks) before reading any data
+    bn = dict(batchnorm_layers(model))[layer]
     grid = model_grid(model, images, pixel_size_nm)
     meta = card_of(model) or default_meta(model)
     dev = get_device(device)
     distances: list[float] = []
-    layer = ""
     yield Progress(_STAGE, 0, len(candidates))
     for i, sigma in enumerate(candidates):
         view = check_stack(smoothed(images, image_sigma(sigma, grid)))
         norm = resolve_normalization(view, meta["normalization"], intensity_range)
         work = grid.view(view)  # at the model's pixel size, as adaptation sees it
         plan = plan_patches(work.shape3d, n_patches, patch_size, seed)
-        layer, mean, var = first_layer_moments(model, iter_patch_batches(work, plan, norm.apply, 8), dev)
-        distances.append(moment_distance(dict(batchnorm_layers(model))[layer], mean, var))
+        mean, var = first_layer_moments(model, layer, iter_patch_batches(work, plan, norm.apply, 8), dev)
+        distances.append(moment_distance(bn, mean, var))
         yield Progress(_STAGE, i + 1, len(candidates))
     best = min(range(len(candidates)), key=lambda i: (distances[i], candidates[i]))
     sigma = candidates[best]

@@ -533,9 +533,12 @@ def spot_check_iter(
     if isinstance(intensity_range, str):  # decided on the whole stack, not on the annotated slices
         norm = resolve_normalization(view, (card_of(model) or default_meta(model))["normalization"], intensity_range)
         intensity_range = (norm.in_low, norm.in_high)
-    stack = _as_stack(data)
     zs = list(regions)
-    sub = np.stack([np.asarray(stack[z]) for z in zs])
+
+    def annotated(stack: Any) -> np.ndarray:  # the annotated slices of a stack (the image, or it smoothed)
+        return np.stack([np.asarray(_as_stack(stack)[z]) for z in zs])
+
+    sub = annotated(data)
     where = {z: i for i, z in enumerate(zs)}
     run = dict(device=device, intensity_range=intensity_range, pixel_size_nm=px)
     kind = "mask" if m is not None else region
@@ -573,7 +576,7 @@ def spot_check_iter(
                          "labels)")
             seen = smoothed(data, choice.sigma_image_px)
             adapted, _ = yield from forward(adapt_iter(source, seen, seed=seed, **run))
-            p = yield from forward(predict_iter(adapted, np.stack([np.asarray(_as_stack(seen)[z]) for z in zs]), **run))
+            p = yield from forward(predict_iter(adapted, annotated(seen), **run))
         elif name.startswith("AdaBN"):
             mode = name.split()[-1].lower()
             adapted, _ = yield from forward(adapt_iter(source, data, mode=mode, seed=seed, **run))
