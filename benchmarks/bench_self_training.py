@@ -57,15 +57,15 @@ def evaluate(model: Any, t: dict[str, Any]) -> dict[str, Any]:
             "foreground": [report.foreground_before, report.foreground_after]}
 
 
-def run(models: list[str], models_dir: Path | None, only: list[str]) -> dict[str, Any]:
+def run(models: list[str], models_dir: Path | None, only: list[str], name: str = NAME) -> dict[str, Any]:
     tg = [t for t in targets(3, 1) if any(o in t["name"] for o in only)]
-    partial = RESULTS / f"{NAME}.partial.jsonl"
+    partial = RESULTS / f"{name}.partial.jsonl"
     done = read_partial(partial)
     rows, reused = [], 0
-    for name in models:
-        model = load_em_model(name, models_dir)
+    for model_name in models:
+        model = load_em_model(model_name, models_dir)
         for t in tg:
-            old = [r for r in done if r["model"] == name and r["target"] == t["name"]]
+            old = [r for r in done if r["model"] == model_name and r["target"] == t["name"]]
             if old:
                 rows.append(old[0])
                 reused += 1
@@ -73,11 +73,11 @@ def run(models: list[str], models_dir: Path | None, only: list[str]) -> dict[str
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 res = evaluate(model, t)
-            domain = domain_of(name, t["volume"])
-            rows.append({"model": name, "target": t["name"], "kind": t["kind"], "domain": domain, **res})
+            domain = domain_of(model_name, t["volume"])
+            rows.append({"model": model_name, "target": t["name"], "kind": t["kind"], "domain": domain, **res})
             with partial.open("a") as f:
                 f.write(json.dumps(rows[-1], default=float) + "\n")
-            print(f"{name:>16} | {t['name']:<28} | AdaBN {res['adabn']:.3f} -> self-train {res['self_train']:.3f} "
+            print(f"{model_name:>16} | {t['name']:<28} | AdaBN {res['adabn']:.3f} -> self-train {res['self_train']:.3f} "
                   f"({res['self_train_s']:.0f} s)", flush=True)
     return {"rows": rows, "reused": reused}
 
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS,
                     help="targets whose name contains one of these (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default=NAME, help="results/<name>.{txt,json} and its partial file")
     args = ap.parse_args(argv)
     if not available():
         print("../shared/data/real is missing: nothing to evaluate", file=sys.stderr)
@@ -112,15 +113,15 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = run(args.models, args.models_dir, args.targets)
+    result = run(args.models, args.models_dir, args.targets, args.name)
     result["command"] = "python benchmarks/bench_self_training.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result["seconds"] = round(time.perf_counter() - t0)
     text = header("Self-training after AdaBN on held-out EM slices (real and simulated other labs)") + (
         f"# command: {result['command']}\n# wall time: {result['seconds']} s"
-        + (f" ({result['reused']} of {len(result['rows'])} rows read back from {NAME}.partial.jsonl)"
+        + (f" ({result['reused']} of {len(result['rows'])} rows read back from {args.name}.partial.jsonl)"
            if result["reused"] else "") + "\n\n" + table(result) + "\n")
-    write(NAME, text)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(result, indent=1, default=float))
+    write(args.name, text)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
     return 0
 
 

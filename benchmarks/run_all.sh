@@ -247,6 +247,9 @@ section_real() {
     rm -f benchmarks/results/bench_self_training.partial.jsonl
     step bench_self_training "$PY" benchmarks/bench_self_training.py --models lucchi-pp vnc em-generalist lucchi-pp-robust \
       --models-dir "$TMPDIR_MODELS" --threads 1
+    rm -f benchmarks/results/bench_self_training_vnc_robust.partial.jsonl
+    step bench_self_training_vnc_robust "$PY" benchmarks/bench_self_training.py --models vnc-robust vnc-robust-half \
+      --models-dir "$TMPDIR_MODELS" --targets "Lucchi++ test" --threads 1 --name bench_self_training_vnc_robust
     # the trust verdict: witnesses and leave-one-volume-out validation (~30 min on 2 busy cores);
     # scripts/refit_trust.py then writes its calibration into the model files
     rm -f benchmarks/results/bench_trust.partial.jsonl

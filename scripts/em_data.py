@@ -53,6 +53,9 @@ def _single_robust(dataset: str, name: str, steps: int, note: str = "", **extra:
 HALF_PROBABILITIES: dict[str, float] = {"p_grey": 0.4, "p_blur": 0.15, "p_noise": 0.2, "p_stripes": 0.075}
 _HALF_NOTE = " with every probability halved"
 
+_GENERALIST = ("every labelled EM volume of the project at 5 nm: Lucchi++ FIB-SEM train volume (mouse CA1, "
+               "42 x 768 x 1024, ~5 nm) and VNC ssTEM slices 0-13 (Drosophila, 4.6 nm, resampled); EM domain randomisation")
+
 #: source models trained on several datasets, or with the domain-randomising recipe (docs/real-data.md)
 ROBUST: dict[str, dict[str, Any]] = {
     "generalist": {
@@ -60,9 +63,16 @@ ROBUST: dict[str, dict[str, Any]] = {
         "sources": ["lucchi", "vnc"],
         "pixel_size_nm": (5.0, 5.0),
         "steps": 6000,
-        "description": "every labelled EM volume of the project at 5 nm: Lucchi++ FIB-SEM train volume "
-        "(mouse CA1, 42 x 768 x 1024, ~5 nm) and VNC ssTEM slices 0-13 (Drosophila, 4.6 nm, resampled); "
-        "EM domain randomisation",
+        "description": _GENERALIST,
+    },
+    # the single-source models' best trade-off (halved probabilities, fixed steps, final weights) on both volumes
+    "generalist-half": {
+        "name": "em-generalist-half",
+        "sources": ["lucchi", "vnc"],
+        "pixel_size_nm": (5.0, 5.0),
+        "steps": 1500,
+        "description": _GENERALIST + _HALF_NOTE,
+        "augment": HALF_PROBABILITIES,
     },
     "lucchi-robust": _single_robust("lucchi", "lucchi-pp-robust", 5000),
     "lucchi-robust-fixed": _single_robust("lucchi", "lucchi-pp-robust-fixed", 500, ", fixed steps (final weights)"),
