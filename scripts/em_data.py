@@ -77,6 +77,9 @@ ROBUST: dict[str, dict[str, Any]] = {
     "lucchi-robust": _single_robust("lucchi", "lucchi-pp-robust", 5000),
     "lucchi-robust-fixed": _single_robust("lucchi", "lucchi-pp-robust-fixed", 500, ", fixed steps (final weights)"),
     "lucchi-robust-half": _single_robust("lucchi", "lucchi-pp-robust-half", 1500, _HALF_NOTE, augment=HALF_PROBABILITIES),
+    # lucchi-pp-robust-half trained on (--init DIR/lucchi-pp-robust-half.safetensors): 5,000 robust steps in all
+    "lucchi-robust-long": _single_robust("lucchi", "lucchi-pp-robust-long", 3500, _HALF_NOTE + ", continued from "
+                                         "lucchi-pp-robust-half", augment=HALF_PROBABILITIES),
     "vnc-robust": _single_robust("vnc", "vnc-robust", 4000),
     # chosen on the Lucchi++ -> VNC direction, then applied unchanged to the other one (a held-out check of the recipe)
     "vnc-robust-half": _single_robust("vnc", "vnc-robust-half", 1500, _HALF_NOTE, augment=HALF_PROBABILITIES),
