@@ -238,6 +238,10 @@ section_real() {
       --init "$TMPDIR_MODELS/lucchi-pp-robust-half.safetensors" --patch-size 192 --lr 2e-4 --val-fraction 0 --overwrite
     step bench_real_generalisation_long "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-robust-long \
       --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_long
+    step "train em-generalist-half" "$PY" scripts/train_em_models.py generalist-half --out "$TMPDIR_MODELS" \
+      --init lucchi-pp --patch-size 192 --lr 3e-4 --val-fraction 0 --overwrite
+    step bench_real_generalisation_generalist_half "$PY" benchmarks/bench_real_generalisation.py \
+      --models em-generalist-half --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_generalist_half
     # which BatchNorm layers to adapt: AdaBN on the first k U-Net blocks (about 25 min on 2 cores)
     rm -f benchmarks/results/bench_adabn_depth.partial.jsonl
     step bench_adabn_depth "$PY" benchmarks/bench_adabn_depth.py --models lucchi-pp vnc em-generalist \
