@@ -250,7 +250,7 @@ section_real() {
     # the blur chosen without labels (choose_smoothing): AdaBN on the smoothed target (about 25 min on 2 cores)
     rm -f benchmarks/results/bench_smoothing.partial.jsonl
     step bench_smoothing "$PY" benchmarks/bench_smoothing.py --models lucchi-pp vnc em-generalist \
-      lucchi-pp-robust-half vnc-robust-half --models-dir "$TMPDIR_MODELS"
+      lucchi-pp-robust-half vnc-robust-half lucchi-pp-robust-long --models-dir "$TMPDIR_MODELS"
     # self-training after AdaBN (5,928 s here with the machine shared by up to 6 jobs)
     rm -f benchmarks/results/bench_self_training.partial.jsonl
     step bench_self_training "$PY" benchmarks/bench_self_training.py --models lucchi-pp vnc em-generalist lucchi-pp-robust \
