@@ -56,24 +56,18 @@ _HALF_NOTE = " with every probability halved"
 _GENERALIST = ("every labelled EM volume of the project at 5 nm: Lucchi++ FIB-SEM train volume (mouse CA1, "
                "42 x 768 x 1024, ~5 nm) and VNC ssTEM slices 0-13 (Drosophila, 4.6 nm, resampled); EM domain randomisation")
 
+
+def _generalist(name: str, steps: int, note: str = "", **extra: Any) -> dict[str, Any]:
+    """A recipe on both labelled volumes at 5 nm with the EM domain randomisation (``extra``: e.g. ``augment=``)."""
+    return {"name": name, "sources": ["lucchi", "vnc"], "pixel_size_nm": (5.0, 5.0), "steps": steps,
+            "description": _GENERALIST + note, **extra}
+
+
 #: source models trained on several datasets, or with the domain-randomising recipe (docs/real-data.md)
 ROBUST: dict[str, dict[str, Any]] = {
-    "generalist": {
-        "name": "em-generalist",
-        "sources": ["lucchi", "vnc"],
-        "pixel_size_nm": (5.0, 5.0),
-        "steps": 6000,
-        "description": _GENERALIST,
-    },
+    "generalist": _generalist("em-generalist", 6000),
     # the single-source models' best trade-off (halved probabilities, fixed steps, final weights) on both volumes
-    "generalist-half": {
-        "name": "em-generalist-half",
-        "sources": ["lucchi", "vnc"],
-        "pixel_size_nm": (5.0, 5.0),
-        "steps": 1500,
-        "description": _GENERALIST + _HALF_NOTE,
-        "augment": HALF_PROBABILITIES,
-    },
+    "generalist-half": _generalist("em-generalist-half", 1500, _HALF_NOTE, augment=HALF_PROBABILITIES),
     "lucchi-robust": _single_robust("lucchi", "lucchi-pp-robust", 5000),
     "lucchi-robust-fixed": _single_robust("lucchi", "lucchi-pp-robust-fixed", 500, ", fixed steps (final weights)"),
     "lucchi-robust-half": _single_robust("lucchi", "lucchi-pp-robust-half", 1500, _HALF_NOTE, augment=HALF_PROBABILITIES),
