@@ -85,6 +85,20 @@ def test_one_click_adaptation_adds_scaled_labels_and_raises_iou(viewer, qtbot):
     np.testing.assert_array_equal(added[0].data, out.data)  # the same (seeded) result, as a new layer
 
 
+def test_an_image_is_offered_and_a_chosen_one_kept(viewer):
+    viewer.open_sample(PLUGIN, "toy_brightness_target")
+    w = _adapt_widget(viewer)  # docked after the data was opened: its image is offered, with its model
+    assert w.image.value is viewer.layers["toy target (brighter)"] and w.model.value == "toy-perlin"
+    viewer.layers.clear()
+    assert w.image.value is None
+    first = viewer.add_image(np.zeros((2, 64, 64), np.uint8), name="first")
+    assert w.image.value is first  # opened while nothing was chosen
+    viewer.add_image(np.zeros((2, 64, 64), np.uint8), name="second")
+    assert w.image.value is first  # a chosen image is kept when another layer arrives
+    viewer.layers.remove(first)
+    assert w.image.value is None  # not moved to another layer unasked
+
+
 def test_cancel_stops_and_changes_nothing(viewer, qtbot):
     viewer.open_sample(PLUGIN, "toy_stack_3d")
     w = _adapt_widget(viewer)

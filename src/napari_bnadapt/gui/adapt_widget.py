@@ -149,9 +149,11 @@ class AdaptSegmentWidget(Container):
 
         MODEL_LIST.add(self.model.reset_choices)
         viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.inserted.connect(self._preselect_image)
         viewer.layers.events.removed.connect(self.reset_choices)
         viewer.layers.events.moved.connect(self.reset_choices)
         self.reset_choices()
+        self._preselect_image()
         self.suggest_model()
         self._update_card()
         self.loader.show_voxel_size(self.image.value)
@@ -162,6 +164,21 @@ class AdaptSegmentWidget(Container):
 
     def _truth_choices(self, _w: Any = None) -> list[tuple[str, Any]]:
         return [(NO_TRUTH, None)] + [(layer.name, layer) for layer in layers_of(self.viewer, "labels")]
+
+    def _preselect_image(self, *_: Any) -> None:
+        """Offer an image when none is chosen: the viewer's active layer if it is an image, else the top one.
+
+        A chosen image is never replaced (a new layer, such as this widget's probability map, leaves it), and
+        removing the chosen layer leaves the choice empty rather than moving it to another layer unasked.
+        """
+        if self.image.value is not None:
+            return
+        self.image.reset_choices()
+        images = layers_of(self.viewer, "image")
+        if not images:
+            return
+        active = self.viewer.layers.selection.active
+        self.image.value = active if any(active is layer for layer in images) else images[-1]
 
     def _select_image(self, layer: Any) -> None:
         self.image.reset_choices()
