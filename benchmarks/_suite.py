@@ -19,7 +19,7 @@ from typing import Any
 
 from _common import RESULTS, header, load_em_model, read_partial, save_results
 from bench_real_generalisation import domain_of, targets
-from em_data import available
+from em_data import real_data_ready
 
 
 def run_suite(models: list[str], models_dir: Path | None, name: str,
@@ -69,12 +69,8 @@ def suite_main(argv: list[str] | None, *, doc: str, script: str, title: str, leg
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default=name)
     args = ap.parse_args(argv)
-    if not available():
-        print("../shared/data/real/ not found: nothing to measure", file=sys.stderr)
+    if not real_data_ready(args.threads):
         return 2
-    import torch
-
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     result = run(args.models, args.models_dir, args.name)
     wall = time.perf_counter() - t0

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _common import RESULTS, header, load_em_model, read_partial, save_results  # noqa: E402
 from bench_real_generalisation import targets  # noqa: E402
-from em_data import RECIPES, available, load_split  # noqa: E402
+from em_data import RECIPES, load_split, real_data_ready  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
 from napari_bnadapt.model.augment import Augmentation  # noqa: E402
@@ -217,13 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "ablation_models")
     ap.add_argument("--name", default="bench_augmentation_ablation")
     args = ap.parse_args(argv)
-    if not available():
-        print("../shared/data/real is missing: nothing to train or evaluate", file=sys.stderr)
+    if not real_data_ready(args.threads):
         return 2
     args.init = args.init or RECIPES[args.source]["name"]
-    import torch
-
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     result = run(args)
     result["command"] = "python benchmarks/bench_augmentation_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -21,18 +21,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _common import header, write  # noqa: E402
-from em_data import RECIPES, available, load_split  # noqa: E402
+from em_data import RECIPES, load_split, real_data_ready  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
 
 
 def main() -> int:
-    if not available():
-        print("../shared/data/real is missing", file=sys.stderr)
+    if not real_data_ready(2):
         return 2
-    import torch
-
-    torch.set_num_threads(2)
     warnings.simplefilter("ignore")  # the unknown-pixel-size runs warn, on purpose
     t0 = time.perf_counter()
     targets = []

@@ -50,7 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _common import RESULTS, header, load_em_model, read_partial, save_results  # noqa: E402
-from em_data import RECIPES, ROBUST, available, load_split, model_recipe  # noqa: E402
+from em_data import RECIPES, ROBUST, load_split, model_recipe, real_data_ready  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
 
@@ -287,12 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="bench_real_generalisation")
     args = ap.parse_args(argv)
-    if not available():
-        print("../shared/data/real is missing: nothing to evaluate", file=sys.stderr)
+    if not real_data_ready(args.threads):
         return 2
-    import torch
-
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     result = run(args.models, args.models_dir, args.real_slices, args.sim_slices, args.targets, args.name)
     result["command"] = "python benchmarks/bench_real_generalisation.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
 from bench_real_generalisation import domain_of, targets  # noqa: E402
-from em_data import available  # noqa: E402
+from em_data import real_data_ready  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
 
@@ -106,12 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default=NAME, help="results/<name>.{txt,json} and its partial file")
     args = ap.parse_args(argv)
-    if not available():
-        print("../shared/data/real is missing: nothing to evaluate", file=sys.stderr)
+    if not real_data_ready(args.threads):
         return 2
-    import torch
-
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     result = run(args.models, args.models_dir, args.targets, args.name)
     result["command"] = "python benchmarks/bench_self_training.py " + " ".join(sys.argv[1:] if argv is None else argv)

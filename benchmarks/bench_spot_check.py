@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
 from bench_real_generalisation import domain_of, targets  # noqa: E402
-from em_data import available  # noqa: E402
+from em_data import real_data_ready  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
 from napari_bnadapt.bound.spot_check import (  # noqa: E402
@@ -315,12 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-timing", action="store_true", help="skip timing nb.spot_check on the real stacks")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    if not available():
-        print("../shared/data/real is missing: nothing to evaluate", file=sys.stderr)
+    if not real_data_ready(args.threads):
         return 2
-    import torch
-
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     result = run(args.models, args.models_dir, args.real_slices, args.sim_slices, args.n_patches, args.skip)
     if any("objects" not in c for r in result["rows"] for c in r["cases"]):

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _common import header, load_em_model, save_results  # noqa: E402
 from bench_real_generalisation import TRAINED_ON, targets  # noqa: E402
-from em_data import available  # noqa: E402
+from em_data import real_data_ready  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
 
@@ -72,12 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="bench_target_blur")
     args = ap.parse_args(argv)
-    if not available():
-        print("../shared/data/real/ not found: nothing to measure", file=sys.stderr)
+    if not real_data_ready(args.threads):
         return 2
-    import torch
-
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows = run(args.models, args.models_dir)
     lines = ["| model | target (cross-lab, real) | blur sigma (px) | source | adabn |", "|---|---|---|---|---|"]

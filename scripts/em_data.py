@@ -93,6 +93,19 @@ def available(data: Path = DATA) -> bool:
     return all((data / r["folder"] / f).exists() for r in RECIPES.values() for f in r["train"][:2] + r["test"][:2])
 
 
+def real_data_ready(threads: int) -> bool:
+    """For a benchmark's start: False, after saying so on stderr, when the data is missing; else torch gets ``threads``."""
+    import sys
+
+    if not available():
+        print(f"{DATA} is missing: nothing to evaluate", file=sys.stderr)
+        return False
+    import torch
+
+    torch.set_num_threads(threads)
+    return True
+
+
 def load_split(dataset: str, split: str, data: Path = DATA) -> tuple[Any, np.ndarray]:
     """(images, labels) of one split: a lazy memmap view of the images, the labels in memory."""
     import tifffile
