@@ -44,15 +44,14 @@ from bench_real_generalisation import domain_of, targets  # noqa: E402
 from em_data import real_data_ready  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
-from napari_bnadapt.bound.spot_check import (  # noqa: E402
+from napari_bnadapt.bound.spot_check import MIN_OBJECTS, score_segmentation  # noqa: E402
+from napari_bnadapt.bound.spot_interval import (  # noqa: E402
     BETWEEN_SLICE_SD,
     LEVEL,
-    MIN_OBJECTS,
     PART_SLICE_SD,
     WHOLE_SLICE_SHARE,
     arcsine,
     fit_between_sd,
-    score_segmentation,
     stack_interval,
 )
 

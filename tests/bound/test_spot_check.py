@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 import napari_bnadapt as nb
-from napari_bnadapt.bound.spot_check import (
+from napari_bnadapt.bound.spot_check import MIN_OBJECTS, score_segmentation
+from napari_bnadapt.bound.spot_interval import (
     BETWEEN_SLICE_SD,
-    MIN_OBJECTS,
     PART_SLICE_SD,
     arcsine,
     fit_between_sd,
-    score_segmentation,
     stack_interval,
     tile_counts,
 )
