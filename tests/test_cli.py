@@ -114,6 +114,17 @@ def test_segment_takes_the_pixel_size_and_writes_on_the_input_grid(tmp_path, cap
     err = capsys.readouterr().err
     assert "resampled to the model's pixel size" in err and "zoom 2 x 2" in err
     assert tifffile.imread(out).shape == (2, 48, 48)
+    # one value: square pixels, the same run
+    square = tmp_path / "square.tif"
+    assert main(["segment", "--model", str(model), "--input", str(img), "--output", str(square),
+                 "--pixel-size", "10", "--device", "cpu", "--quiet"]) == 0
+    assert "zoom 2 x 2" in capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(square), tifffile.imread(out))
+    with pytest.raises(SystemExit) as too_many:
+        main(["segment", "--model", str(model), "--input", str(img), "--output", str(tmp_path / "y.tif"),
+              "--pixel-size", "10", "10", "10", "--quiet"])
+    assert too_many.value.code == 2 and "one value (square pixels) or two" in capsys.readouterr().err
+    assert not (tmp_path / "y.tif").exists()
     # no --pixel-size and none in the file: said once, by the CLI; the run goes on as it is
     assert main(["segment", "--model", str(model), "--input", str(img), "--output", str(out2),
                  "--device", "cpu", "--quiet"]) == 0

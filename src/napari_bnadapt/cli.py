@@ -74,7 +74,7 @@ def _pixel_size(args: argparse.Namespace, model: Any, info: Any) -> Any:
     if grid.resamples:
         print(f"note: {sentence}", file=sys.stderr)
     elif sentence:
-        hint = " (give --pixel-size Y_NM X_NM to compare them)" if grid.image_nm is None else ""
+        hint = " (give --pixel-size NM, or Y_NM X_NM, to compare them)" if grid.image_nm is None else ""
         print(f"warning: {sentence}{hint}", file=sys.stderr)
     return grid.pass_on()
 
@@ -295,11 +295,24 @@ def _add_common(p: argparse.ArgumentParser, *, device: bool = True, intensity: b
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_pixel_size(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pixel-size", type=float, nargs=2, metavar=("Y_NM", "X_NM"),
-                   help="the image's pixel size in nm (default: the file's voxel size, when it has one); when it "
-                        "differs from the model's by more than 2 %%, the stack is resampled to the model's pixel "
-                        "size internally and the results are written on the image's own grid")
+class _PixelSizeAction(argparse.Action):
+    """``--pixel-size NM`` (square pixels) or ``--pixel-size Y_NM X_NM``, stored as a (y, x) tuple."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if len(values) > 2:
+            parser.error(f"{option_string} takes one value (square pixels) or two (Y_NM X_NM), not {len(values)}")
+        setattr(namespace, self.dest, (values[0], values[-1]))
+
+
+_PIXEL_SIZE_HELP = ("the image's pixel size in nm: one value for square pixels, or Y_NM X_NM (default: the file's "
+                    "voxel size, when it has one); when it differs from the model's by more than 2 %%, the stack is "
+                    "resampled to the model's pixel size internally and the results are written on the image's own "
+                    "grid")
+
+
+def _add_pixel_size(p: argparse.ArgumentParser, text: str = _PIXEL_SIZE_HELP) -> None:
+    p.add_argument("--pixel-size", type=float, nargs="+", action=_PixelSizeAction, metavar="NM", help=text)
 
 
 def _add_adapt_options(p: argparse.ArgumentParser) -> None:
@@ -394,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="model file to write (.safetensors)")
     p.add_argument("--name", help="model name (default: the file name)")
     p.add_argument("--description", default="", help="what the model was trained on (shown in the model card)")
-    p.add_argument("--pixel-size", type=float, nargs=2, metavar=("Y_NM", "X_NM"), help="training pixel size in nm")
+    _add_pixel_size(p, "the training images' pixel size in nm: one value for square pixels, or Y_NM X_NM "
+                       "(default: the file's voxel size, when it has one)")
     p.add_argument("--width", type=int, default=16, help="U-Net base width (default 16)")
     p.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed convolutions")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
