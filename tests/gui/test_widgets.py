@@ -89,14 +89,18 @@ def test_an_image_is_offered_and_a_chosen_one_kept(viewer):
     viewer.open_sample(PLUGIN, "toy_brightness_target")
     w = _adapt_widget(viewer)  # docked after the data was opened: its image is offered, with its model
     assert w.image.value is viewer.layers["toy target (brighter)"] and w.model.value == "toy-perlin"
+    assert w.status.value.startswith("ready") and "toy target (brighter)" in w.status.value
     viewer.layers.clear()
     assert w.image.value is None
+    assert w.status.value.startswith("open a stack")  # the next step, not "ready"
     first = viewer.add_image(np.zeros((2, 64, 64), np.uint8), name="first")
     assert w.image.value is first  # opened while nothing was chosen
     viewer.add_image(np.zeros((2, 64, 64), np.uint8), name="second")
     assert w.image.value is first  # a chosen image is kept when another layer arrives
+    w.runner.say("a message from a run")
     viewer.layers.remove(first)
     assert w.image.value is None  # not moved to another layer unasked
+    assert w.status.value == "a message from a run"  # a run's message is not replaced by the hint
 
 
 def test_cancel_stops_and_changes_nothing(viewer, qtbot):

@@ -119,7 +119,8 @@ class AdaptSegmentWidget(Container):
         self.cancel = PushButton(text="Cancel")
         self.save = PushButton(text="Save adapted model...", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, max=1)
-        self.status = Label(label="status", value="choose an image and click 'Adapt & segment'")
+        self.status = Label(label="status", value="")
+        self._hint = ""
         self.runner = Runner(self.progress, self.status, self.cancel, [self.run_adapt, self.run_plain])
         self.loader = StackLoader(viewer, on_loaded=self._select_image, say=self.runner.say)
 
@@ -141,6 +142,7 @@ class AdaptSegmentWidget(Container):
         self.model.changed.connect(self._update_card)
         self.model.changed.connect(self._note_model_pick)
         self.image.changed.connect(self.suggest_model)
+        self.image.changed.connect(self._show_hint)
         self.rescale.changed.connect(self.rescale_to_model)
         self.browse.changed.connect(self._browse)
         self.run_adapt.changed.connect(lambda: self.start(adapt=True))
@@ -154,6 +156,7 @@ class AdaptSegmentWidget(Container):
         viewer.layers.events.moved.connect(self.reset_choices)
         self.reset_choices()
         self._preselect_image()
+        self._show_hint()
         self.suggest_model()
         self._update_card()
         self.loader.show_voxel_size(self.image.value)
@@ -179,6 +182,15 @@ class AdaptSegmentWidget(Container):
             return
         active = self.viewer.layers.selection.active
         self.image.value = active if any(active is layer for layer in images) else images[-1]
+
+    def _show_hint(self, *_: Any) -> None:
+        """Say what the next step is, while the status area shows nothing else (a run's messages stay)."""
+        if self.status.value != self._hint:
+            return
+        layer = self.image.value
+        self._hint = (f"ready: click 'Adapt & segment' to segment '{layer.name}'" if layer is not None
+                      else "open a stack (or choose an image layer), then click 'Adapt & segment'")
+        self.status.value = self._hint
 
     def _select_image(self, layer: Any) -> None:
         self.image.reset_choices()
