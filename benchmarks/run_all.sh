@@ -238,6 +238,10 @@ section_real() {
       --init "$TMPDIR_MODELS/lucchi-pp-robust-half.safetensors" --patch-size 192 --lr 2e-4 --val-fraction 0 --overwrite
     step bench_real_generalisation_long "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-robust-long \
       --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_long
+    step "train lucchi-pp-robust-anneal" "$PY" scripts/train_em_models.py lucchi-robust-anneal --out "$TMPDIR_MODELS" \
+      --init "$TMPDIR_MODELS/lucchi-pp-robust-long.safetensors" --patch-size 192 --lr 1e-4 --val-fraction 0 --overwrite
+    step bench_real_generalisation_anneal "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-robust-anneal \
+      --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_anneal
     step "train em-generalist-half" "$PY" scripts/train_em_models.py generalist-half --out "$TMPDIR_MODELS" \
       --init lucchi-pp --patch-size 192 --lr 3e-4 --val-fraction 0 --overwrite
     step bench_real_generalisation_generalist_half "$PY" benchmarks/bench_real_generalisation.py \
