@@ -252,6 +252,10 @@ section_real() {
       lucchi-pp-robust-half vnc-robust-half --models-dir "$TMPDIR_MODELS"
     step bench_target_blur "$PY" benchmarks/bench_target_blur.py --models-dir "$TMPDIR_MODELS"
     # the blur chosen without labels (choose_smoothing): AdaBN on the smoothed target (about 25 min on 2 cores)
+    # the three AdaBN estimators (cumulative, EMA, source prior) on the suite (about 16 min on 2 cores)
+    rm -f benchmarks/results/bench_estimators.partial.jsonl
+    step bench_estimators "$PY" benchmarks/bench_estimators.py --models lucchi-pp vnc em-generalist \
+      lucchi-pp-robust-long vnc-robust lucchi-pp-robust-half vnc-robust-half --models-dir "$TMPDIR_MODELS"
     rm -f benchmarks/results/bench_smoothing.partial.jsonl
     step bench_smoothing "$PY" benchmarks/bench_smoothing.py --models lucchi-pp vnc em-generalist \
       lucchi-pp-robust-half vnc-robust-half lucchi-pp-robust-long --models-dir "$TMPDIR_MODELS"
