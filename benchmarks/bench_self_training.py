@@ -9,10 +9,10 @@ target): IoU of AdaBN and of AdaBN + :func:`napari_bnadapt.adabn.self_train.self
 defaults (30 steps of 4 patches, lr 1e-4, confidence 0.9: chosen before this benchmark ran, not
 tuned on it), with the time of the pass on this machine. With ``--tta N`` (N = 2, 4 or 8) both are
 also scored with test-time augmentation over N views (the two options together:
-``workflow.run(self_train=True, tta=N)``, ``bnadapt segment --adapt --self-train --tta N``). Rows are appended to
-``bench_self_training.partial.jsonl`` as they finish; a rerun with the same arguments skips them.
+``workflow.run(self_train=True, tta=N)``, ``bnadapt segment --adapt --self-train --tta N``). Rows are
+appended to ``<name>.partial.jsonl`` as they finish; a rerun with the same arguments skips them.
 
-Writes ``benchmarks/results/bench_self_training.{txt,json}``.
+Writes ``benchmarks/results/<name>.{txt,json}`` (``--name``, default ``bench_self_training``).
 """
 
 from __future__ import annotations
