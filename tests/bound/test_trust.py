@@ -310,3 +310,12 @@ def test_reliability_with_a_trust_calibration_abstains_outside_it(toy_model, bri
     assert rep.coverage == 0.9 and "90%" in rep.sentence and "leave one volume out" in rep.sentence
     assert format_bound(rep.iou_lower_bound) in rep.sentence
     assert math.isfinite(rep.witnesses["values"]["scale_consistency"])
+    # without a W2 calibration the default gate cannot overrule the trust calibration, so the report does not
+    # warn about the default gate's thresholds (it did, and the CLI printed it for em-generalist)
+    model.meta.pop("calibration", None)
+    adapted.meta.pop("calibration", None)
+    rep = nb.reliability(model, adapted, images, device="cpu")
+    assert rep.verdict == "reliable" and not any("DEFAULT thresholds" in n for n in rep.notes)
+    del model.meta["trust"]
+    rep = nb.reliability(model, adapted, images, device="cpu")
+    assert any("DEFAULT thresholds" in n for n in rep.notes)

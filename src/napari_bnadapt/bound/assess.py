@@ -337,7 +337,7 @@ def reliability_iter(
     notes = [f"measured on the stack {grid.zoom_phrase()}"] if grid.resamples else []
     if rejected:
         notes.append(f"the model's W2 calibration is not used: {rejected}")
-    if cal is None and not rejected:
+    if cal is None and not rejected and trust is None:  # with a trust calibration the default gate cannot decide
         notes.append("the gate on the predicted foreground fraction and the confidence uses DEFAULT thresholds "
                       "(from the toy model), not ones measured for this model")
     if dec.beyond_calibration:
