@@ -266,10 +266,10 @@ section_real() {
     rm -f benchmarks/results/bench_self_training_vnc_robust.partial.jsonl
     step bench_self_training_vnc_robust "$PY" benchmarks/bench_self_training.py --models vnc-robust vnc-robust-half \
       --models-dir "$TMPDIR_MODELS" --targets "Lucchi++ test" --threads 1 --name bench_self_training_vnc_robust
-    # self-training and test-time augmentation together, on the real held-out slices (about 18 min on 2 cores)
+    # self-training and test-time augmentation together, on the real held-out slices (about 26 min on 2 cores)
     rm -f benchmarks/results/bench_self_training_tta.partial.jsonl
     step bench_self_training_tta "$PY" benchmarks/bench_self_training.py --models vnc-robust vnc-robust-half \
-      lucchi-pp-robust-long lucchi-pp-robust-half em-generalist --models-dir "$TMPDIR_MODELS" \
+      lucchi-pp-robust-long lucchi-pp-robust-half em-generalist lucchi-pp vnc --models-dir "$TMPDIR_MODELS" \
       --targets "Lucchi++ test" "VNC test" --tta 8 --name bench_self_training_tta
     # the trust verdict: witnesses and leave-one-volume-out validation (~30 min on 2 busy cores);
     # scripts/refit_trust.py then writes its calibration into the model files
