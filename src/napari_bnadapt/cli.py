@@ -59,6 +59,12 @@ def _write_tiff(path: str, data: Any, info: Any = None) -> None:
     tifffile.imwrite(path, arr, compression="zlib" if arr.dtype != np.float32 else None, **kwargs)
 
 
+def _given_pixel_size(args: argparse.Namespace, info: Any) -> tuple[float, float] | None:
+    """The (y, x) pixel size in nm from --pixel-size, else from the file's voxel size, else None."""
+    vs = getattr(info, "voxel_size_nm", None)
+    return args.pixel_size or (tuple(vs[-2:]) if vs and all(vs[-2:]) else None)
+
+
 def _pixel_size(args: argparse.Namespace, model: Any, info: Any) -> Any:
     """The image's pixel size for the library: --pixel-size, else the file's; says once what happens with it.
 
@@ -67,8 +73,7 @@ def _pixel_size(args: argparse.Namespace, model: Any, info: Any) -> Any:
     """
     from .io.resample import model_pixel_size, resolve_grid
 
-    vs = getattr(info, "voxel_size_nm", None)
-    image_nm = args.pixel_size or (tuple(vs[-2:]) if vs and all(vs[-2:]) else None)
+    image_nm = _given_pixel_size(args, info)
     grid = resolve_grid(image_nm, model_pixel_size(model))
     sentence = grid.sentence()
     if grid.resamples:
@@ -159,7 +164,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_output(args.output, args.overwrite)
     images, info = _read(args.images, "image file")
     labels, _ = _read(args.labels, "label file")
-    px = args.pixel_size or (list(info.voxel_size_nm[-2:]) if getattr(info, "voxel_size_nm", None) and all(info.voxel_size_nm[-2:]) else None)
+    px = _given_pixel_size(args, info)
     model = run_to_end(
         train_iter(
             images, labels, width=args.width, bilinear=args.bilinear, steps=args.steps, batch_size=args.batch_size,
