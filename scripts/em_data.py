@@ -63,6 +63,17 @@ def _generalist(name: str, steps: int, note: str = "", **extra: Any) -> dict[str
             "description": _GENERALIST + note, **extra}
 
 
+def _gpu_single(dataset: str) -> Any:
+    """A builder of from-scratch GPU recipes on one dataset (halved probabilities; ``width`` in the recipe)."""
+    return lambda name, width, steps, note: _single_robust(dataset, name, steps, note, augment=HALF_PROBABILITIES,
+                                                           width=width)
+
+
+def _gpu_generalist(name: str, width: int, steps: int, note: str) -> dict[str, Any]:
+    """A from-scratch GPU recipe on both volumes (halved probabilities)."""
+    return _generalist(name, steps, note, augment=HALF_PROBABILITIES, width=width)
+
+
 #: source models trained on several datasets, or with the domain-randomising recipe (docs/real-data.md); each
 #: recipe's steps are those its model was trained with (the other settings: the commands in docs/real-data.md)
 ROBUST: dict[str, dict[str, Any]] = {
@@ -82,6 +93,14 @@ ROBUST: dict[str, dict[str, Any]] = {
     "vnc-robust": _single_robust("vnc", "vnc-robust", 500),
     # chosen on the Lucchi++ -> VNC direction, then applied unchanged to the other one (a held-out check of the recipe)
     "vnc-robust-half": _single_robust("vnc", "vnc-robust-half", 1500, _HALF_NOTE, augment=HALF_PROBABILITIES),
+    # from scratch on a GPU (scripts/gpu_training.sh): the halved-probability recipe, 8 x 256 px crops, lr 1e-3,
+    # width 16 (the bundled size) or 32 (4x the parameters); steps: what fitted the run's time budget
+    **{f"{key}-{kind}": builder(name=f"{model}-{kind}", width=width, steps=steps,
+                                note=f"{_HALF_NOTE}, width {width}, from scratch on a GPU")
+       for key, model, builder in (("lucchi-robust", "lucchi-pp-robust", _gpu_single("lucchi")),
+                                   ("vnc-robust", "vnc-robust", _gpu_single("vnc")),
+                                   ("generalist", "em-generalist", _gpu_generalist))
+       for kind, width, steps in (("gpu", 16, 4000), ("wide", 32, 4000))},
 }
 
 

@@ -29,10 +29,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from em_data import BUNDLED, DATA, RECIPES, ROBUST, load_split, model_recipe, split_description, test_iou  # noqa: E402
+
+
+def steps_within(budget_s: float, training: Callable[[int], Iterator[Any]], probe_steps: int = 30) -> int:
+    """How many optimiser steps fit ``budget_s`` seconds: ``training(n)`` (an n-step ``train_iter``) is run
+    for ``probe_steps`` steps and timed from its tenth step on (past start-up and warm-up); at least 1."""
+    from napari_bnadapt.progress import Progress
+
+    stamps = [time.perf_counter() for p in training(probe_steps) if isinstance(p, Progress) and p.done > 0]
+    warm = stamps[min(10, len(stamps) - 2):]
+    per_step = (warm[-1] - warm[0]) / max(1, len(warm) - 1)
+    return max(1, int(budget_s / per_step))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--width", type=int, default=None, help="U-Net width (default: the recipe's, else 16)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                    help="instead of --steps: as many steps as fit these seconds, measured on a short probe "
+                    "training first (the steps chosen are printed and recorded in the card's command)")
+    ap.add_argument("--no-test", action="store_true",
+                    help="skip the test IoU (a machine without the test slices); the card then has none")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=BUNDLED)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing model file")
@@ -72,25 +92,37 @@ def main(argv: list[str] | None = None) -> int:
     splits = [load_split(s, "train", args.data) for s in r["sources"]]
     for s, (im, lb) in zip(r["sources"], splits):
         print(f"{s}: train images {im.shape} {im.dtype}, labels {lb.shape}", flush=True)
-    t0 = time.perf_counter()
-    gen = nb.train_iter(
-        [im for im, _ in splits], [lb for _, lb in splits], width=16, bilinear=True,
-        steps=args.steps or r["steps"], batch_size=args.batch_size,
-        patch_size=args.patch_size, lr=args.lr, val_fraction=args.val_fraction, eval_every=args.eval_every,
-        patience=args.patience, seed=args.seed, device="cpu", pixel_size_nm=r["pixel_size_nm"], name=r["name"],
-        data_description=r["description"], precision=args.precision, augment=r["augment"],
+    settings = dict(
+        width=args.width or r.get("width", 16), bilinear=True, batch_size=args.batch_size,
+        patch_size=args.patch_size, lr=args.lr, seed=args.seed, device=args.device, pixel_size_nm=r["pixel_size_nm"],
+        precision=args.precision, augment=r["augment"],
         volume_pixel_sizes_nm=[RECIPES[s]["pixel_size_nm"] for s in r["sources"]],
         init=nb.load_model(args.init) if args.init else None,
+    )
+    images, labels = [im for im, _ in splits], [lb for _, lb in splits]
+    steps = args.steps or r["steps"]
+    if args.time_budget is not None:
+        steps = steps_within(args.time_budget, lambda n: nb.train_iter(
+            images, labels, steps=n, val_fraction=0, source_statistics=False, **settings))
+        print(f"time budget {args.time_budget:.0f} s: {steps} steps", flush=True)
+    t0 = time.perf_counter()
+    gen = nb.train_iter(
+        images, labels, steps=steps, val_fraction=args.val_fraction, eval_every=args.eval_every,
+        patience=args.patience, name=r["name"], data_description=r["description"], **settings,
     )
     model = run_to_end(gen, tqdm_callback())
     wall = time.perf_counter() - t0
     metrics = model.meta["training"]["metrics"]
-    by_set = {RECIPES[s]["label"]: round(test_iou(model, s, args.data), 4) for s in r["sources"]}
-    metrics["test_iou"] = round(sum(by_set.values()) / len(by_set), 4)
-    metrics["test_set"] = "; ".join(split_description(s, "test") for s in r["sources"])
-    if len(by_set) > 1:
-        metrics["test_iou_by_set"] = by_set
-    model.meta["training"]["command"] = "python scripts/train_em_models.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if not args.no_test:
+        by_set = {RECIPES[s]["label"]: round(test_iou(model, s, args.data), 4) for s in r["sources"]}
+        metrics["test_iou"] = round(sum(by_set.values()) / len(by_set), 4)
+        metrics["test_set"] = "; ".join(split_description(s, "test") for s in r["sources"])
+        if len(by_set) > 1:
+            metrics["test_iou_by_set"] = by_set
+    command = ["python", "scripts/train_em_models.py", *(sys.argv[1:] if argv is None else argv)]
+    if args.time_budget is not None:  # the steps the budget gave, so the command reruns the same training
+        command.append(f"--steps {steps}")
+    model.meta["training"]["command"] = " ".join(command)
     args.out.mkdir(parents=True, exist_ok=True)
     nb.save_model(model, path, overwrite=args.overwrite)
     print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
