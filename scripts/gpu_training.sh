@@ -15,6 +15,7 @@ start=$(date +%s)
 out=${OUT:-/tmp/gpu_training_out}
 work=${WORK:-/tmp/gpu_training}
 device=${DEVICE:-cuda}
+# (a width-32 generalist was left out: five models are what comes back from the machine in one go, 64 MiB)
 recipes=${RECIPES:-"lucchi-robust-wide lucchi-robust-gpu vnc-robust-wide vnc-robust-gpu generalist-gpu"}
 mkdir -p "$out" "$work/logs" "$work/models" "$work/real"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
