@@ -64,7 +64,7 @@ def unpack(src: Path, out: Path) -> None:
                 raise SystemExit(f"{folder} slice {i}: checksum differs from the packed one")
             slices.append(s)
         (out / folder).mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(out / folder / m["image"], np.stack(slices))
+        tifffile.imwrite(out / folder / m["image"], np.stack(slices), photometric="minisblack")
         for f in (src / folder).iterdir():
             if not f.name.endswith(".webp"):
                 shutil.copyfile(f, out / folder / f.name)
