@@ -95,7 +95,7 @@ ROBUST: dict[str, dict[str, Any]] = {
     "lucchi-robust-wide": _gpu_single("lucchi", "lucchi-pp-robust-wide", 32, 6371),
     "vnc-robust-gpu": _gpu_single("vnc", "vnc-robust-gpu", 16, 2640),
     "vnc-robust-wide": _gpu_single("vnc", "vnc-robust-wide", 32, 5447),
-    "generalist-gpu": _generalist("em-generalist-gpu", 5457, _HALF_NOTE + ", width 16, from scratch on a GPU",
+    "generalist-gpu": _generalist("em-generalist-2", 5457, _HALF_NOTE + ", width 16, from scratch on a GPU",
                                   augment=HALF_PROBABILITIES, width=16),
 }
 

@@ -4,6 +4,8 @@ Usage::
 
     python scripts/train_em_models.py lucchi [--steps N] [--out DIR]
     python scripts/train_em_models.py vnc    [--steps N] [--out DIR]
+    python scripts/train_em_models.py generalist-gpu --device cuda --time-budget 380 --no-test ...   # on a GPU
+    python scripts/train_em_models.py --score DIR/em-generalist-2.safetensors   # its test IoU, here, afterwards
 
 Reads the labelled volumes in ``../shared/data/real/`` (``tifffile.memmap``: never
 copied, never written) and trains a width-16 bilinear U-Net with the project's own
@@ -48,9 +50,36 @@ def steps_within(budget_s: float, training: Callable[[int], Iterator[Any]], prob
     return max(1, int(budget_s / per_step))
 
 
+def record_test_iou(model: Any, sources: list[str], data: Path) -> None:
+    """Write the model's test IoU on each source's held-out test slices into its card's metrics."""
+    metrics = model.meta["training"]["metrics"]
+    by_set = {RECIPES[s]["label"]: round(test_iou(model, s, data), 4) for s in sources}
+    metrics["test_iou"] = round(sum(by_set.values()) / len(by_set), 4)
+    metrics["test_set"] = "; ".join(split_description(s, "test") for s in sources)
+    if len(by_set) > 1:
+        metrics["test_iou_by_set"] = by_set
+
+
+def score(path: Path, data: Path) -> int:
+    """``--score``: the test IoU of a model trained with ``--no-test`` (elsewhere), written into its card in place
+    (the weights are not touched); its recipe is found by the model's name."""
+    import napari_bnadapt as nb
+
+    model = nb.load_model(path, device="cpu")
+    name = model.meta.get("name")
+    recipe = next((model_recipe(k) for k in [*RECIPES, *ROBUST] if model_recipe(k)["name"] == name), None)
+    if recipe is None:
+        print(f"{path}: no recipe in scripts/em_data.py makes a model named {name!r}", file=sys.stderr)
+        return 2
+    record_test_iou(model, recipe["sources"], data)
+    nb.save_model(model, path, overwrite=True)
+    print(f"{path}: {model.meta['training']['metrics']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", choices=sorted(RECIPES) + sorted(ROBUST))
+    ap.add_argument("dataset", nargs="?", choices=sorted(RECIPES) + sorted(ROBUST))
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--patch-size", type=int, default=256)
@@ -73,10 +102,19 @@ def main(argv: list[str] | None = None) -> int:
                     "training first (the steps chosen are printed and recorded in the card's command)")
     ap.add_argument("--no-test", action="store_true",
                     help="skip the test IoU (a machine without the test slices); the card then has none")
+    ap.add_argument("--score", type=Path, default=None, metavar="FILE",
+                    help="instead of training: write the test IoU into the card of FILE, a model trained with --no-test")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=BUNDLED)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     args = ap.parse_args(argv)
+    if args.score is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        return score(args.score, args.data)
+    if args.dataset is None:
+        ap.error("name a dataset recipe to train, or --score FILE")
 
     import torch
 
@@ -114,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     metrics = model.meta["training"]["metrics"]
     if not args.no_test:
-        by_set = {RECIPES[s]["label"]: round(test_iou(model, s, args.data), 4) for s in r["sources"]}
-        metrics["test_iou"] = round(sum(by_set.values()) / len(by_set), 4)
-        metrics["test_set"] = "; ".join(split_description(s, "test") for s in r["sources"])
-        if len(by_set) > 1:
-            metrics["test_iou_by_set"] = by_set
+        record_test_iou(model, r["sources"], args.data)
     command = ["python", "scripts/train_em_models.py", *(sys.argv[1:] if argv is None else argv)]
     if args.time_budget is not None:  # the steps the budget gave, so the command reruns the same training
         command.append(f"--steps {steps}")

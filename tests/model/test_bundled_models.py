@@ -1,4 +1,4 @@
-"""The bundled models: listed, loadable, and the EM default is the generalist (issue #14)."""
+"""The bundled models: listed, loadable, and the EM default is the from-scratch generalist (issue #14)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ def test_generalist_em_model_is_listed_loads_and_is_the_em_default():
     import napari_bnadapt as nb
     from napari_bnadapt.model.files import DEFAULT_EM_MODEL, DEMO_MODEL
 
-    assert DEFAULT_EM_MODEL == "em-generalist" and DEMO_MODEL == "toy-perlin"
+    assert DEFAULT_EM_MODEL == "em-generalist-2" and DEMO_MODEL == "toy-perlin"
     names = nb.list_models()
-    for name in ("toy-perlin", "lucchi-pp", "vnc", "em-generalist"):
+    for name in ("toy-perlin", "lucchi-pp", "vnc", "em-generalist", "em-generalist-2"):
         assert name in names, f"the bundled {name!r} model is missing from the package"
     model = nb.load_model(DEFAULT_EM_MODEL, device="cpu")
     card = nb.model_card(DEFAULT_EM_MODEL)
@@ -24,6 +24,7 @@ def test_generalist_em_model_is_listed_loads_and_is_the_em_default():
     assert training["recipe"]["augmentation"]["gamma"] != [1.0, 1.0]
     assert set(training["metrics"]["test_iou_by_set"]) == {"Lucchi++", "VNC"}
     assert model.meta["objects"]["count"] > 0  # what the scale search compares with
+    assert "thresholds" in model.meta["trust"]  # the reliability panel's verdict is calibrated for the default
     x = np.random.default_rng(0).integers(60, 200, (1, 64, 64), dtype=np.uint8)
     assert nb.segment(model, x, device="cpu", pixel_size_nm=(5.0, 5.0)).shape == x.shape
 
