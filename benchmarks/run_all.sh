@@ -274,7 +274,7 @@ section_real() {
     # the trust verdict: witnesses and leave-one-volume-out validation (~30 min on 2 busy cores);
     # scripts/refit_trust.py then writes its calibration into the model files
     rm -f benchmarks/results/bench_trust.partial.jsonl
-    step bench_trust "$PY" benchmarks/bench_trust.py --models lucchi-pp vnc em-generalist lucchi-pp-robust \
+    step bench_trust "$PY" benchmarks/bench_trust.py --models lucchi-pp vnc em-generalist em-generalist-2 lucchi-pp-robust \
       --models-dir "$TMPDIR_MODELS" --threads 1
     # the spot check's interval against whole-stack IoUs, leave one volume out (about an hour on 2 busy cores)
     rm -f benchmarks/results/bench_spot_check.partial.jsonl
@@ -293,6 +293,18 @@ section_real() {
 section_gpu() {
   if "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     step gpu_check "$PY" benchmarks/gpu_check.py
+    if have_real; then  # the from-scratch GPU models (gpu_training.txt) with their recorded steps, then the suite
+      for recipe in lucchi-robust-gpu lucchi-robust-wide vnc-robust-gpu vnc-robust-wide generalist-gpu; do
+        step "train $recipe" "$PY" scripts/train_em_models.py "$recipe" --device cuda --out "$TMPDIR_MODELS/gpu" \
+          --val-fraction 0 --batch-size 8 --patch-size 256 --lr 1e-3 --overwrite
+      done
+      rm -f benchmarks/results/bench_real_generalisation_gpu.partial.jsonl benchmarks/results/bench_self_training_tta_gpu.partial.jsonl
+      step bench_real_generalisation_gpu "$PY" benchmarks/bench_real_generalisation.py --models em-generalist-2 \
+        lucchi-pp-robust-gpu vnc-robust-gpu lucchi-pp-robust-wide vnc-robust-wide --models-dir "$TMPDIR_MODELS/gpu" \
+        --name bench_real_generalisation_gpu
+      step bench_self_training_tta_gpu "$PY" benchmarks/bench_self_training.py --models vnc-robust-gpu lucchi-pp-robust-gpu \
+        --models-dir "$TMPDIR_MODELS/gpu" --targets "Lucchi++ test" "VNC test" --tta 8 --name bench_self_training_tta_gpu
+    fi
   else
     echo "(no CUDA device: skipped gpu_check)"
   fi

@@ -8,10 +8,12 @@ Usage::
     python scripts/train_em_models.py --score DIR/em-generalist-2.safetensors   # its test IoU, here, afterwards
 
 Reads the labelled volumes in ``../shared/data/real/`` (``tifffile.memmap``: never
-copied, never written) and trains a width-16 bilinear U-Net with the project's own
+copied, never written) and trains a bilinear U-Net (width 16 unless the recipe or ``--width`` says
+otherwise; on the CPU unless ``--device``) with the project's own
 :func:`napari_bnadapt.train` (cross-entropy + Dice, Adam with cosine decay, random
-256-px crops with flips and 90-degree rotations, bfloat16 mixed precision, a seeded
-validation split of whole slices, best validation weights kept). Every random choice
+256-px crops with flips and 90-degree rotations, and the EM domain randomisation for the robust
+recipes; float32, or ``--precision bfloat16``; a seeded validation split of whole slices, best
+validation weights kept, unless ``--val-fraction 0``). Every random choice
 is seeded (``--seed``), so a rerun on the same machine and software gives the same model.
 
 * ``lucchi``: Lucchi++ FIB-SEM train volume (42 x 768 x 1024, ~5 nm); the test
@@ -98,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=None, help="U-Net width (default: the recipe's, else 16)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto")
     ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                    help="instead of --steps: as many steps as fit these seconds, measured on a short probe "
-                    "training first (the steps chosen are printed and recorded in the card's command)")
+                    help="without --steps: as many steps as fit these seconds, measured on a short probe "
+                    "training first (the steps chosen are printed and added to the card's command, where they "
+                    "take precedence over the budget)")
     ap.add_argument("--no-test", action="store_true",
                     help="skip the test IoU (a machine without the test slices); the card then has none")
     ap.add_argument("--score", type=Path, default=None, metavar="FILE",
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     images, labels = [im for im, _ in splits], [lb for _, lb in splits]
     steps = args.steps or r["steps"]
-    if args.time_budget is not None:
+    if args.time_budget is not None and args.steps is None:
         steps = steps_within(args.time_budget, lambda n: nb.train_iter(
             images, labels, steps=n, val_fraction=0, source_statistics=False, **settings))
         print(f"time budget {args.time_budget:.0f} s: {steps} steps", flush=True)
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_test:
         record_test_iou(model, r["sources"], args.data)
     command = ["python", "scripts/train_em_models.py", *(sys.argv[1:] if argv is None else argv)]
-    if args.time_budget is not None:  # the steps the budget gave, so the command reruns the same training
+    if args.time_budget is not None and args.steps is None:  # the steps the budget gave: the command reruns them
         command.append(f"--steps {steps}")
     model.meta["training"]["command"] = " ".join(command)
     args.out.mkdir(parents=True, exist_ok=True)
