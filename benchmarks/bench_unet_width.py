@@ -23,7 +23,7 @@ BATCH, SIZE = 4, 256
 
 def main() -> None:
     x = torch.randn(BATCH, 1, SIZE, SIZE)
-    models = {(w, b): UNet(width=w, bilinear=b).eval() for w, b in [(8, False), (16, False), (16, True), (32, False)]}
+    models = {(w, b): UNet(width=w, bilinear=b).eval() for w, b in [(8, False), (16, False), (16, True), (32, False), (32, True)]}
     times: dict = {k: [] for k in models}
     with torch.inference_mode():
         for m in models.values():

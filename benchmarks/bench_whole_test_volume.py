@@ -1,0 +1,69 @@
+"""Single-source EM models on the WHOLE test volume of the other lab: source only and AdaBN.
+
+Run: python benchmarks/bench_whole_test_volume.py --models vnc-robust-wide vnc-robust-gpu vnc-robust vnc [--models-dir DIR]
+
+``bench_real_generalisation.py`` judges each model on 3 evenly spaced held-out slices (to keep its slow
+extras affordable); this checks the headline cross-lab figure on every held-out slice: the 42 slices of
+the Lucchi++ test volume for a VNC-trained model, VNC slices 14-19 for a Lucchi++-trained one, at their
+true pixel size, AdaBN with the library defaults (cumulative, 64 patches, seed 0). Needs
+``../shared/data/real/``. Writes ``benchmarks/results/<name>.{txt,json}``. Foreground IoU at 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from _common import header, load_em_model, save_results  # noqa: E402
+from bench_real_generalisation import TRAINED_ON  # noqa: E402
+from em_data import RECIPES, load_split, real_data_ready  # noqa: E402
+
+import napari_bnadapt as nb  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc"])
+    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="bench_whole_test_volume")
+    args = ap.parse_args(argv)
+    if not real_data_ready(args.threads):
+        return 1
+    t0 = time.perf_counter()
+    rows = []
+    for name in args.models:
+        trained = TRAINED_ON.get(name)
+        if trained is None or len(trained) != 1:
+            raise SystemExit(f"{name!r}: not a single-source model with a recipe in scripts/em_data.py")
+        (target,) = set(RECIPES) - trained
+        images, labels = load_split(target, "test")
+        images, truth = np.ascontiguousarray(images), labels > 0
+        pixel_size = RECIPES[target]["pixel_size_nm"]
+        model = load_em_model(name, args.models_dir)
+        t = time.perf_counter()
+        source = nb.iou(nb.segment(model, images, pixel_size_nm=pixel_size), truth)
+        adapted, _ = nb.adapt(model, images, pixel_size_nm=pixel_size, seed=0)
+        adabn = nb.iou(nb.segment(adapted, images, pixel_size_nm=pixel_size), truth)
+        rows.append({"model": name, "target": RECIPES[target]["label"], "slices": int(images.shape[0]),
+                     "source": source, "adabn": adabn, "seconds": time.perf_counter() - t})
+        print(f"{name} -> {RECIPES[target]['label']} ({images.shape[0]} slices): source {source:.3f}, "
+              f"AdaBN {adabn:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
+    lines = [header("Single-source EM models on the whole test volume of the other lab"),
+             f"# command: python benchmarks/bench_whole_test_volume.py {' '.join(sys.argv[1:] if argv is None else argv)}",
+             f"# wall time: {time.perf_counter() - t0:.0f} s", "",
+             "| model | target (whole test volume) | slices | source only | AdaBN | seconds |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['target']} | {r['slices']} | {r['source']:.3f} | {r['adabn']:.3f} | {r['seconds']:.0f} |"
+              for r in rows]
+    save_results(args.name, "\n".join(lines) + "\n", {"rows": rows, "command": lines[1][len("# command: "):]})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
