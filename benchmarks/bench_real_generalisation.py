@@ -50,14 +50,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from _common import RESULTS, header, load_em_model, read_partial, save_results  # noqa: E402
-from em_data import RECIPES, ROBUST, load_split, model_recipe, real_data_ready  # noqa: E402
+from em_data import RECIPES, load_split, real_data_ready, recipes_by_model_name  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
 
 METHODS = ("source", "adabn", "+guard", "+tta", "+entropy", "+scale")
 #: which volume(s) each model was trained on (its other volumes are cross-lab targets)
 #: (read from the training recipes, so a new recipe cannot be mistaken for a cross-lab model)
-TRAINED_ON = {r["name"]: set(r["sources"]) for r in map(model_recipe, [*RECIPES, *ROBUST])}
+TRAINED_ON = {name: set(r["sources"]) for name, r in recipes_by_model_name().items()}
 
 
 def domain_of(model_name: str, volume: str) -> str:

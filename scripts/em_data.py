@@ -108,6 +108,11 @@ def model_recipe(key: str) -> dict[str, Any]:
     r = RECIPES[key]
     return {"augment": "geometric", "sources": [key], **{k: r[k] for k in ("name", "pixel_size_nm", "steps", "description")}}
 
+def recipes_by_model_name() -> dict[str, dict[str, Any]]:
+    """Every recipe (:func:`model_recipe`) under the name of the model it makes."""
+    return {r["name"]: r for r in map(model_recipe, [*RECIPES, *ROBUST])}
+
+
 def available(data: Path = DATA) -> bool:
     """Whether every file of both datasets is there."""
     return all((data / r["folder"] / f).exists() for r in RECIPES.values() for f in r["train"][:2] + r["test"][:2])

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from em_data import BUNDLED, DATA, RECIPES, ROBUST, load_split, model_recipe, split_description, test_iou  # noqa: E402
+from em_data import (BUNDLED, DATA, RECIPES, ROBUST, load_split, model_recipe, recipes_by_model_name,  # noqa: E402
+                     split_description, test_iou)
 
 
 def steps_within(budget_s: float, training: Callable[[int], Iterator[Any]], probe_steps: int = 30) -> int:
@@ -69,7 +70,7 @@ def score(path: Path, data: Path) -> int:
 
     model = nb.load_model(path, device="cpu")
     name = model.meta.get("name")
-    recipe = next((model_recipe(k) for k in [*RECIPES, *ROBUST] if model_recipe(k)["name"] == name), None)
+    recipe = recipes_by_model_name().get(name)
     if recipe is None:
         print(f"{path}: no recipe in scripts/em_data.py makes a model named {name!r}", file=sys.stderr)
         return 2
@@ -111,20 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=BUNDLED)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     args = ap.parse_args(argv)
-    if args.score is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        return score(args.score, args.data)
-    if args.dataset is None:
+    if args.score is None and args.dataset is None:
         ap.error("name a dataset recipe to train, or --score FILE")
 
     import torch
 
+    torch.set_num_threads(args.threads)
+    if args.score is not None:
+        return score(args.score, args.data)
+
     import napari_bnadapt as nb
     from napari_bnadapt.progress import run_to_end, tqdm_callback
 
-    torch.set_num_threads(args.threads)
     r = model_recipe(args.dataset)
     path = args.out / f"{r['name']}.safetensors"
     if path.exists() and not args.overwrite:
