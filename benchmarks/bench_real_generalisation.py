@@ -19,7 +19,8 @@ Methods per (model, target), each adding one step (times on this machine, 2 CPU 
 * ``source``: the source model as trained (pixel size given: resampled to the model's);
 * ``adabn``: cumulative AdaBN on the target (64 patches, seed 0), the library default;
 * ``+guard``: AdaBN, but the source statistics are kept where :func:`adaptation_needed` finds the
-  target's statistics at the noise floor ("no adaptation needed");
+  target's statistics at the noise floor ("no adaptation needed") of the model's running statistics or,
+  for a model trained on several volumes, of one training volume's (``napari_bnadapt.adabn.volumes``);
 * ``+tta``: the AdaBN model, probabilities averaged over the 4 flips (test-time augmentation);
 * ``+entropy``: the AdaBN model after the entropy step on the BatchNorm affine parameters;
 * ``+scale``: AdaBN and segmentation at the zoom :func:`choose_zoom` picks without labels.

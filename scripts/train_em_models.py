@@ -6,6 +6,8 @@ Usage::
     python scripts/train_em_models.py vnc    [--steps N] [--out DIR]
     python scripts/train_em_models.py generalist-gpu --device cuda --time-budget 380 --no-test ...   # on a GPU
     python scripts/train_em_models.py --score DIR/em-generalist-2.safetensors   # its test IoU, here, afterwards
+    python scripts/train_em_models.py --volume-statistics FILE   # a model trained on several volumes, before
+                                                                 # they were measured in training
 
 Reads the labelled volumes in ``../shared/data/real/`` (``tifffile.memmap``: never
 copied, never written) and trains a bilinear U-Net (width 16 unless the recipe or ``--width`` says
@@ -63,9 +65,20 @@ def record_test_iou(model: Any, sources: list[str], data: Path) -> None:
         metrics["test_iou_by_set"] = by_set
 
 
-def score(path: Path, data: Path) -> int:
-    """``--score``: the test IoU of a model trained with ``--no-test`` (elsewhere), written into its card in place
-    (the weights are not touched); its recipe is found by the model's name."""
+def record_volume_statistics(model: Any, sources: list[str], data: Path) -> None:
+    """Store each training volume's BatchNorm statistics in the model (the "no adaptation needed" references of a
+    model trained on several volumes, ``napari_bnadapt.adabn.volumes``): AdaBN's estimate on its training slices."""
+    from napari_bnadapt.adabn.volumes import measure_volume_statistics
+
+    volumes = {RECIPES[s]["label"]: load_split(s, "train", data)[0] for s in sources}
+    pixel_sizes = {RECIPES[s]["label"]: RECIPES[s]["pixel_size_nm"] for s in sources}
+    measure_volume_statistics(model, volumes, pixel_sizes_nm=pixel_sizes, device="cpu", in_place=True)
+
+
+def rewrite(path: Path, data: Path, what: str) -> int:
+    """``--score`` (``what="test"``): the test IoU of a model trained with ``--no-test`` (elsewhere);
+    ``--volume-statistics`` (``what="volumes"``): its training volumes' BatchNorm statistics. Written into FILE in
+    place (the weights are not touched); the recipe is found by the model's name."""
     import napari_bnadapt as nb
 
     model = nb.load_model(path, device="cpu")
@@ -74,9 +87,13 @@ def score(path: Path, data: Path) -> int:
     if recipe is None:
         print(f"{path}: no recipe in scripts/em_data.py makes a model named {name!r}", file=sys.stderr)
         return 2
-    record_test_iou(model, recipe["sources"], data)
+    if what == "volumes" and len(recipe["sources"]) < 2:
+        print(f"{path}: {name!r} is trained on one volume, whose statistics its running ones are", file=sys.stderr)
+        return 2
+    (record_test_iou if what == "test" else record_volume_statistics)(model, recipe["sources"], data)
     nb.save_model(model, path, overwrite=True)
-    print(f"{path}: {model.meta['training']['metrics']}")
+    print(f"{path}: " + (f"{model.meta['training']['metrics']}" if what == "test" else
+                         f"statistics of {[v['label'] for v in model.meta['volume_statistics']['volumes']]}"))
     return 0
 
 
@@ -108,18 +125,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the test IoU (a machine without the test slices); the card then has none")
     ap.add_argument("--score", type=Path, default=None, metavar="FILE",
                     help="instead of training: write the test IoU into the card of FILE, a model trained with --no-test")
+    ap.add_argument("--volume-statistics", type=Path, default=None, metavar="FILE",
+                    help="instead of training: write each training volume's BatchNorm statistics (the references of "
+                    "'no adaptation needed') into FILE, a model trained on several volumes")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=BUNDLED)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     args = ap.parse_args(argv)
-    if args.score is None and args.dataset is None:
-        ap.error("name a dataset recipe to train, or --score FILE")
+    if args.score is None and args.volume_statistics is None and args.dataset is None:
+        ap.error("name a dataset recipe to train, or --score FILE, or --volume-statistics FILE")
 
     import torch
 
     torch.set_num_threads(args.threads)
     if args.score is not None:
-        return score(args.score, args.data)
+        return rewrite(args.score, args.data, "test")
+    if args.volume_statistics is not None:
+        return rewrite(args.volume_statistics, args.data, "volumes")
 
     import napari_bnadapt as nb
     from napari_bnadapt.progress import run_to_end, tqdm_callback
@@ -137,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         patch_size=args.patch_size, lr=args.lr, seed=args.seed, device=args.device, pixel_size_nm=r["pixel_size_nm"],
         precision=args.precision, augment=r["augment"],
         volume_pixel_sizes_nm=[RECIPES[s]["pixel_size_nm"] for s in r["sources"]],
+        volume_names=[RECIPES[s]["label"] for s in r["sources"]],
         init=nb.load_model(args.init) if args.init else None,
     )
     images, labels = [im for im, _ in splits], [lb for _, lb in splits]

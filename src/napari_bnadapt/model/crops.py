@@ -95,13 +95,14 @@ def volume_weights(volumes: list[TrainingVolume]) -> np.ndarray:
     return w / w.sum()
 
 
-def statistics_stack(volumes: list[TrainingVolume], side: int, n: int, seed: int) -> np.ndarray:
-    """``n`` un-augmented crops (of ``side`` px, at the model's pixel size) in the model's raw range, for source statistics."""
+def statistics_stack(volumes: list[TrainingVolume], side: int, n: int, seed: int, only: int | None = None) -> np.ndarray:
+    """``n`` un-augmented crops (of ``side`` px, at the model's pixel size) in the model's raw range, for source
+    statistics: from the volumes drawn as in training, or from volume number ``only`` alone."""
     rng = np.random.default_rng(seed)
     plain = Augmentation.off()
-    weights = volume_weights(volumes)
+    picks = rng.choice(len(volumes), size=n, p=volume_weights(volumes)) if only is None else np.full(n, only)
     crops = []
-    for v in rng.choice(len(volumes), size=n, p=weights):
+    for v in picks:
         vol = volumes[int(v)]
         x, _ = vol.crop(int(rng.choice(vol.train)), (side, side), plain, rng)
         n_ = vol.norm

@@ -24,6 +24,7 @@ from ..io.stack_view import (
     resolve_normalization,
 )
 from ..adabn.scale_search import OBJECTS_KEY, object_size_summary
+from ..adabn.volumes import VOLUME_STATISTICS_CROPS, measure_volume_statistics_iter
 from ..metrics import foreground_counts
 from ..progress import Progress, Result, forward, run_to_end, shares_docstring
 from ..stats.source_statistics import compute_source_statistics_iter
@@ -78,6 +79,17 @@ def _per_volume(volume_nm: Any, n: int) -> list[Any]:
     if len(volume_nm) != n:
         raise BNAdaptError(f"volume_pixel_sizes_nm lists {len(volume_nm)} pixel sizes for {n} volumes")
     return list(volume_nm)
+
+
+def _volume_names(names: list[str] | None, n: int) -> list[str]:
+    """One distinct, non-empty name per training volume (default "volume 1", "volume 2", ...)."""
+    if names is None:
+        return [f"volume {i + 1}" for i in range(n)]
+    names = [str(x).strip() for x in names]
+    if len(names) != n or not all(names) or len(set(names)) != n:
+        raise BNAdaptError(f"volume_names must give {n} distinct, non-empty names (one per training volume), "
+                           f"not {names}")
+    return names
 
 
 def _volume_card(v: TrainingVolume, pixel_size: Any) -> dict[str, Any]:
@@ -159,6 +171,7 @@ def train(
     data_description: str = "",
     augment: bool | str | Augmentation = True,
     volume_pixel_sizes_nm: list[tuple[float, float] | None] | None = None,
+    volume_names: list[str] | None = None,
     init: UNet | None = None,
     optimizer: str = "adam",
     source_statistics: bool = True,
@@ -217,6 +230,9 @@ def train(
     volume_pixel_sizes_nm : list of (float, float) or None, default None
         Pixel size (y, x) in nm of each training volume (None entries: unknown). With
         ``pixel_size_nm`` given, each volume's crops are resampled to it.
+    volume_names : list of str or None, default None
+        A name for each training volume (default "volume 1", "volume 2", ...), stored with its
+        statistics and named by the "no adaptation needed" verdict.
     init : UNet or None, default None
         Start from a copy of this model's weights and input standardisation
         (fine-tuning; ``width`` and ``bilinear`` are then taken from it). The model
@@ -228,7 +244,10 @@ def train(
         After training, measure the latent Gaussians and output signals of the
         model on a sample of the training patches and store them in the model
         card (``meta["source_statistics"]``), for the reliability check; see
-        :func:`~napari_bnadapt.stats.source_statistics.compute_source_statistics`.
+        :func:`~napari_bnadapt.stats.source_statistics.compute_source_statistics`. With
+        several volumes, also each volume's BatchNorm statistics (AdaBN on 64 un-augmented crops
+        of it), the references of the "no adaptation needed" test
+        (:mod:`~napari_bnadapt.adabn.volumes`).
     statistics_patches : int or None, default 256
         Number of random training patches (of ``patch_size``) measured for them
         (all of a smaller stack; None: up to 64 x 256 x 256 voxels).
@@ -247,7 +266,7 @@ def train(
         images, labels, width=width, bilinear=bilinear, steps=steps, batch_size=batch_size, patch_size=patch_size,
         lr=lr, val_fraction=val_fraction, eval_every=eval_every, patience=patience, seed=seed, device=device,
         intensity_range=intensity_range, pixel_size_nm=pixel_size_nm, name=name, data_description=data_description,
-        augment=augment, volume_pixel_sizes_nm=volume_pixel_sizes_nm, init=init, optimizer=optimizer, source_statistics=source_statistics,
+        augment=augment, volume_pixel_sizes_nm=volume_pixel_sizes_nm, volume_names=volume_names, init=init, optimizer=optimizer, source_statistics=source_statistics,
         statistics_patches=statistics_patches, precision=precision,
     ))
 
@@ -274,6 +293,7 @@ def train_iter(
     data_description: str = "",
     augment: bool | str | Augmentation = True,
     volume_pixel_sizes_nm: list[tuple[float, float] | None] | None = None,
+    volume_names: list[str] | None = None,
     init: UNet | None = None,
     optimizer: str = "adam",
     source_statistics: bool = True,
@@ -292,6 +312,7 @@ def train_iter(
     views = [check_stack(im, what="training images") for im in image_list]
     labs = [_labels_view(lb, tuple(v.data.shape)) for lb, v in zip(label_list, views)]
     zooms = _volume_zooms(volume_pixel_sizes_nm, pixel_size_nm, len(views))
+    names = _volume_names(volume_names, len(views))
     if steps < 1 or batch_size < 1 or eval_every < 1:
         raise BNAdaptError("steps, batch_size and eval_every must be at least 1")
     aug = resolve_augmentation(augment)
@@ -395,7 +416,8 @@ def train_iter(
         "training": {
             "data": {"shape": list(view.data.shape), "dtype": str(view.dtype), "description": data_description,
                      "train_slices": sum(len(v.train) for v in volumes), "intensity_range": [norm.in_low, norm.in_high],
-                     **({"volumes": [_volume_card(v, ps) for v, ps in zip(volumes, _per_volume(volume_pixel_sizes_nm, len(volumes)))]}
+                     **({"volumes": [{"name": n, **_volume_card(v, ps)} for n, v, ps in
+                                   zip(names, volumes, _per_volume(volume_pixel_sizes_nm, len(volumes)))]}
                         if len(volumes) > 1 else {})},
             "recipe": {"loss": "cross-entropy + Dice", "optimizer": optimizer, "lr": lr,
                        "schedule": "cosine" if optimizer == "adam" else "constant",
@@ -424,5 +446,10 @@ def train_iter(
             model, stats_images, n_patches=None if few else statistics_patches, patch_size=patch_size,
             batch_size=batch_size, seed=seed, device=dev, intensity_range=stats_range, in_place=True,
         ))
+        if len(volumes) > 1:  # each volume's BatchNorm statistics: the guard's references (adabn/volumes.py)
+            stacks = {n: statistics_stack(volumes, ph, VOLUME_STATISTICS_CROPS, seed, only=i)
+                      for i, n in enumerate(names)}
+            yield from forward(measure_volume_statistics_iter(
+                model, stacks, patch_size=patch_size, batch_size=batch_size, seed=seed, device=dev, in_place=True))
         model.meta["training"]["seconds"] = round(time.perf_counter() - t0, 1)
     yield Result(model)
