@@ -1,6 +1,7 @@
 """Write the trust calibration fitted by benchmarks/bench_trust.py into EM model files.
 
 Run: python scripts/refit_trust.py --models lucchi-pp vnc [--models-dir DIR] (--out-dir DIR | --in-place)
+     [--results benchmarks/results/bench_trust_recheck_need.json]
 
 Reads ``benchmarks/results/bench_trust.json`` (``shipped``: fitted on every case of the benchmark, with
 its leave-one-volume-out figures under ``validation``) and stores it as ``meta["trust"]`` of each named
@@ -33,12 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", type=Path, default=BUNDLED, help="where <name>.safetensors are read")
     ap.add_argument("--out-dir", type=Path, default=Path("/tmp/refit_trust"))
     ap.add_argument("--in-place", action="store_true", help="overwrite the files in --models-dir")
+    ap.add_argument("--results", type=Path, default=BENCH,
+                    help="the benchmark output holding the calibration ('shipped'): bench_trust.json, or "
+                    "bench_trust_recheck_need.json (the same cases, the noise-floor test redone)")
     args = ap.parse_args(argv)
-    result = json.loads(BENCH.read_text())
+    result = json.loads(args.results.read_text())
     trust = dict(result["shipped"])
     measured = set(trust.get("models", []))
-    trust["provenance"] = {"fitted_by": "benchmarks/bench_trust.py", "command": result.get("command"),
-                           "results": "benchmarks/results/bench_trust.{txt,json}"}
+    script = "bench_trust_recheck_need.py" if "recheck" in args.results.name else "bench_trust.py"
+    trust["provenance"] = {"fitted_by": f"benchmarks/{script}", "command": result.get("command"),
+                           "results": f"benchmarks/results/{args.results.stem}.{{txt,json}}"}
     for name in args.models:
         if name not in measured:
             print(f"{name}: not among the models the benchmark measured ({sorted(measured)}); skipped",
