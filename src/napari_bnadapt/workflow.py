@@ -226,7 +226,9 @@ def run_iter(
     guard : bool, default True
         "No adaptation needed": when the target's BatchNorm statistics differ from the source's
         by no more than their sampling noise (:func:`~napari_bnadapt.adabn.need.adaptation_needed`),
-        segment with the source statistics instead (AdaBN on in-domain data can only add noise).
+        or, for a model trained on several volumes, differ that little from one training volume's
+        (:mod:`~napari_bnadapt.adabn.volumes`), segment with the source statistics instead (AdaBN on
+        in-domain data can only add noise).
     tta : {1, 2, 4, 8}, default 1
         Test-time augmentation: average the probabilities over this many flipped/rotated views
         (:func:`~napari_bnadapt.segmentation.tta.predict_tta`; the segmentation costs ``tta`` times more).
