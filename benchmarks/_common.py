@@ -53,6 +53,17 @@ def load_em_model(name: str, models_dir: Path | None) -> Any:
     return nb.load_model(path if path is not None and path.exists() else name, device="cpu")
 
 
+def add_model_arguments(ap: Any, models: list[str], *, threads: int = 2, name: str | None = None,
+                        models_dir: Path | None = None) -> None:
+    """The options the real-data benchmarks share: ``--models``, ``--models-dir``, ``--threads`` and, given a
+    default ``name``, ``--name`` (the results' file name)."""
+    ap.add_argument("--models", nargs="+", default=list(models))
+    ap.add_argument("--models-dir", type=Path, default=models_dir, help="look for <name>.safetensors here first")
+    ap.add_argument("--threads", type=int, default=threads)
+    if name is not None:
+        ap.add_argument("--name", default=name, help="results/<name>.{txt,json} (and its partial file, if it keeps one)")
+
+
 def save_results(name: str, text: str, result: dict[str, Any], figure: Any = None) -> None:
     """Write ``results/<name>.txt`` (and print it), ``results/<name>.json`` and, given a ``figure(result, path)``
     function, ``docs/images/<name without bench_>.png``."""

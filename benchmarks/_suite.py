@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, header, load_em_model, read_partial, save_results
+from _common import RESULTS, add_model_arguments, header, load_em_model, read_partial, save_results
 from bench_real_generalisation import domain_of, targets
 from em_data import real_data_ready
 
@@ -64,10 +64,7 @@ def suite_main(argv: list[str] | None, *, doc: str, script: str, title: str, leg
     """
     name = Path(script).stem
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc", "em-generalist"])
-    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--name", default=name)
+    add_model_arguments(ap, ["lucchi-pp", "vnc", "em-generalist"], name=name)
     args = ap.parse_args(argv)
     if not real_data_ready(args.threads):
         return 2

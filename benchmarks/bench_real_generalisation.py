@@ -50,7 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, load_em_model, read_partial, save_results  # noqa: E402
+from _common import RESULTS, add_model_arguments, header, load_em_model, read_partial, save_results  # noqa: E402
 from em_data import RECIPES, load_split, real_data_ready, recipes_by_model_name  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
@@ -279,14 +279,11 @@ def figure(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc", "em-generalist"])
-    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
+    add_model_arguments(ap, ["lucchi-pp", "vnc", "em-generalist"], name="bench_real_generalisation")
     ap.add_argument("--real-slices", type=int, default=3,
                     help="held-out test slices per real target, evenly spaced (default 3)")
     ap.add_argument("--sim-slices", type=int, default=1, help="slices per simulated target (default 1)")
     ap.add_argument("--targets", nargs="+", default=None, help="only targets whose name contains one of these")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--name", default="bench_real_generalisation")
     args = ap.parse_args(argv)
     if not real_data_ready(args.threads):
         return 2

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
+from _common import RESULTS, add_model_arguments, header, load_em_model, read_partial, write  # noqa: E402
 from bench_real_generalisation import domain_of, targets  # noqa: E402
 from em_data import real_data_ready  # noqa: E402
 
@@ -112,12 +112,9 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc", "em-generalist"])
-    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
+    add_model_arguments(ap, ["lucchi-pp", "vnc", "em-generalist"], name=NAME)
     ap.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS,
                     help="targets whose name contains one of these (default: %(default)s)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--name", default=NAME, help="results/<name>.{txt,json} and its partial file")
     ap.add_argument("--tta", type=int, choices=(1, 2, 4, 8), default=1,
                     help="also score both with test-time augmentation over this many views (1: no)")
     args = ap.parse_args(argv)

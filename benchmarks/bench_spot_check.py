@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
+from _common import RESULTS, add_model_arguments, header, load_em_model, read_partial, write  # noqa: E402
 from bench_real_generalisation import domain_of, targets  # noqa: E402
 from em_data import real_data_ready  # noqa: E402
 
@@ -298,8 +298,7 @@ def report(result: dict[str, Any], a: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc", "lucchi-pp-robust"])
-    ap.add_argument("--models-dir", type=Path, default=Path("/work/models"), help="look for <name>.safetensors here first")
+    add_model_arguments(ap, ["lucchi-pp", "vnc", "lucchi-pp-robust"], threads=1, models_dir=Path("/work/models"))
     ap.add_argument("--real-slices", type=int, default=21,
                     help="evenly spaced slices of each real held-out stack (default 21: every other Lucchi++ test "
                     "slice, all 6 VNC test slices)")
@@ -312,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
                     "where every slice scores 0 and every interval holds trivially; the unstated pixel size, which "
                     "repeats '1.6x coarser')")
     ap.add_argument("--no-timing", action="store_true", help="skip timing nb.spot_check on the real stacks")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     if not real_data_ready(args.threads):
         return 2

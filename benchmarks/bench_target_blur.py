@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import header, load_em_model, save_results  # noqa: E402
+from _common import add_model_arguments, header, load_em_model, save_results  # noqa: E402
 from bench_real_generalisation import TRAINED_ON, targets  # noqa: E402
 from em_data import real_data_ready  # noqa: E402
 
@@ -67,10 +67,7 @@ def run(models: list[str], models_dir: Path | None) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["vnc", "vnc-robust-half", "lucchi-pp", "lucchi-pp-robust-half"])
-    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--name", default="bench_target_blur")
+    add_model_arguments(ap, ["vnc", "vnc-robust-half", "lucchi-pp", "lucchi-pp-robust-half"], name="bench_target_blur")
     args = ap.parse_args(argv)
     if not real_data_ready(args.threads):
         return 2

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, load_em_model, read_partial, write  # noqa: E402
+from _common import RESULTS, add_model_arguments, header, load_em_model, read_partial, write  # noqa: E402
 from bench_real_generalisation import domain_of, targets  # noqa: E402
 from em_data import real_data_ready  # noqa: E402
 
@@ -300,11 +300,9 @@ def report(rows: list[dict[str, Any]], res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc", "em-generalist"])
-    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
+    add_model_arguments(ap, ["lucchi-pp", "vnc", "em-generalist"], threads=1)
     ap.add_argument("--real-slices", type=int, default=2, help="held-out test slices per real target (default 2)")
     ap.add_argument("--sim-slices", type=int, default=1, help="slices per simulated target (default 1)")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     if not real_data_ready(args.threads):
         return 2

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import RESULTS, header, load_em_model, save_results  # noqa: E402
+from _common import RESULTS, add_model_arguments, header, load_em_model, save_results  # noqa: E402
 from bench_real_generalisation import targets  # noqa: E402
 from bench_trust import NAME, _need  # noqa: E402
 from em_data import real_data_ready  # noqa: E402
@@ -67,9 +67,7 @@ def refit(rows: list[dict[str, Any]], heldout: dict[str, float],
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["em-generalist", "em-generalist-2"])
-    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
-    ap.add_argument("--threads", type=int, default=1)
+    add_model_arguments(ap, ["em-generalist", "em-generalist-2"], threads=1)
     args = ap.parse_args(argv)
     if not real_data_ready(args.threads):
         return 2

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import header, load_em_model, save_results  # noqa: E402
+from _common import add_model_arguments, header, load_em_model, save_results  # noqa: E402
 from bench_real_generalisation import TRAINED_ON  # noqa: E402
 from em_data import RECIPES, load_split, real_data_ready  # noqa: E402
 
@@ -34,11 +34,8 @@ import napari_bnadapt as nb  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["lucchi-pp", "vnc"])
-    ap.add_argument("--models-dir", type=Path, default=None, help="look for <name>.safetensors here first")
+    add_model_arguments(ap, ["lucchi-pp", "vnc"], name="bench_whole_test_volume")
     ap.add_argument("--in-domain", action="store_true", help="the test volumes of the training volumes instead")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--name", default="bench_whole_test_volume")
     args = ap.parse_args(argv)
     if not real_data_ready(args.threads):
         return 1
