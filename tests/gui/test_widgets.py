@@ -156,6 +156,8 @@ def test_save_adapted_model_never_overwrites(viewer, qtbot, tmp_path):
 
 
 def test_train_widget_saves_a_listed_model(viewer, qtbot, tmp_path, monkeypatch):
+    import napari_bnadapt as nb
+
     monkeypatch.setenv("BNADAPT_MODEL_DIR", str(tmp_path))
     viewer.open_sample(PLUGIN, "toy_source")
     _dock, t = viewer.window.add_plugin_dock_widget(PLUGIN, "Train a source model")
@@ -164,9 +166,13 @@ def test_train_widget_saves_a_listed_model(viewer, qtbot, tmp_path, monkeypatch)
     t.labels_layer.value = viewer.layers["toy source truth"]
     t.model_name.value = "tiny"
     t.net_width.value, t.steps.value, t.patch_size.value = 4, 20, 64
+    assert t.augment.value == "em"  # the default of new models
+    t.augment.value = "geometric"
     assert t.start() is not None
     qtbot.waitUntil(lambda: not t.runner.running, timeout=TIMEOUT_MS)
     assert (tmp_path / "tiny.safetensors").exists(), t.status.value
+    recipe = nb.load_model(tmp_path / "tiny.safetensors", device="cpu").meta["training"]["recipe"]
+    assert recipe["augmentation"] == nb.Augmentation.geometric().to_meta()
     assert "tiny" in a.model.choices
     saved = (tmp_path / "tiny.safetensors").read_bytes()
     assert t.start() is None  # same name again: refused before any training, file kept

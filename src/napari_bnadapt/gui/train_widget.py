@@ -44,6 +44,12 @@ class TrainWidget(Container):
         self.steps = SpinBox(label="training steps", value=1500, min=10, max=1_000_000, step=100)
         self.patch_size = SpinBox(label="crop size (px)", value=128, min=16, max=1024, step=16)
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        # the presets of model/augment.py (and of `bnadapt train --augment`); the card records the settings
+        self.augment = ComboBox(label="augmentation", value="em", choices=[
+            ("EM domain randomisation (grey values, blur, noise, scale)", "em"),
+            ("flips and rotations only", "geometric"), ("none", "off")])
+        self.augment.tooltip = ("how training crops are varied: the EM domain randomisation makes models that hold up on "
+                                "other microscopes and labs (docs/models.md)")
         self.overwrite = CheckBox(text="replace a model of the same name", value=False)
         self.folder = Label(label="saved in", value=str(user_model_dir()))
         self.run = PushButton(text="Train")
@@ -54,7 +60,7 @@ class TrainWidget(Container):
         self.status.native.setMinimumHeight(48)
         self.runner = Runner(self.progress, self.status, self.cancel, [self.run])
         self.extend([self.image, self.labels_layer, self.model_name, self.net_width, self.steps, self.patch_size, self.seed,
-                     self.overwrite, self.folder, self.run, self.cancel, self.progress, self.status])
+                     self.augment, self.overwrite, self.folder, self.run, self.cancel, self.progress, self.status])
         self.run.changed.connect(self.start)
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(self.reset_choices)
@@ -83,7 +89,7 @@ class TrainWidget(Container):
             self.runner.say(str(exc), error=True)
             return None
         kwargs = dict(width=int(self.net_width.value), steps=int(self.steps.value), patch_size=int(self.patch_size.value),
-                      seed=int(self.seed.value), name=path.stem,
+                      seed=int(self.seed.value), augment=str(self.augment.value), name=path.stem,
                       data_description=f"trained in napari on {self.image.value.name!r}",
                       pixel_size_nm=scale if scale != (1.0, 1.0) else None)
         overwrite = bool(self.overwrite.value)
