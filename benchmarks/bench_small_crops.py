@@ -68,7 +68,7 @@ def measure(model: Any, x: np.ndarray, truth: np.ndarray, px: tuple[float, float
     near = {k: _compare(ref, target) for k, ref in refs.items()}
     nearest = min(near, key=lambda k: max(near[k].shift / verdict.floor, near[k].std_change / STD_CHANGE_LIMIT))
     return {"source": source, "adabn": adabn, "needed": bool(verdict.needed), "floor": verdict.floor,
-            "nearest": nearest, "shift": near[nearest].shift, "std_change": near[nearest].std_change}
+            "nearest": nearest, "mean_shift": near[nearest].shift, "std_change": near[nearest].std_change}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
              "| model | volume | crop | shift | source only | AdaBN | AdaBN - source | guard: needed | nearest reference "
              "| mean shift / floor | contrast change |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['volume']} | {r['crop']} | {r['shift']} | {r['source']:.3f} | {r['adabn']:.3f} | "
-              f"{r['adabn'] - r['source']:+.3f} | {r['needed']} | {r['nearest']} | {r['shift'] / r['floor']:.1f} | "
+              f"{r['adabn'] - r['source']:+.3f} | {r['needed']} | {r['nearest']} | {r['mean_shift'] / r['floor']:.1f} | "
               f"{r['std_change']:.3f} |" for r in rows]
     lines += ["", "Per model and volume (AdaBN - source over the crops; the guarded result keeps the source where "
               "'needed' is False):", "", "| model | volume | shift | cases | mean | worst | best | guarded mean |",
