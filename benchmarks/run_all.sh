@@ -276,6 +276,13 @@ section_real() {
     rm -f benchmarks/results/bench_trust.partial.jsonl
     step bench_trust "$PY" benchmarks/bench_trust.py --models lucchi-pp vnc em-generalist em-generalist-2 lucchi-pp-robust \
       --models-dir "$TMPDIR_MODELS" --threads 1
+    # the guard with the generalists' training-volume statistics (bundled models only; ~30 min in all)
+    step bench_real_generalisation_volume_guard "$PY" benchmarks/bench_real_generalisation.py \
+      --models em-generalist-2 em-generalist --name bench_real_generalisation_volume_guard
+    step bench_whole_test_volume_in_domain "$PY" benchmarks/bench_whole_test_volume.py --in-domain \
+      --models em-generalist-2 em-generalist lucchi-pp vnc --name bench_whole_test_volume_in_domain
+    step bench_trust_recheck_need "$PY" benchmarks/bench_trust_recheck_need.py
+    step bench_small_crops "$PY" benchmarks/bench_small_crops.py
     # the spot check's interval against whole-stack IoUs, leave one volume out (about an hour on 2 busy cores)
     rm -f benchmarks/results/bench_spot_check.partial.jsonl
     step bench_spot_check "$PY" benchmarks/bench_spot_check.py --models lucchi-pp vnc lucchi-pp-robust \
