@@ -167,6 +167,9 @@ def test_train_widget_saves_a_listed_model(viewer, qtbot, tmp_path, monkeypatch)
     t.model_name.value = "tiny"
     t.net_width.value, t.steps.value, t.patch_size.value = 4, 20, 64
     assert t.augment.value == "em"  # the default of new models
+    assert t.net_width.native.isHidden() and t.seed.native.isHidden()  # network details folded away
+    t.advanced.value = True
+    assert not t.net_width.native.isHidden() and not t.seed.native.isHidden()
     t.augment.value = "geometric"
     assert t.start() is not None
     qtbot.waitUntil(lambda: not t.runner.running, timeout=TIMEOUT_MS)

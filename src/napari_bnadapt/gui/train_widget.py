@@ -16,6 +16,8 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from qtpy.QtWidgets import QSizePolicy
+
 from ..errors import BNAdaptError
 from ..progress import forward
 from .layers import layers_of
@@ -58,13 +60,25 @@ class TrainWidget(Container):
         self.status = Label(label="status", value="choose an image and its labels")
         self.status.native.setWordWrap(True)
         self.status.native.setMinimumHeight(48)
+        for w in (self.folder, self.status):  # text labels left at their preferred width drift out of the field column
+            w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.runner = Runner(self.progress, self.status, self.cancel, [self.run])
-        self.extend([self.image, self.labels_layer, self.model_name, self.net_width, self.steps, self.patch_size, self.seed,
-                     self.augment, self.overwrite, self.folder, self.run, self.cancel, self.progress, self.status])
+        # the steps a biologist takes: data, what to train, the run; network details folded away
+        self.advanced = CheckBox(text="show advanced settings", value=False)
+        self._advanced_widgets = [self.net_width, self.patch_size, self.seed]
+        self.extend([self.image, self.labels_layer, self.model_name, self.steps, self.augment, self.advanced,
+                     *self._advanced_widgets, self.overwrite, self.folder, self.run, self.cancel, self.progress,
+                     self.status])
+        self.advanced.changed.connect(self._show_advanced)
+        self._show_advanced(False)
         self.run.changed.connect(self.start)
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(self.reset_choices)
         self.reset_choices()
+
+    def _show_advanced(self, show: bool) -> None:
+        for w in self._advanced_widgets:
+            w.visible = bool(show)
 
     def target_path(self) -> Path:
         """Where the model will be saved."""
