@@ -13,7 +13,7 @@ that volume (the same estimator, patches and seed as on a target, so the compari
 The guard then compares the target with each of them as well as with the running statistics: a
 target within the noise floor of any one is "like training volume X", and the source model is kept
 (measured on ``em-generalist-2``: Lucchi++ test slices against the Lucchi++ reference, shift 0.20 of the
-floor and contrast change 0.035; against the VNC one 0.94 and 0.63).
+floor and contrast change 0.031; against the VNC one 0.94 and 0.63).
 
 Stored as ``model.meta["volume_statistics"]`` (version, one entry per volume: label, pixel size, how
 it was measured) and float64 arrays ``volume_statistics.<i>.<layer>.mean`` / ``.var`` in
