@@ -9,7 +9,9 @@ they are and with mild grey-value shifts (``bench_real_generalisation._grey``: o
 0.85, blur 1 px, the suite's low dose). Per case: source-only and AdaBN IoU (64 patches, seed 0: on a
 crop this small every pixel is used), the guard's answer and against which reference
 (:func:`napari_bnadapt.adabn.need.adaptation_needed`), the largest mean shift and contrast change
-against that reference, and the half-sample floor. Needs ``../shared/data/real/``. Writes
+against that reference, and the half-sample floor. ``--mode prior``: Schneider et al.'s estimator instead,
+which weighs the source statistics like ``--prior`` target patches (a small crop moves them less). Needs
+``../shared/data/real/``. Writes
 ``benchmarks/results/<name>.{txt,json}``. Foreground IoU at 0.5.
 """
 
@@ -52,13 +54,14 @@ def crops(volume: str, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
-def measure(model: Any, x: np.ndarray, truth: np.ndarray, px: tuple[float, float]) -> dict[str, Any]:
-    """Source-only and AdaBN IoU of one case, and the guard's view of it."""
+def measure(model: Any, x: np.ndarray, truth: np.ndarray, px: tuple[float, float],
+            **adapt_options: Any) -> dict[str, Any]:
+    """Source-only and AdaBN IoU of one case (``adapt_options``: the estimator), and the guard's view of it."""
     from napari_bnadapt.adabn.need import SOURCE_REFERENCE, STD_CHANGE_LIMIT, _compare, _statistics, adaptation_needed
     from napari_bnadapt.adabn.volumes import read_volume_statistics
 
     source = nb.iou(nb.predict(model, x, device="cpu", pixel_size_nm=px) > 0.5, truth)
-    adapted, report = nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0)
+    adapted, report = nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0, **adapt_options)
     adabn = nb.iou(nb.predict(adapted, x, device="cpu", pixel_size_nm=px) > 0.5, truth)
     verdict = adaptation_needed(model, adapted, report)
     # the reference nearest in the guard's own terms, whatever it decided
@@ -75,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(ap, ["em-generalist-2", "lucchi-pp", "vnc"], name="bench_small_crops")
     ap.add_argument("--seed", type=int, default=0, help="seeds the crops")
+    ap.add_argument("--mode", choices=["cumulative", "ema", "prior"], default="cumulative",
+                    help="the AdaBN estimator (default: the library's, cumulative)")
+    ap.add_argument("--prior", type=float, default=None, help="with --mode prior: the source pseudo-count N (default 16)")
     args = ap.parse_args(argv)
     if not real_data_ready(args.threads):
         return 2
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         r = {"model": name, "volume": RECIPES[volume]["label"], "crop": crop, "shift": shift,
-                             **measure(model, f(x0), truth, px)}
+                             **measure(model, f(x0), truth, px, mode=args.mode, prior=args.prior)}
                     rows.append(r)
                     print(f"{name} | {r['volume']} {crop} | {shift:<13} | source {r['source']:.3f} AdaBN "
                           f"{r['adabn']:.3f} | needed {r['needed']}", flush=True)
