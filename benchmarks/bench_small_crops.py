@@ -57,18 +57,15 @@ def crops(volume: str, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
 def measure(model: Any, x: np.ndarray, truth: np.ndarray, px: tuple[float, float],
             **adapt_options: Any) -> dict[str, Any]:
     """Source-only and AdaBN IoU of one case (``adapt_options``: the estimator), and the guard's view of it."""
-    from napari_bnadapt.adabn.need import SOURCE_REFERENCE, STD_CHANGE_LIMIT, _compare, _statistics, adaptation_needed
-    from napari_bnadapt.adabn.volumes import read_volume_statistics
+    from napari_bnadapt.adabn.need import STD_CHANGE_LIMIT, _compare, _references, _statistics, adaptation_needed
 
     source = nb.iou(nb.predict(model, x, device="cpu", pixel_size_nm=px) > 0.5, truth)
     adapted, report = nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0, **adapt_options)
     adabn = nb.iou(nb.predict(adapted, x, device="cpu", pixel_size_nm=px) > 0.5, truth)
     verdict = adaptation_needed(model, adapted, report)
     # the reference nearest in the guard's own terms, whatever it decided
-    refs = {SOURCE_REFERENCE: _statistics(model), **{f"training volume {v.label!r}": v.statistics
-                                                     for v in read_volume_statistics(model)}}
     target = _statistics(adapted)
-    near = {k: _compare(ref, target) for k, ref in refs.items()}
+    near = {k: _compare(ref, target) for k, ref in _references(model)}
     nearest = min(near, key=lambda k: max(near[k].shift / verdict.floor, near[k].std_change / STD_CHANGE_LIMIT))
     return {"source": source, "adabn": adabn, "needed": bool(verdict.needed), "floor": verdict.floor,
             "nearest": nearest, "mean_shift": near[nearest].shift, "std_change": near[nearest].std_change}

@@ -208,8 +208,6 @@ def adaptation_needed(
     -------
     NeedVerdict
     """
-    from .volumes import read_volume_statistics
-
     if not margin > 0:
         raise BNAdaptError(f"margin must be positive, not {margin}")
     s, t = _paired(source, adapted)
@@ -222,10 +220,7 @@ def adaptation_needed(
         if n is None:
             raise BNAdaptError("no noise floor: give the adaptation report (its drift) or the number of patches used")
         floor, floor_from = patch_count_floor(int(n)), "patch count"
-    # the running statistics first, then each training volume's (models trained on several: .volumes)
-    references = [(SOURCE_REFERENCE, s)] + [(f"training volume {v.label!r}", v.statistics)
-                                            for v in read_volume_statistics(source)]
-    compared = [(name, _compare(ref, t)) for name, ref in references]
+    compared = [(name, _compare(ref, t)) for name, ref in _references(source, s)]
     matches = [(name, c) for name, c in compared if c.shift / floor <= margin and c.std_change <= STD_CHANGE_LIMIT]
     needed = not matches
     reference, c = min(matches, key=lambda m: m[1].shift) if matches else compared[0]
@@ -248,6 +243,15 @@ def adaptation_needed(
     return NeedVerdict(needed=needed, shift=c.shift, layer=c.layer, floor=floor, floor_from=floor_from, ratio=ratio,
                        margin=float(margin), std_change=c.std_change, weight=1.0 if needed else 0.0,
                        message=message, layers=c.shifts, reference=reference)
+
+
+def _references(source: Any, running: dict[str, tuple[Any, Any]] | None = None) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
+    """What a target is compared with, by name: the running statistics first (``running``: already read), then
+    each training volume's (models trained on several, :mod:`.volumes`)."""
+    from .volumes import read_volume_statistics
+
+    return [(SOURCE_REFERENCE, running if running is not None else _statistics(source))] + [
+        (f"training volume {v.label!r}", v.statistics) for v in read_volume_statistics(source)]
 
 
 @dataclass

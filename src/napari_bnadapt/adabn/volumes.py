@@ -156,8 +156,6 @@ def measure_volume_statistics_iter(
     intensity_range: tuple[float, float] | str | None = None,
     in_place: bool = False,
 ) -> Iterator[Progress | Result[UNet]]:
-    import numpy as np
-
     from ..model.foreign import batchnorm_layers
     from .adaptation import adapt_iter
 
@@ -178,9 +176,9 @@ def measure_volume_statistics_iter(
         adapted, report = yield from forward(adapt_iter(
             model, images, device=device, n_patches=n_patches, patch_size=patch_size, batch_size=batch_size,
             seed=seed, intensity_range=intensity_range, pixel_size_nm=px))
-        for name, bn in batchnorm_layers(adapted):
-            arrays[_key(i, name, "mean")] = bn.running_mean.detach().double().cpu().numpy().astype(np.float64)
-            arrays[_key(i, name, "var")] = bn.running_var.detach().double().cpu().numpy().astype(np.float64)
+        for name, bn in batchnorm_layers(adapted):  # float64, on the CPU (need._statistics would import back)
+            arrays[_key(i, name, "mean")] = bn.running_mean.detach().double().cpu().numpy()
+            arrays[_key(i, name, "var")] = bn.running_var.detach().double().cpu().numpy()
         entries.append({"label": str(label), "pixel_size_nm": list(px) if px else None,
                         "n_patches": report.n_patches, "patch_size": list(report.patch_size), "seed": seed,
                         "estimator": report.mode, "drift": report.drift if math.isfinite(report.drift) else None})
