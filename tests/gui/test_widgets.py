@@ -4,6 +4,7 @@ import napari  # noqa: F401  (a declared dependency: a missing napari fails here
 import numpy as np
 import pytest
 import pytestqt  # noqa: F401
+from magicgui.widgets import Container
 
 from ..conftest import state_bytes
 
@@ -167,7 +168,9 @@ def test_train_widget_saves_a_listed_model(viewer, qtbot, tmp_path, monkeypatch)
     t.model_name.value = "tiny"
     t.net_width.value, t.steps.value, t.patch_size.value = 4, 20, 64
     assert t.augment.value == "em"  # the default of new models
+    assert list(t.groups) == ["1  Data", "2  Model", "Advanced settings", "3  Train", "4  Result"]
     assert t.net_width.native.isHidden() and t.seed.native.isHidden()  # network details folded away
+    assert t.groups["Advanced settings"].isHidden()
     t.advanced.value = True
     assert not t.net_width.native.isHidden() and not t.seed.native.isHidden()
     t.augment.value = "geometric"
@@ -371,9 +374,16 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
 
 
 def test_every_row_name_fits_one_label_column(viewer, qtbot):
-    """napari draws labels larger than magicgui measures them: the column is widened to the widest one."""
+    """The widget reads as titled steps; every group's rows share one label column as wide as the widest
+    label as napari draws it (larger than magicgui measures), nested rows (the stack loader's) included."""
+    from napari_bnadapt.gui.groups import ADVANCED, _rows
+
     w = _adapt_widget(viewer)
+    assert list(w.groups) == ["1  Image", "2  Model", "3  Run", ADVANCED, "4  Segment", "5  Result"]
+    assert w.groups[ADVANCED].isHidden() and w.mode.native.isHidden()  # folded away until asked for
     w.advanced.value = True
-    rows = [r for r in (x._labeled_widget() for x in w) if r is not None]
+    assert not w.groups[ADVANCED].isHidden() and not w.mode.native.isHidden()
+    rows = [r for r, x in _rows(w) if not isinstance(x, Container)]
+    assert {"crop z, y, x", "image", "model", "mode", "progress", "status"} <= {r._label_widget.value for r in rows}
     qtbot.waitUntil(lambda: len({r.label_width for r in rows}) == 1, timeout=5000)
     assert rows[0].label_width >= max(r._label_widget.native.sizeHint().width() for r in rows)

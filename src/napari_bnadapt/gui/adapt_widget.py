@@ -34,6 +34,7 @@ from ..model.files import (
 )
 from ..progress import Progress, forward
 from ..workflow import WorkflowResult, run_iter
+from .groups import ADVANCED, align_label_columns, framed_groups
 from .layers import layers_of, transform_kwargs, unique_name
 from .loading import StackLoader
 from .runner import Runner
@@ -57,7 +58,7 @@ class AdaptSegmentWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
 
         self.viewer = viewer
         self._extra_models: list[str] = []
@@ -124,15 +125,23 @@ class AdaptSegmentWidget(Container):
         self.runner = Runner(self.progress, self.status, self.cancel, [self.run_adapt, self.run_plain])
         self.loader = StackLoader(viewer, on_loaded=self._select_image, say=self.runner.say)
 
-        self.extend([self.loader, self.image, self.model, self.browse, self.card, self.scale_note, self.rescale, self.device, self.truth, self.add_probabilities, self.assess,
-                     self.advanced, *self._advanced_widgets, self.run_adapt, self.run_plain, self.cancel,
-                     self.save, self.progress, self.status])
+        # the steps a biologist takes, top to bottom; the advanced settings folded away in their own box
+        self.groups = framed_groups(self, [
+            ("1  Image", Container(labels=True, widgets=[self.loader, self.image, self.scale_note, self.rescale,
+                                                         self.truth])),
+            ("2  Model", Container(labels=True, widgets=[self.model, self.browse, self.card, self.device])),
+            ("3  Run", Container(labels=True, widgets=[self.add_probabilities, self.assess, self.advanced])),
+            (ADVANCED, Container(labels=True, widgets=self._advanced_widgets)),
+            ("4  Segment", Container(labels=True, widgets=[self.run_adapt, self.run_plain, self.cancel,
+                                                           self.progress])),
+            ("5  Result", Container(labels=True, widgets=[self.status, self.save])),
+        ])
         for w in (self.card, self.scale_note, self.status):
             w.native.setWordWrap(True)
             # a wrapped label left at its preferred width pushes its row's name out of the label column
             w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.status.native.setMinimumHeight(64)
-        QTimer.singleShot(0, self._fit_label_column)  # once docked, when napari's style sheet sets the font
+        QTimer.singleShot(0, lambda: align_label_columns(self))  # once docked, when napari's style sheet sets the font
         self._show_advanced(False)
 
         self.advanced.changed.connect(self._show_advanced)
@@ -196,23 +205,10 @@ class AdaptSegmentWidget(Container):
         self.image.reset_choices()
         self.image.value = layer
 
-    def _fit_label_column(self) -> None:
-        """Widen the label column to the labels as drawn: magicgui measures their text in the application's
-        default font, but napari's style sheet draws labels larger and padded, which pushed the longest rows'
-        fields out of line."""
-        rows = [r for r in (w._labeled_widget() for w in self) if r is not None]
-        labels = [r._label_widget.native for r in rows]
-        if not labels:
-            return
-        for q in labels:
-            q.ensurePolished()
-        widest = max(q.sizeHint().width() for q in labels)
-        for r in rows:
-            r.label_width = max(r.label_width, widest)
-
     def _show_advanced(self, show: bool) -> None:
         for w in self._advanced_widgets:
             w.visible = bool(show)
+        self.groups[ADVANCED].setVisible(bool(show))
 
     def suggest_model(self, *_: Any) -> str | None:
         """Select the model suited to the chosen image, until the user picks one.

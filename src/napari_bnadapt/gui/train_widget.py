@@ -15,27 +15,28 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 from ..errors import BNAdaptError
+from ..io.stack_view import layer_data
+from ..model.files import save_model, user_model_dir
+from ..model.training import train_iter
 from ..progress import forward
+from .groups import ADVANCED, align_label_columns, framed_groups
 from .layers import layers_of
 from .runner import Runner
 from .viewer_state import models_changed
 
 if TYPE_CHECKING:
     import napari
-from ..io.stack_view import layer_data
-from ..model.files import save_model, user_model_dir
-from ..model.training import train_iter
 
 
 class TrainWidget(Container):
     """Train a source U-Net on an image layer and its labels, and save it to the user's model folder."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
 
         self.viewer = viewer
         self.model: Any = None
@@ -66,9 +67,15 @@ class TrainWidget(Container):
         # the steps a biologist takes: data, what to train, the run; network details folded away
         self.advanced = CheckBox(text="show advanced settings", value=False)
         self._advanced_widgets = [self.net_width, self.patch_size, self.seed]
-        self.extend([self.image, self.labels_layer, self.model_name, self.steps, self.augment, self.advanced,
-                     *self._advanced_widgets, self.overwrite, self.folder, self.run, self.cancel, self.progress,
-                     self.status])
+        self.groups = framed_groups(self, [
+            ("1  Data", Container(labels=True, widgets=[self.image, self.labels_layer])),
+            ("2  Model", Container(labels=True, widgets=[self.model_name, self.folder, self.overwrite, self.steps,
+                                                         self.augment, self.advanced])),
+            (ADVANCED, Container(labels=True, widgets=self._advanced_widgets)),
+            ("3  Train", Container(labels=True, widgets=[self.run, self.cancel, self.progress])),
+            ("4  Result", Container(labels=True, widgets=[self.status])),
+        ])
+        QTimer.singleShot(0, lambda: align_label_columns(self))  # once docked, when napari's style sheet sets the font
         self.advanced.changed.connect(self._show_advanced)
         self._show_advanced(False)
         self.run.changed.connect(self.start)
@@ -79,6 +86,7 @@ class TrainWidget(Container):
     def _show_advanced(self, show: bool) -> None:
         for w in self._advanced_widgets:
             w.visible = bool(show)
+        self.groups[ADVANCED].setVisible(bool(show))
 
     def target_path(self) -> Path:
         """Where the model will be saved."""
