@@ -214,6 +214,24 @@ def test_load_stack_with_voxel_size_crop_and_downsample(viewer, tmp_path):
     assert len(viewer.layers) == n
 
 
+def test_labels_name_says_adapted_only_when_the_adapted_statistics_segmented(viewer, qtbot):
+    """When the guard keeps the source statistics, the new layer is not called adapted."""
+    import dataclasses
+
+    viewer.open_sample(PLUGIN, "toy_brightness_target")
+    image = viewer.layers["toy target (brighter)"]
+    w = _adapt_widget(viewer)
+    w.image.value, w.assess.value = image, False
+    assert w.start(adapt=True) is not None
+    _wait(qtbot, w)
+    res = w.last_result
+    assert res.need is not None and res.need.needed, w.status.value  # a brightness shift: adapted
+    assert viewer.layers[-1].name == "toy target (brighter) [toy-perlin adapted]"
+    res.need = dataclasses.replace(res.need, needed=False)  # as the guard says on the model's own data
+    w._on_done(res, image)
+    assert viewer.layers[-1].name == "toy target (brighter) [toy-perlin]"
+
+
 def test_console_helpers_accept_layers(viewer):
     import napari_bnadapt as nb
 

@@ -397,7 +397,8 @@ class AdaptSegmentWidget(Container):
                                  "adapting and segmenting" if adapt else "segmenting")
 
     def _on_done(self, res: WorkflowResult, layer: Any) -> None:
-        tag = f"{res.model_name}{' adapted' if res.adapted else ''}"
+        kept = res.need is not None and not res.need.needed  # the guard kept the source statistics
+        tag = f"{res.model_name}{' adapted' if res.adapted and not kept else ''}"
         kw = transform_kwargs(layer)
         self.viewer.add_labels(res.labels, name=unique_name(self.viewer, f"{layer.name} [{tag}]"), **kw)
         if res.probabilities is not None:
