@@ -1,0 +1,177 @@
+"""Choosing between the source and the adapted statistics per stack, without labels: what the witnesses would pick.
+
+Run: python benchmarks/bench_choose_statistics.py [--models lucchi-pp vnc em-generalist-2]
+
+AdaBN helps where the target differs from the training data and can cost a little where it does not
+(small crops of the model's own volumes, ``bench_small_crops.py``). A label-free per-stack choice
+between the source model and its adapted copy would keep the gains and drop the losses. The
+candidates are the reliability check's witnesses (``napari_bnadapt.bound.witnesses``), measured on
+BOTH models on the same central crops (2 slices, 256 px, model grid): flip consistency (a quarter turn,
+a left-right and an up-down flip), scale consistency (0.8x, 1.25x), mean pixel entropy, and the
+predicted foreground fraction against the model's training data (``foreground_match``: minus the
+absolute log ratio). Each rule is parameter-free: it picks the model with the better value of one
+witness (ties: the adapted one). No threshold is fitted, so nothing is tuned on these cases.
+
+Targets: the suite's (``bench_real_generalisation.targets(3, 1)``: real held-out slices of both volumes and the
+simulated other labs) and ``bench_small_crops``' seeded crops of the models' own test slices with their
+mild shifts. Source-only and AdaBN IoU of the crops are read from ``results/bench_small_crops.json``
+(the same adaptation: 64 patches, seed 0). Rows are appended to ``<name>.partial.jsonl`` as they finish;
+a rerun reuses them. Needs ``../shared/data/real/``. Writes ``benchmarks/results/<name>.{txt,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from _common import RESULTS, add_model_arguments, header, load_em_model, read_partial, save_results  # noqa: E402
+from bench_real_generalisation import TRAINED_ON, targets  # noqa: E402
+from bench_small_crops import SHIFTS, crops  # noqa: E402
+from em_data import RECIPES, real_data_ready  # noqa: E402
+
+import napari_bnadapt as nb  # noqa: E402
+
+
+def witnesses(model: Any, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Probabilities of ``model`` on the crops ``x`` (network input) and its witnesses there."""
+    import torch
+
+    from napari_bnadapt.bound.witnesses import WITNESS_SCALES, _back, _iou, _probabilities, _rescaled
+
+    dev = torch.device("cpu")
+    model.eval()
+    p0 = _probabilities(model, x, dev)
+    flips = []
+    for turn, back in ((lambda a: np.rot90(a, 1, (1, 2)), lambda a: np.rot90(a, -1, (1, 2))),
+                       (lambda a: a[:, :, ::-1], lambda a: a[:, :, ::-1]), (lambda a: a[:, ::-1, :], lambda a: a[:, ::-1, :])):
+        flips.append(_iou(back(_probabilities(model, np.ascontiguousarray(turn(x)), dev)), p0))
+    scales = [_iou(_back(_probabilities(model, _rescaled(x, f), dev), x.shape[1:]), p0) for f in WITNESS_SCALES]
+    entropy = float(np.mean(-(p0 * np.log(p0 + 1e-7) + (1 - p0) * np.log(1 - p0 + 1e-7))))
+    return p0, {"flip": float(np.mean(flips)), "scale": float(np.mean(scales)), "fg": float((p0 > 0.5).mean()),
+                "entropy": entropy}
+
+
+def measure(model: Any, name: str, x: np.ndarray, truth: np.ndarray, px: Any, key: str,
+            ious: dict[str, float] | None = None) -> dict[str, Any]:
+    """One case: source-only and AdaBN IoU (unless given) and both models' witnesses on the same crops."""
+    from napari_bnadapt.bound.witnesses import _crops, _iou
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapted, report = nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0)
+        if ious is None:
+            ious = {"source": nb.iou(nb.predict(model, x, device="cpu", pixel_size_nm=px) > 0.5, truth),
+                    "adabn": nb.iou(nb.predict(adapted, x, device="cpu", pixel_size_nm=px) > 0.5, truth)}
+        xc = _crops(x, model, px, None, 2, 256)
+    ps, ws = witnesses(model, xc)
+    pa, wa = witnesses(adapted, xc)
+    return {"key": key, "model": name, **ious, "S": ws, "A": wa, "agree": _iou(ps, pa),
+            "fg_train": model.meta["source_statistics"]["signals"]["foreground_fraction"],
+            "drift": report.drift, "seconds": time.perf_counter() - t0}
+
+
+def _fg_match(w: dict[str, float], fg_train: float) -> float:
+    return -abs(math.log((w["fg"] + 1e-4) / (fg_train + 1e-4)))
+
+
+#: rule name -> does it pick the adapted model? (parameter-free; ties go to the adapted model)
+RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "flip consistency": lambda r: r["A"]["flip"] >= r["S"]["flip"],
+    "flip + scale consistency": lambda r: r["A"]["flip"] + r["A"]["scale"] >= r["S"]["flip"] + r["S"]["scale"],
+    "lower entropy": lambda r: r["A"]["entropy"] <= r["S"]["entropy"],
+    "foreground match": lambda r: _fg_match(r["A"], r["fg_train"]) >= _fg_match(r["S"], r["fg_train"]),
+}
+
+
+def group(row: dict[str, Any]) -> str:
+    """The table group of a row: model, then suite domain and kind, or crops as they are / shifted."""
+    model, kind, domain, what, case = row["key"].split("|")
+    if kind == "crop":
+        return f"{model} | crops, {'as they are' if case == 'as it is' else 'shifted'}"
+    return f"{model} | {'in-domain' if domain == 'in' else 'cross-lab'} {what}"
+
+
+def tables(rows: list[dict[str, Any]]) -> str:
+    """Mean IoU per group: source, AdaBN, the oracle (the better of the two), each rule; then the totals."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(group(r), []).append(r)
+    names = list(RULES)
+    lines = ["| model | targets | cases | source | AdaBN | better of the two (oracle) | " + " | ".join(names) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(names)]
+    for g, rs in groups.items():
+        pick = {k: [r["adabn"] if f(r) else r["source"] for r in rs] for k, f in RULES.items()}
+        lines.append(f"| {g} | {len(rs)} | {np.mean([r['source'] for r in rs]):.3f} | {np.mean([r['adabn'] for r in rs]):.3f} "
+                     f"| {np.mean([max(r['source'], r['adabn']) for r in rs]):.3f} | "
+                     + " | ".join(f"{np.mean(pick[k]):.3f}" for k in names) + " |")
+    lines += ["", "Over all cases, each rule against plain AdaBN (rule - AdaBN): mean, worst case, cases it lost "
+              "more than 0.02 on:", "", "| rule | mean | worst | lost > 0.02 | picked the source |", "|---|---|---|---|---|"]
+    for k, f in RULES.items():
+        d = [(r["adabn"] if f(r) else r["source"]) - r["adabn"] for r in rows]
+        lines.append(f"| {k} | {np.mean(d):+.4f} | {min(d):+.3f} | {sum(x < -0.02 for x in d)} of {len(d)} | "
+                     f"{sum(not f(r) for r in rows)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(ap, ["lucchi-pp", "vnc", "em-generalist-2"], name="bench_choose_statistics")
+    args = ap.parse_args(argv)
+    if not real_data_ready(args.threads):
+        return 2
+    t0 = time.perf_counter()
+    partial = RESULTS / f"{args.name}.partial.jsonl"
+    done = {r["key"]: r for r in read_partial(partial)}
+    small = {(r["model"], r["volume"], r["crop"], r["shift"]): r
+             for r in json.loads((RESULTS / "bench_small_crops.json").read_text())["rows"]}
+    rows, reused = [], 0
+
+    def run(model: Any, name: str, x: np.ndarray, truth: np.ndarray, px: Any, key: str,
+            ious: dict[str, float] | None = None) -> None:
+        nonlocal reused
+        if key in done:
+            rows.append(done[key])
+            reused += 1
+            return
+        row = measure(model, name, x, truth, px, key, ious)
+        with partial.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        rows.append(row)
+        print(f"{key}: source {row['source']:.3f} AdaBN {row['adabn']:.3f}", flush=True)
+
+    for name in args.models:
+        model = load_em_model(name, args.models_dir)
+        for t in targets(3, 1):
+            px = t["pixel_size_nm"] or model.meta.get("pixel_size_nm")
+            domain = "in" if t["volume"] in TRAINED_ON[name] else "cross"
+            run(model, name, t["image"], t["labels"] > 0, px, f"{name}|suite|{domain}|{t['kind']}|{t['name']}")
+        for volume in sorted(TRAINED_ON[name]):
+            px, label = RECIPES[volume]["pixel_size_nm"], RECIPES[volume]["label"]
+            for crop, x0, truth in crops(volume, 0):
+                for shift, f in SHIFTS.items():
+                    s = small[(name, label, crop, shift)]
+                    run(model, name, f(x0), truth, px, f"{name}|crop|in|{label} {crop}|{shift}",
+                        {"source": s["source"], "adabn": s["adabn"]})
+    command = "python benchmarks/bench_choose_statistics.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = header("Source or adapted statistics per stack, chosen by one witness (no labels)") + (
+        f"# command: {command}\n# wall time: {time.perf_counter() - t0:.0f} s"
+        + (f" ({reused} of {len(rows)} rows read back from {args.name}.partial.jsonl)" if reused else "")
+        + "\n\n" + tables(rows) + "\n")
+    save_results(args.name, text, {"rows": rows, "command": command})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
