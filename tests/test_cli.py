@@ -148,3 +148,23 @@ def test_segment_smooths_on_request_and_refuses_a_bad_blur(tmp_path, capsys):
         main([*common, "--smooth", "-1", "--output", str(tmp_path / "o.tif")])
     assert "--smooth takes 'auto' or a blur of 0 or more pixels" in capsys.readouterr().err
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_segment_removes_oversized_objects_unless_kept(tmp_path, capsys, monkeypatch):
+    """The workflow's default removal reaches the CLI; --keep-oversized turns it off."""
+    from napari_bnadapt import workflow
+
+    seen = []
+    real = workflow.run_iter
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["remove_oversized"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workflow, "run_iter", spy)
+    img = tmp_path / "t.tif"
+    assert main(["generate", "--n", "1", "--shape", "96", "96", "--output", str(img)]) == 0
+    common = ["segment", "--model", "toy-perlin", "--input", str(img), "--device", "cpu", "--quiet"]
+    assert main([*common, "--output", str(tmp_path / "a.tif")]) == 0
+    assert main([*common, "--keep-oversized", "--output", str(tmp_path / "b.tif")]) == 0
+    assert seen == [True, False]

@@ -30,12 +30,39 @@ def test_run_adapts_segments_assesses_and_scores(toy_model, target):
     assert res.iou_source_only < 0.25 and res.iou > 0.97, (res.iou_source_only, res.iou)
     assert res.labels.dtype == np.uint8 and res.labels.shape == images.shape
     np.testing.assert_array_equal(res.labels, (res.probabilities > 0.5).astype(np.uint8))
+    assert res.oversized is None  # the toy model's card holds no object sizes: nothing to remove by
     assert res.reliability is not None and res.reliability.verdict == "reliable"
     assert res.iou == pytest.approx(nb.iou(nb.segment(res.model, images, device="cpu"), truth))
     assert state_bytes(toy_model) == keep_model  # the source model is untouched
     np.testing.assert_array_equal(images, keep_images)  # so are the images
     text = "; ".join(res.summary())
     assert "adapted on cpu" in text and "reliability: reliable" in text and "IoU without adaptation" in text
+
+
+def test_run_removes_objects_far_larger_than_the_training_mitochondria(target):
+    """The default removes a nucleus-sized object (here: a bright block with the mitochondria's grey values),
+    says so, and leaves the rest; ``remove_oversized=False`` keeps it."""
+    from napari_bnadapt.adabn.scale_search import object_size_summary
+
+    model = nb.load_model("toy-perlin", device="cpu")
+    model.meta["objects"] = object_size_summary(nb.sample_data.toy_source()[1])  # its card: no sizes yet
+    images, truth = target
+    x = images[:2].copy()
+    rng = np.random.default_rng(0)
+    x[:, 40:220, 40:220] = np.clip(rng.normal(np.median(images[truth > 0]), 10, (2, 180, 180)), 0, 255)
+    kept = workflow.run(model, x, assess=False, device="cpu", remove_oversized=False)
+    assert kept.oversized is None and kept.labels[:, 60:200, 60:200].mean() > 0.5  # segmented, as mitochondria
+    res = workflow.run(model, x, assess=False, device="cpu")
+    assert res.oversized.removed_objects >= 2, res.oversized  # at least one per slice
+    assert res.labels[:, 60:200, 60:200].mean() < 0.02, res.oversized
+    assert f"removed {res.oversized.removed_objects} object(s)" in "; ".join(res.summary())
+    assert (res.labels <= kept.labels).all()  # only removed, nothing added
+    from scipy import ndimage
+
+    for z in range(2):  # every object not touching the block is kept whole
+        lab, _ = ndimage.label(kept.labels[z])
+        away = ~np.isin(lab, np.unique(lab[40:220, 40:220])) & (lab > 0)
+        assert away.any() and (res.labels[z][away] == 1).all()
 
 
 def test_run_without_adaptation_segments_with_the_model_itself(toy_model, target):

@@ -239,7 +239,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             batch_size=args.batch_size, adapt_options=_adapt_kwargs(args), guard=not args.no_guard, tta=args.tta,
             search_scale=args.search_scale, choose_depth=args.choose_depth, smooth=args.smooth,
-            entropy=args.entropy_step, self_train=args.self_train,
+            entropy=args.entropy_step, self_train=args.self_train, remove_oversized=not args.keep_oversized,
         ),
         _progress(args),
     )
@@ -257,6 +257,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(res.reliability)
     elif res.reliability_note:
         print(res.reliability_note)
+    if res.oversized is not None and res.oversized.removed_objects:
+        print(res.oversized.message)
     if res.iou is not None:
         print(f"IoU{' after adaptation' if args.adapt else ''}: {res.iou:.3f}")
     _write_tiff(args.output, res.labels, info)
@@ -356,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-guard", action="store_true",
                    help="with --adapt: use the adapted statistics even when the stack already matches the model's "
                    "training data (by default the source statistics are kept then)")
+    p.add_argument("--keep-oversized", action="store_true",
+                   help="keep objects far larger than any mitochondrion the model was trained on (by default they are "
+                   "removed and the number is printed: a nucleus or cell body is the usual cause)")
     p.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="test-time augmentation: average over this many flipped/rotated views (default 1: off)")
     p.add_argument("--search-scale", action="store_true",

@@ -32,7 +32,8 @@ from .io.stack_view import layer_data
 from .metrics import iou
 from .model.device import get_device
 from .progress import Progress, Result, forward, run_to_end
-from .segmentation.labels import to_labels
+from .segmentation.labels import label_objects, to_labels
+from .segmentation.oversized import OversizeReport, remove_oversized_objects_iter
 from .segmentation.predict import predict_iter
 from .segmentation.tta import TRANSFORM_COUNTS, predict_tta_iter
 from .stats.source_statistics import read_source_statistics
@@ -91,6 +92,9 @@ class WorkflowResult:
         The entropy step's report (``entropy``).
     self_train_report : SelfTrainReport or None
         The self-training pass's report (``self_train``).
+    oversized : OversizeReport or None
+        What the removal of objects far larger than the training mitochondria did (``remove_oversized``);
+        None when it was off or the model's card holds no object sizes.
     """
 
     labels: np.ndarray
@@ -113,6 +117,7 @@ class WorkflowResult:
     smoothing: SmoothingChoice | None = None
     entropy_report: EntropyReport | None = None
     self_train_report: SelfTrainReport | None = None
+    oversized: OversizeReport | None = None
 
     @property
     def model_name(self) -> str | None:
@@ -151,6 +156,8 @@ class WorkflowResult:
             r = self.self_train_report
             out.append(f"self-training: {r.steps_run} of {r.steps} steps kept in {r.seconds:.0f} s, "
                        f"{r.confident_fraction:.0%} of the pixels used" + (f" ({r.guard})" if r.guard else ""))
+        if self.oversized is not None and self.oversized.removed_objects:
+            out.append(self.oversized.message)
         if self.iou is not None:
             if self.iou_source_only is not None:
                 out.append(f"IoU without adaptation {self.iou_source_only:.3f}, with adaptation {self.iou:.3f}")
@@ -183,6 +190,7 @@ def run_iter(
     smooth: float | str | None = None,
     entropy: bool = False,
     self_train: bool = False,
+    remove_oversized: bool = True,
 ) -> Iterator[Progress | Result[WorkflowResult]]:
     """Adapt, segment, assess and score one stack; yields Progress, finally a Result.
 
@@ -256,6 +264,11 @@ def run_iter(
         After AdaBN (and the entropy step), a short self-training pass of a copy on its own confident
         target pixels (:func:`~napari_bnadapt.adabn.self_train.self_train`; about a minute on a CPU;
         an option, measured in docs/real-data.md).
+    remove_oversized : bool, default True
+        Remove the objects far larger than any mitochondrion the model was trained on (a nucleus, a
+        cell body: :func:`~napari_bnadapt.segmentation.oversized.remove_oversized_objects`; its card's
+        training object sizes, on the model's grid); ``oversized`` says what was removed. On the
+        visible Lucchi++ and VNC data it removed nothing (``benchmarks/bench_oversized.py``).
 
     Yields
     ------
@@ -334,7 +347,11 @@ def run_iter(
         prob = yield from forward(predict_tta_iter(used, images, transforms=tta, **tiling))
     else:
         prob = yield from forward(predict_iter(used, images, **tiling))
-    result.labels = yield from forward(to_labels(prob, threshold, instances))
+    result.labels = yield from forward(to_labels(prob, threshold))
+    if remove_oversized:
+        result.oversized = yield from forward(remove_oversized_objects_iter(result.labels, model, result.zoom))
+    if instances:
+        result.labels = yield from forward(label_objects(result.labels))
     result.probabilities = prob if keep_probabilities else None
     result.model = used
     if truth is not None:
@@ -366,6 +383,7 @@ def run(
     smooth: float | str | None = None,
     entropy: bool = False,
     self_train: bool = False,
+    remove_oversized: bool = True,
     callback: Any = None,
 ) -> WorkflowResult:
     """Blocking form of :func:`run_iter` (same parameters; ``callback`` receives each Progress)."""
@@ -375,5 +393,5 @@ def run(
         pixel_size_nm=pixel_size_nm, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         adapt_options=adapt_options, guard=guard, tta=tta, search_scale=search_scale, choose_depth=choose_depth,
         smooth=smooth, entropy=entropy,
-        self_train=self_train,
+        self_train=self_train, remove_oversized=remove_oversized,
     ), callback)

@@ -381,14 +381,15 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
     monkeypatch.setattr(adapt_widget, "run_iter", record)
     viewer.open_sample(PLUGIN, "toy_source")
     w = _adapt_widget(viewer)
-    assert (w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value, w.smooth.value) == (
-        1, False, True, False, False)
+    assert (w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value, w.smooth.value,
+            w.remove_oversized.value) == (1, False, True, False, False, True)
     w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value, w.smooth.value = 4, True, False, True, True
+    w.remove_oversized.value = False
     w.image.value = viewer.layers["toy source"]
     w.start(adapt=True)
     _wait(qtbot, w)
-    assert (seen["tta"], seen["search_scale"], seen["guard"], seen["choose_depth"], seen["smooth"]) == (
-        4, True, False, True, "auto")
+    assert (seen["tta"], seen["search_scale"], seen["guard"], seen["choose_depth"], seen["smooth"],
+            seen["remove_oversized"]) == (4, True, False, True, "auto", False)
 
 
 def test_every_row_name_fits_one_label_column(viewer, qtbot):

@@ -111,9 +111,14 @@ class AdaptSegmentWidget(Container):
                                    tooltip="a short pass of a copy on the pixels it segments confidently: it "
                                    "adds foreground, which helped where the adapted model missed mitochondria "
                                    "and hurt elsewhere (docs/real-data.md)")
+        self.remove_oversized = CheckBox(text="remove objects far larger than any training mitochondrion", value=True,
+                                         tooltip="a nucleus or cell body segmented as a mitochondrion: objects over 3x "
+                                         "the diameter 95 % of the model's training mitochondria stay below are "
+                                         "removed, and the status says how many")
         self._advanced_widgets = [self.mode, self.alpha, self.prior, self.n_patches, self.patch_size,
                                   self.batch_size, self.seed, self.intensity, self.tile_size, self.tta,
-                                  self.search_scale, self.guard, self.choose_depth, self.smooth, self.self_train]
+                                  self.search_scale, self.guard, self.choose_depth, self.smooth, self.self_train,
+                                  self.remove_oversized]
 
         self.run_adapt = PushButton(text="Adapt && segment")
         self.run_plain = PushButton(text="Segment without adaptation")
@@ -388,6 +393,7 @@ class AdaptSegmentWidget(Container):
             adapt_options=self.adapt_settings(), guard=bool(self.guard.value), tta=int(self.tta.value),
             search_scale=bool(self.search_scale.value), choose_depth=bool(self.choose_depth.value),
             smooth="auto" if self.smooth.value else None, self_train=bool(self.self_train.value),
+            remove_oversized=bool(self.remove_oversized.value),
         )
 
         def job() -> Any:
