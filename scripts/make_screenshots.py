@@ -34,7 +34,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     viewer = napari.Viewer(title="napari-bnadapt")
-    viewer.window.resize(1500, 950)
+    viewer.window.resize(1500, 1900)  # tall enough to show both docks unscrolled (they scroll on a short screen)
     app = QApplication.instance()
     viewer.open_sample(PLUGIN, "toy_brightness_target")
     viewer.layers["toy target (brighter) truth"].visible = False
@@ -54,6 +54,7 @@ def main() -> None:
     panel_img.save(str(out / "reliability_panel.png"))
 
     viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")  # the train widget on its own, at its natural height
     viewer.open_sample(PLUGIN, "toy_source")
     _d3, t = viewer.window.add_plugin_dock_widget(PLUGIN, "Train a source model", tabify=False)
     _settle(app)

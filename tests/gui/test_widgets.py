@@ -392,6 +392,17 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
             seen["remove_oversized"]) == (4, True, False, True, "auto", False)
 
 
+def test_docked_panels_scroll_instead_of_growing_the_window(viewer, qtbot):
+    """Every step unfolded, the reliability panel beside it: the window still fits a laptop screen."""
+    w = _adapt_widget(viewer)
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Reliability")
+    w.advanced.value = True
+    qtbot.wait(50)
+    body = w.groups["1  Image"].parentWidget()
+    assert body.minimumSizeHint().height() > 900  # all of it would not fit 768 px...
+    assert viewer.window._qt_window.minimumSizeHint().height() < 700  # ...it scrolls
+
+
 def test_every_row_name_fits_one_label_column(viewer, qtbot):
     """The widget reads as titled steps; every group's rows share one label column as wide as the widest
     label as napari draws it (larger than magicgui measures), nested rows (the stack loader's) included."""

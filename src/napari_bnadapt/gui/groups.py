@@ -1,4 +1,5 @@
-"""Titled groups for the dock widgets: the steps a biologist takes, each in a framed box, labels aligned.
+"""Titled groups for the dock widgets: the steps a biologist takes, each in a framed box, labels aligned,
+in a scroll area so that a tall panel scrolls on a short screen instead of growing the window.
 
 A widget built with :func:`framed_groups` reads top to bottom as its steps (e.g. image, model, run,
 result): each step is a magicgui :class:`~magicgui.widgets.Container` of labelled rows, framed in a
@@ -12,17 +13,68 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from magicgui.widgets import Container
-from qtpy.QtWidgets import QGroupBox, QVBoxLayout
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 #: Title of the box a widget's advanced settings are folded into (shown by its "show advanced settings").
 ADVANCED = "Advanced settings"
 
 
+#: Height (px) a scrolling panel may shrink to when the window is short.
+MIN_SCROLL_HEIGHT = 160
+
+
+class VerticalScroll(QScrollArea):
+    """A frameless vertical scroll area around ``body``: as wide as the body needs, as tall as there is room
+    (``grow=False``: no taller than the body).
+
+    napari docks a plugin widget at its minimum size; a panel taller than a laptop screen (every step
+    and the advanced settings unfolded) then grows the window past the screen instead of scrolling.
+    """
+
+    def __init__(self, body: QWidget, grow: bool = True) -> None:
+        super().__init__()
+        if not grow:  # never taller than the body: the space left goes to the docks below
+            self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(body)
+
+    def _bar(self) -> int:
+        return self.verticalScrollBar().sizeHint().width()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: D102 (Qt override)
+        return QSize(self.widget().minimumSizeHint().width() + self._bar(), MIN_SCROLL_HEIGHT)
+
+    def sizeHint(self) -> QSize:  # noqa: D102 (Qt override)
+        body = self.widget()
+        hint = body.sizeHint()
+        height = hint.height()
+        if body.hasHeightForWidth():  # wrapped sentences (the status) are taller at the width they get
+            height = max(height, body.heightForWidth(max(self.viewport().width(), body.minimumSizeHint().width())))
+        return QSize(hint.width() + self._bar(), height + 2 * self.frameWidth() + 8)  # 8: the boxes' bottom edge
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: D102 (Qt override)
+        super().resizeEvent(event)
+        self.updateGeometry()  # the height the body needs depends on the width
+
+
+def scrolling(widget: QWidget, body: QWidget) -> VerticalScroll:
+    """Show ``body`` inside ``widget`` through a :class:`VerticalScroll` (``widget`` must have no layout yet)."""
+    area = VerticalScroll(body)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    return area
+
+
 def framed_groups(parent: Container, groups: Sequence[tuple[str, Container]]) -> dict[str, QGroupBox]:
-    """Add ``groups`` to ``parent`` (a container without labels), each framed in a box titled with its name.
+    """Add ``groups`` to ``parent`` (a container without labels), each framed in a box titled with its name,
+    the boxes in a :class:`VerticalScroll`.
 
     The groups stay magicgui children of ``parent`` (``reset_choices`` and the like reach their
-    widgets); only their place in the layout is taken by the box around them.
+    widgets); only their place in the layout is taken by the scroll area holding their boxes.
 
     Parameters
     ----------
@@ -38,15 +90,23 @@ def framed_groups(parent: Container, groups: Sequence[tuple[str, Container]]) ->
     """
     parent.extend([g for _, g in groups])
     layout = parent.native.layout()
+    body = QWidget()
+    column = QVBoxLayout(body)
+    column.setContentsMargins(0, 0, 0, 0)
     boxes = {}
     for title, group in groups:
+        layout.removeWidget(group.native)
         box = QGroupBox(title)
-        layout.replaceWidget(group.native, box)
         inner = QVBoxLayout(box)
         inner.setContentsMargins(4, 8, 4, 4)
         group.native.layout().setContentsMargins(0, 0, 0, 0)
         inner.addWidget(group.native)
+        column.addWidget(box)
         boxes[title] = box
+    column.addStretch(1)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(VerticalScroll(body, grow=False))
+    parent.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)  # the dock, too
     return boxes
 
 

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..bound.validity import format_bound
+from .groups import scrolling
 from .spot_check import SpotCheckSection
 from .viewer_state import reports_of
 
@@ -93,10 +94,12 @@ class ReliabilityWidget(QWidget):
         self.figure = Figure(figsize=(4.2, 3.2), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(290)
-        layout = QVBoxLayout(self)
+        body = QWidget()
+        layout = QVBoxLayout(body)
         for w in (self.verdict, self.sentence, self.bound, self.spoke, self.witnesses, self.table, self.canvas):
             layout.addWidget(w)
         layout.addWidget(SpotCheckSection(napari_viewer))
+        scrolling(self, body)  # the table, the curve and the spot check: taller than a laptop screen
         reports_of(napari_viewer).subscribe(self.show_report)
 
     def show_report(self, report: Any, curve: CalibrationCurve | None = None) -> None:
