@@ -73,7 +73,8 @@ def run(models: list[str], models_dir: Path | None, only: list[str], name: str =
     for model_name in models:
         model = load_em_model(model_name, models_dir)
         for t in tg:
-            old = [r for r in done if r["model"] == model_name and r["target"] == t["name"]]
+            old = [r for r in done if r["model"] == model_name and r["target"] == t["name"]
+                   and r.get("tta", 1) == tta]  # a row of a run with other views is not this one
             if old:
                 rows.append(old[0])
                 reused += 1
