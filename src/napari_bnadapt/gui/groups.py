@@ -5,6 +5,7 @@ A widget built with :func:`framed_groups` reads top to bottom as its steps (e.g.
 result): each step is a magicgui :class:`~magicgui.widgets.Container` of labelled rows, framed in a
 ``QGroupBox`` that carries the step's title. :func:`align_label_columns` then gives every row of every
 group (nested containers included) one label column as wide as the widest label as napari draws it.
+The boxes sit in a :class:`VerticalScroll`; :func:`scrolling` gives any other panel the same.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLay
 
 #: Title of the box a widget's advanced settings are folded into (shown by its "show advanced settings").
 ADVANCED = "Advanced settings"
-
-
 #: Height (px) a scrolling panel may shrink to when the window is short.
 MIN_SCROLL_HEIGHT = 160
 
@@ -44,10 +43,10 @@ class VerticalScroll(QScrollArea):
     def _bar(self) -> int:
         return self.verticalScrollBar().sizeHint().width()
 
-    def minimumSizeHint(self) -> QSize:  # noqa: D102 (Qt override)
+    def minimumSizeHint(self) -> QSize:
         return QSize(self.widget().minimumSizeHint().width() + self._bar(), MIN_SCROLL_HEIGHT)
 
-    def sizeHint(self) -> QSize:  # noqa: D102 (Qt override)
+    def sizeHint(self) -> QSize:
         body = self.widget()
         hint = body.sizeHint()
         height = hint.height()
@@ -55,7 +54,7 @@ class VerticalScroll(QScrollArea):
             height = max(height, body.heightForWidth(max(self.viewport().width(), body.minimumSizeHint().width())))
         return QSize(hint.width() + self._bar(), height + 2 * self.frameWidth() + 8)  # 8: the boxes' bottom edge
 
-    def resizeEvent(self, event: Any) -> None:  # noqa: D102 (Qt override)
+    def resizeEvent(self, event: Any) -> None:
         super().resizeEvent(event)
         self.updateGeometry()  # the height the body needs depends on the width
 
