@@ -401,6 +401,12 @@ def test_docked_panels_scroll_instead_of_growing_the_window(viewer, qtbot):
     body = w.groups["1  Image"].parentWidget()
     assert body.minimumSizeHint().height() > 900  # all of it would not fit 768 px...
     assert viewer.window._qt_window.minimumSizeHint().height() < 700  # ...it scrolls
+    area = body.parentWidget().parentWidget()  # body -> viewport -> the scroll area
+    area.setFixedHeight(300)
+    area.verticalScrollBar().setValue(0)
+    qtbot.wait(50)
+    w.runner.say("a message")  # written below the fold: the area scrolls to it
+    assert area.verticalScrollBar().value() > 0
 
 
 def test_every_row_name_fits_one_label_column(viewer, qtbot):

@@ -59,6 +59,15 @@ class VerticalScroll(QScrollArea):
         self.updateGeometry()  # the height the body needs depends on the width
 
 
+def reveal(widget: QWidget) -> None:
+    """Scroll the nearest scroll area holding ``widget`` so that it is in view (a message just written there)."""
+    area = widget.parentWidget()
+    while area is not None and not isinstance(area, QScrollArea):
+        area = area.parentWidget()
+    if area is not None:
+        area.ensureWidgetVisible(widget)
+
+
 def scrolling(widget: QWidget, body: QWidget) -> VerticalScroll:
     """Show ``body`` inside ``widget`` through a :class:`VerticalScroll` (``widget`` must have no layout yet)."""
     area = VerticalScroll(body)

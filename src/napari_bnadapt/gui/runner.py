@@ -9,6 +9,7 @@ from magicgui.widgets import Label, ProgressBar, PushButton
 
 from ..errors import BNAdaptError
 from ..progress import Progress
+from .groups import reveal
 
 
 def friendly_error(exc: BaseException) -> str:
@@ -62,6 +63,7 @@ class Runner:
         """Show a message in the status line (red for errors)."""
         self.status.value = text
         self.status.native.setStyleSheet("color: #ff6b6b;" if error else "")
+        reveal(self.status.native)  # a panel scrolled elsewhere (a short screen) shows its message
 
     def start(self, func: Callable[[], Generator[Progress, None, Any]], on_done: Callable[[Any], None], desc: str) -> Any:
         """Run ``func`` (a generator function yielding Progress and returning the result) in a thread."""
