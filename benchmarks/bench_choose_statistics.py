@@ -16,7 +16,10 @@ from the training one) was written after the others were seen on these rows.
 
 Targets: the suite's (``bench_real_generalisation.targets(3, 1)``: real held-out slices of both volumes and the
 simulated other labs) and ``bench_small_crops``' seeded crops of the models' own test slices with their
-mild shifts. Source-only and AdaBN IoU of the crops are read from ``results/bench_small_crops.json``
+mild shifts. ``--witness-slices 6 --witness-crop 1024 --name bench_choose_statistics_large``: the
+witnesses on (nearly) the whole stack instead of the reliability check's two 256 px crops (with
+``--suite-only``: the suite's targets alone; on the crops that run takes about 30 s a case).
+Source-only and AdaBN IoU of the crops are read from ``results/bench_small_crops.json``
 (the same adaptation: 64 patches, seed 0). Rows are appended to ``<name>.partial.jsonl`` as they finish;
 a rerun reuses them. Needs ``../shared/data/real/``. Writes ``benchmarks/results/<name>.{txt,json}``.
 """
@@ -65,8 +68,9 @@ def witnesses(model: Any, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
 
 
 def measure(model: Any, name: str, x: np.ndarray, truth: np.ndarray, px: Any, key: str,
-            ious: dict[str, float] | None = None) -> dict[str, Any]:
-    """One case: source-only and AdaBN IoU (unless given) and both models' witnesses on the same crops."""
+            ious: dict[str, float] | None = None, slices: int = 2, crop: int = 256) -> dict[str, Any]:
+    """One case: source-only and AdaBN IoU (unless given) and both models' witnesses on the same crops
+    (``slices`` evenly spaced slices, central ``crop`` px on the model's grid: the reliability check's 2 x 256)."""
     from napari_bnadapt.bound.witnesses import _crops, _iou
 
     t0 = time.perf_counter()
@@ -76,7 +80,7 @@ def measure(model: Any, name: str, x: np.ndarray, truth: np.ndarray, px: Any, ke
         if ious is None:
             ious = {"source": nb.iou(nb.predict(model, x, device="cpu", pixel_size_nm=px) > 0.5, truth),
                     "adabn": nb.iou(nb.predict(adapted, x, device="cpu", pixel_size_nm=px) > 0.5, truth)}
-        xc = _crops(x, model, px, None, 2, 256)
+        xc = _crops(x, model, px, None, slices, crop)
     ps, ws = witnesses(model, xc)
     pa, wa = witnesses(adapted, xc)
     return {"key": key, "model": name, **ious, "S": ws, "A": wa, "agree": _iou(ps, pa),
@@ -133,6 +137,9 @@ def tables(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(ap, ["lucchi-pp", "vnc", "em-generalist-2"], name="bench_choose_statistics")
+    ap.add_argument("--witness-slices", type=int, default=2, help="slices the witnesses look at (default 2)")
+    ap.add_argument("--witness-crop", type=int, default=256, help="side of their central crops, px (default 256)")
+    ap.add_argument("--suite-only", action="store_true", help="the suite's targets only, not the small crops")
     args = ap.parse_args(argv)
     if not real_data_ready(args.threads):
         return 2
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(done[key])
             reused += 1
             return
-        row = measure(model, name, x, truth, px, key, ious)
+        row = measure(model, name, x, truth, px, key, ious, args.witness_slices, args.witness_crop)
         with partial.open("a") as f:
             f.write(json.dumps(row) + "\n")
         rows.append(row)
@@ -162,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             px = t["pixel_size_nm"] or model.meta.get("pixel_size_nm")
             domain = "in" if t["volume"] in TRAINED_ON[name] else "cross"
             run(model, name, t["image"], t["labels"] > 0, px, f"{name}|suite|{domain}|{t['kind']}|{t['name']}")
-        for volume in sorted(TRAINED_ON[name]):
+        for volume in [] if args.suite_only else sorted(TRAINED_ON[name]):
             px, label = RECIPES[volume]["pixel_size_nm"], RECIPES[volume]["label"]
             for crop, x0, truth in crops(volume, 0):
                 for shift, f in SHIFTS.items():
@@ -171,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                         {"source": s["source"], "adabn": s["adabn"]})
     command = "python benchmarks/bench_choose_statistics.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = header("Source or adapted statistics per stack, chosen by one witness (no labels)") + (
+        f"# witnesses on {args.witness_slices} slices x {args.witness_crop} px central crops (model grid)\n"
         f"# command: {command}\n# wall time: {time.perf_counter() - t0:.0f} s"
         + (f" ({reused} of {len(rows)} rows read back from {args.name}.partial.jsonl)" if reused else "")
         + "\n\n" + tables(rows) + "\n")
-    save_results(args.name, text, {"rows": rows, "command": command})
+    save_results(args.name, text, {"rows": rows, "command": command,
+                                   "witness_crops": [args.witness_slices, args.witness_crop]})
     return 0
 
 

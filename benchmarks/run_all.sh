@@ -286,6 +286,9 @@ section_real() {
     step bench_small_crops_prior "$PY" benchmarks/bench_small_crops.py --mode prior --name bench_small_crops_prior
     rm -f benchmarks/results/bench_choose_statistics.partial.jsonl  # a full run measures every row afresh
     step bench_choose_statistics "$PY" benchmarks/bench_choose_statistics.py
+    rm -f benchmarks/results/bench_choose_statistics_large.partial.jsonl
+    step bench_choose_statistics_large "$PY" benchmarks/bench_choose_statistics.py --witness-slices 6 \
+      --witness-crop 1024 --suite-only --name bench_choose_statistics_large
     step bench_oversized "$PY" benchmarks/bench_oversized.py
     # the spot check's interval against whole-stack IoUs, leave one volume out (about an hour on 2 busy cores)
     rm -f benchmarks/results/bench_spot_check.partial.jsonl
