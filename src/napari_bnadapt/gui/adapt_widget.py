@@ -15,7 +15,6 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 from ..bound.curve import calibration_curve
@@ -34,7 +33,7 @@ from ..model.files import (
 )
 from ..progress import Progress, forward
 from ..workflow import WorkflowResult, run_iter
-from .groups import ADVANCED, align_label_columns, framed_groups
+from .groups import ADVANCED, fold, framed_groups
 from .layers import layers_of, transform_kwargs, unique_name
 from .loading import StackLoader
 from .runner import Runner
@@ -146,10 +145,8 @@ class AdaptSegmentWidget(Container):
             # a wrapped label left at its preferred width pushes its row's name out of the label column
             w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.status.native.setMinimumHeight(64)
-        QTimer.singleShot(0, lambda: align_label_columns(self))  # once docked, when napari's style sheet sets the font
-        self._show_advanced(False)
+        fold(self.advanced, self.groups[ADVANCED], self._advanced_widgets)
 
-        self.advanced.changed.connect(self._show_advanced)
         self.image.changed.connect(self.loader.show_voxel_size)
         self.image.changed.connect(self.check_pixel_size)
         self.loader.voxel.native.editingFinished.connect(self._apply_voxel_size)
@@ -209,11 +206,6 @@ class AdaptSegmentWidget(Container):
     def _select_image(self, layer: Any) -> None:
         self.image.reset_choices()
         self.image.value = layer
-
-    def _show_advanced(self, show: bool) -> None:
-        for w in self._advanced_widgets:
-            w.visible = bool(show)
-        self.groups[ADVANCED].setVisible(bool(show))
 
     def suggest_model(self, *_: Any) -> str | None:
         """Select the model suited to the chosen image, until the user picks one.

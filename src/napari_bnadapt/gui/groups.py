@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from magicgui.widgets import Container
-from qtpy.QtCore import QSize, Qt
+from magicgui.widgets import CheckBox, Container, Widget
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 #: Title of the box a widget's advanced settings are folded into (shown by its "show advanced settings").
@@ -82,7 +82,9 @@ def framed_groups(parent: Container, groups: Sequence[tuple[str, Container]]) ->
     the boxes in a :class:`VerticalScroll`.
 
     The groups stay magicgui children of ``parent`` (``reset_choices`` and the like reach their
-    widgets); only their place in the layout is taken by the scroll area holding their boxes.
+    widgets); only their place in the layout is taken by the scroll area holding their boxes. Their
+    label columns are aligned (:func:`align_label_columns`) once the widget is docked, when napari's
+    style sheet sets the font.
 
     Parameters
     ----------
@@ -115,7 +117,20 @@ def framed_groups(parent: Container, groups: Sequence[tuple[str, Container]]) ->
     layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(VerticalScroll(body, grow=False))
     parent.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)  # the dock, too
+    QTimer.singleShot(0, lambda: align_label_columns(parent))
     return boxes
+
+
+def fold(toggle: CheckBox, box: QGroupBox, widgets: Sequence[Widget]) -> None:
+    """Show ``box`` and its ``widgets`` only while ``toggle`` ("show advanced settings") is ticked."""
+
+    def show(on: bool) -> None:
+        for w in widgets:
+            w.visible = bool(on)
+        box.setVisible(bool(on))
+
+    toggle.changed.connect(show)
+    show(toggle.value)
 
 
 def _rows(container: Container) -> Iterator[tuple[Any, Any]]:

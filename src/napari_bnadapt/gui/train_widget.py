@@ -15,7 +15,6 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 from ..errors import BNAdaptError
@@ -23,7 +22,7 @@ from ..io.stack_view import layer_data
 from ..model.files import save_model, user_model_dir
 from ..model.training import train_iter
 from ..progress import forward
-from .groups import ADVANCED, align_label_columns, framed_groups
+from .groups import ADVANCED, fold, framed_groups
 from .layers import layers_of
 from .runner import Runner
 from .viewer_state import models_changed
@@ -75,18 +74,11 @@ class TrainWidget(Container):
             ("3  Train", Container(labels=True, widgets=[self.run, self.cancel, self.progress])),
             ("4  Result", Container(labels=True, widgets=[self.status])),
         ])
-        QTimer.singleShot(0, lambda: align_label_columns(self))  # once docked, when napari's style sheet sets the font
-        self.advanced.changed.connect(self._show_advanced)
-        self._show_advanced(False)
+        fold(self.advanced, self.groups[ADVANCED], self._advanced_widgets)
         self.run.changed.connect(self.start)
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(self.reset_choices)
         self.reset_choices()
-
-    def _show_advanced(self, show: bool) -> None:
-        for w in self._advanced_widgets:
-            w.visible = bool(show)
-        self.groups[ADVANCED].setVisible(bool(show))
 
     def target_path(self) -> Path:
         """Where the model will be saved."""

@@ -96,13 +96,12 @@ def _components(slice2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def training_diameter(model: Any) -> tuple[float, float] | None:
     """(95th-percentile, median) equivalent diameter of the model's training mitochondria in model pixels,
     from its card; None when the card does not hold them."""
-    from ..adabn.scale_search import OBJECTS_KEY  # the card's key (adabn imports nothing from here)
+    from ..adabn.scale_search import reference_sizes  # adabn imports nothing from here
 
-    objects = (getattr(model, "meta", None) or {}).get(OBJECTS_KEY) or {}
-    levels, values = objects.get("quantile_levels"), objects.get("diameter_quantiles_px")
-    median = objects.get("median_diameter_px")
-    if not levels or not values or not median or len(levels) != len(values):
+    sizes = reference_sizes(getattr(model, "meta", None) or {})
+    if sizes is None or not sizes.get("median_diameter_px"):
         return None
+    levels, values, median = sizes["quantile_levels"], sizes["diameter_quantiles_px"], sizes["median_diameter_px"]
     return float(np.interp(OVERSIZE_QUANTILE, levels, values)), float(median)
 
 
