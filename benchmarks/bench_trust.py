@@ -94,12 +94,12 @@ def _backfill(model: Any, t: dict[str, Any], row: dict[str, Any]) -> dict[str, A
     (same seed, same result) and add them (the size witness as ``measure_witnesses`` computes it)."""
     import torch
 
-    from napari_bnadapt.bound.witnesses import SIZE_CROP, WITNESS_SLICES, _crops, _probabilities, size_ratio
+    from napari_bnadapt.bound.witnesses import SIZE_CROP, WITNESS_SLICES, crop_probabilities, size_ratio, witness_crops
 
     run_px = t["pixel_size_nm"] if t["pixel_size_nm"] is not None else (model.meta or {}).get("pixel_size_nm")
     adapted, adapt_report = nb.adapt(model, t["image"], device="cpu", pixel_size_nm=run_px, seed=0)
-    x = _crops(t["image"], model, run_px, None, WITNESS_SLICES, SIZE_CROP)
-    p0 = _probabilities(adapted, x, torch.device("cpu"))
+    x = witness_crops(t["image"], model, run_px, None, WITNESS_SLICES, SIZE_CROP)
+    p0 = crop_probabilities(adapted, x, torch.device("cpu"))
     return {**row, **_need(model, adapted, adapt_report),
             "witnesses": {**row["witnesses"], "size_ratio": size_ratio(model, p0)}}
 

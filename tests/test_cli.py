@@ -144,6 +144,8 @@ def test_segment_smooths_on_request_and_refuses_a_bad_blur(tmp_path, capsys):
               "--quiet"]
     assert main([*common, "--smooth", "auto", "--output", str(out)]) == 0
     assert "smoothing: " in capsys.readouterr().out and tifffile.imread(out).shape == (2, 96, 96)
+    assert main([*common, "--choose-statistics", "--output", str(out), "--overwrite"]) == 0
+    assert "statistics: " in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([*common, "--smooth", "-1", "--output", str(tmp_path / "o.tif")])
     assert "--smooth takes 'auto' or a blur of 0 or more pixels" in capsys.readouterr().err

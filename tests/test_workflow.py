@@ -205,8 +205,10 @@ def test_test_time_augmentation_and_the_research_options_run(toy_model, target):
     images, truth = target
     keep = state_bytes(toy_model)
     res = workflow.run(toy_model, images[:2], truth=truth[:2], assess=False, device="cpu", tta=4, entropy=True,
-                       choose_depth=True, adapt_options={"n_patches": 8, "patch_size": 128})
+                       choose_depth=True, choose_statistics=True, adapt_options={"n_patches": 8, "patch_size": 128})
     assert res.labels.shape == images[:2].shape and res.iou > 0.9
+    assert res.statistics_choice is not None and "statistics: " in "; ".join(res.summary())
+    assert res.statistics_choice.adapted == (res.model is not toy_model) == (not res.source_statistics_kept)
     assert res.entropy_report is not None and "entropy step" in "; ".join(res.summary())
     assert res.depth_choice is not None and "adaptation depth" in "; ".join(res.summary())
     assert state_bytes(toy_model) == keep

@@ -238,7 +238,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             device=args.device, intensity_range=_intensity(args), pixel_size_nm=px, tile_size=args.tile_size,
             overlap=args.overlap,
             batch_size=args.batch_size, adapt_options=_adapt_kwargs(args), guard=not args.no_guard, tta=args.tta,
-            search_scale=args.search_scale, choose_depth=args.choose_depth, smooth=args.smooth,
+            search_scale=args.search_scale, choose_statistics=args.choose_statistics,
+            choose_depth=args.choose_depth, smooth=args.smooth,
             entropy=args.entropy_step, self_train=args.self_train, remove_oversized=not args.keep_oversized,
         ),
         _progress(args),
@@ -248,7 +249,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if res.adapt_report is not None:
         print(res.adapt_report)
     for what, choice in (("scale search", res.zoom_choice), ("smoothing", res.smoothing),
-                         ("adaptation depth", res.depth_choice)):
+                         ("statistics", res.statistics_choice), ("adaptation depth", res.depth_choice)):
         if choice is not None:
             print(f"{what}: {choice.reason}")
     if res.need is not None and not res.need.needed:
@@ -365,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation: average over this many flipped/rotated views (default 1: off)")
     p.add_argument("--search-scale", action="store_true",
                    help="choose the zoom at which predicted mitochondria match the training sizes (no labels)")
+    p.add_argument("--choose-statistics", action="store_true",
+                   help="with --adapt: segment with the source statistics instead when, on a sample, the model without "
+                   "adaptation agrees more with itself under flips and finds a share of mitochondria no farther from "
+                   "its training data's (no labels; an option, docs/real-data.md)")
     p.add_argument("--choose-depth", action="store_true",
                    help="with --adapt: keep the adapted statistics only in the first blocks, as many as make the "
                    "segmentation agree best with itself on the image turned 180 degrees (no labels; an option)")

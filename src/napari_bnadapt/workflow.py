@@ -21,6 +21,7 @@ from .adabn.entropy import EntropyReport, entropy_step_iter
 from .adabn.need import NeedVerdict, adaptation_needed, apply_verdict
 from .adabn.scale_search import ZoomChoice, choose_zoom_iter
 from .adabn.self_train import SelfTrainReport, self_train_iter
+from .adabn.statistics_choice import StatisticsChoice, choose_statistics_iter
 from .adabn.smoothing import SmoothingChoice, choose_smoothing_iter, given_smoothing
 from .bound.assess import reliability_iter
 from .bound.report import ReliabilityReport
@@ -84,6 +85,8 @@ class WorkflowResult:
         Whether the target needed adaptation at all (``guard``); when not, the source statistics segmented.
     zoom_choice : ZoomChoice or None
         The label-free scale search's choice (``search_scale``).
+    statistics_choice : StatisticsChoice or None
+        Whether the source or the adapted statistics segmented, chosen without labels (``choose_statistics``).
     depth_choice : DepthChoice or None
         How many blocks kept the adapted statistics (``choose_depth``).
     smoothing : SmoothingChoice or None
@@ -113,6 +116,7 @@ class WorkflowResult:
     pixel_size_note: str | None = None
     need: NeedVerdict | None = None
     zoom_choice: ZoomChoice | None = None
+    statistics_choice: StatisticsChoice | None = None
     depth_choice: DepthChoice | None = None
     smoothing: SmoothingChoice | None = None
     entropy_report: EntropyReport | None = None
@@ -123,6 +127,12 @@ class WorkflowResult:
     def model_name(self) -> str | None:
         """The source model's name from its card (None for a model without one)."""
         return (getattr(self.source_model, "meta", None) or {}).get("name")
+
+    @property
+    def source_statistics_kept(self) -> bool:
+        """Whether the model was adapted and yet its source statistics segmented (the guard or the choice kept them)."""
+        return (self.need is not None and not self.need.needed) or (
+            self.statistics_choice is not None and not self.statistics_choice.adapted)
 
     def summary(self) -> list[str]:
         """The run's outcome as short sentences (what the CLI prints and the widget shows)."""
@@ -146,6 +156,8 @@ class WorkflowResult:
             out.append(f"smoothing: {self.smoothing.reason}")
         if self.need is not None and not self.need.needed:
             out.append(self.need.message)
+        if self.statistics_choice is not None:
+            out.append(f"statistics: {self.statistics_choice.reason}")
         if self.depth_choice is not None:
             out.append(f"adaptation depth: {self.depth_choice.reason}")
         if self.entropy_report is not None:
@@ -186,6 +198,7 @@ def run_iter(
     guard: bool = True,
     tta: int = 1,
     search_scale: bool = False,
+    choose_statistics: bool = False,
     choose_depth: bool = False,
     smooth: float | str | None = None,
     entropy: bool = False,
@@ -244,6 +257,13 @@ def run_iter(
         Before adapting, choose the zoom at which predicted mitochondria have the sizes the model
         was trained on (:func:`~napari_bnadapt.adabn.scale_search.choose_zoom`, no labels) and run
         at that zoom; ``zoom_choice`` says which and why. Needs the model's pixel size in its card.
+    choose_statistics : bool, default False
+        After AdaBN (when the guard found adaptation needed), segment with the source statistics instead
+        when, on a sample of the stack, the source model agrees more with itself under flips and its
+        share of mitochondria is no farther from the training data's
+        (:func:`~napari_bnadapt.adabn.statistics_choice.choose_statistics`, no labels; 8 segmentations of
+        up to 6 slices x 1024 px); ``statistics_choice`` says which and why. An option, measured in
+        docs/real-data.md.
     choose_depth : bool, default False
         After AdaBN (when the guard found adaptation needed), keep the adapted statistics only in the
         first blocks, as many as make the segmentation agree best with that of the image turned 180
@@ -332,14 +352,18 @@ def run_iter(
         if guard:
             result.need = adaptation_needed(model, used, result.adapt_report)
             used = apply_verdict(model, used, result.need)
-        if choose_depth and (result.need is None or result.need.needed):
+        if choose_statistics and (result.need is None or result.need.needed):
+            used, result.statistics_choice = yield from forward(choose_statistics_iter(
+                model, used, images, device=device, intensity_range=intensity_range, pixel_size_nm=px))
+        adapting = not result.source_statistics_kept
+        if choose_depth and adapting:
             used, result.depth_choice = yield from forward(choose_depth_iter(
                 model, used, images, device=device, intensity_range=intensity_range, pixel_size_nm=px))
-        if entropy and (result.need is None or result.need.needed):
+        if entropy and adapting:
             used, result.entropy_report = yield from forward(entropy_step_iter(
                 used, images, device=device, intensity_range=intensity_range, pixel_size_nm=px,
                 seed=adapt_options.get("seed", 0)))
-        if self_train and (result.need is None or result.need.needed):
+        if self_train and adapting:
             used, result.self_train_report = yield from forward(self_train_iter(
                 used, images, device=device, intensity_range=intensity_range, pixel_size_nm=px,
                 seed=adapt_options.get("seed", 0)))
@@ -379,6 +403,7 @@ def run(
     guard: bool = True,
     tta: int = 1,
     search_scale: bool = False,
+    choose_statistics: bool = False,
     choose_depth: bool = False,
     smooth: float | str | None = None,
     entropy: bool = False,
@@ -391,7 +416,8 @@ def run(
         model, images, adapt=adapt, assess=assess, truth=truth, threshold=threshold, instances=instances,
         keep_probabilities=keep_probabilities, device=device, intensity_range=intensity_range,
         pixel_size_nm=pixel_size_nm, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-        adapt_options=adapt_options, guard=guard, tta=tta, search_scale=search_scale, choose_depth=choose_depth,
+        adapt_options=adapt_options, guard=guard, tta=tta, search_scale=search_scale,
+        choose_statistics=choose_statistics, choose_depth=choose_depth,
         smooth=smooth, entropy=entropy,
         self_train=self_train, remove_oversized=remove_oversized,
     ), callback)

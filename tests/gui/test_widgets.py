@@ -382,14 +382,14 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
     viewer.open_sample(PLUGIN, "toy_source")
     w = _adapt_widget(viewer)
     assert (w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value, w.smooth.value,
-            w.remove_oversized.value) == (1, False, True, False, False, True)
+            w.remove_oversized.value, w.choose_statistics.value) == (1, False, True, False, False, True, False)
     w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value, w.smooth.value = 4, True, False, True, True
-    w.remove_oversized.value = False
+    w.remove_oversized.value, w.choose_statistics.value = False, True
     w.image.value = viewer.layers["toy source"]
     w.start(adapt=True)
     _wait(qtbot, w)
     assert (seen["tta"], seen["search_scale"], seen["guard"], seen["choose_depth"], seen["smooth"],
-            seen["remove_oversized"]) == (4, True, False, True, "auto", False)
+            seen["remove_oversized"], seen["choose_statistics"]) == (4, True, False, True, "auto", False, True)
 
 
 def test_docked_panels_scroll_instead_of_growing_the_window(viewer, qtbot):

@@ -165,9 +165,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def _crops(images: Any, model: UNet, pixel_size_nm: Sequence[float] | None, intensity_range: Any,
+def witness_crops(images: Any, model: UNet, pixel_size_nm: Sequence[float] | None, intensity_range: Any,
            n_slices: int, crop: int) -> np.ndarray:
-    """Central crops of evenly spaced slices, on the model's grid, as network input (float32, (n, s, s))."""
+    """Central crops (side ``crop``, or the slice's) of ``n_slices`` evenly spaced slices, on the model's grid, as
+    network input (float32, (n, s, s)): what the witnesses look at."""
     from ..io.resample import model_grid
     from ..io.stack_view import check_stack, resolve_normalization
     from ..stats.source_statistics import model_normalization
@@ -189,7 +190,7 @@ def _crops(images: Any, model: UNet, pixel_size_nm: Sequence[float] | None, inte
     return np.stack(out).astype(np.float32)
 
 
-def _probabilities(model: Any, x: np.ndarray, device: torch.device) -> np.ndarray:
+def crop_probabilities(model: Any, x: np.ndarray, device: torch.device) -> np.ndarray:
     """Foreground probability of (n, h, w) network input, one batch (h, w multiples of 16)."""
     import torch
 
@@ -199,6 +200,34 @@ def _probabilities(model: Any, x: np.ndarray, device: torch.device) -> np.ndarra
     with torch.no_grad():
         t = torch.from_numpy(np.ascontiguousarray(x[:, None])).to(device)
         return output_to_foreground(model(t), tuple(t.shape)).float().cpu().numpy()
+
+
+#: The dihedral views of the flip witness, each with its inverse: a quarter turn, a left-right and an up-down flip.
+_VIEWS = ((lambda a: np.rot90(a, 1, (1, 2)), lambda a: np.rot90(a, -1, (1, 2))),
+          (lambda a: a[:, :, ::-1], lambda a: a[:, :, ::-1]),
+          (lambda a: a[:, ::-1, :], lambda a: a[:, ::-1, :]))
+
+
+def flip_overlaps(model: Any, x: np.ndarray, device: torch.device, p0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Intersection and union (pixel counts) between the segmentation ``p0`` (probabilities) of (n, h, w) network
+    input ``x`` and that of each view in :data:`_VIEWS`, turned back: two arrays with one entry per view."""
+    a = p0 > 0.5
+    inter, union = np.zeros(len(_VIEWS)), np.zeros(len(_VIEWS))
+    for k, (turn, back) in enumerate(_VIEWS):
+        b = back(crop_probabilities(model, np.ascontiguousarray(turn(x)), device)) > 0.5
+        inter[k], union[k] = np.logical_and(a, b).sum(), np.logical_or(a, b).sum()
+    return inter, union
+
+
+def overlap_iou(inter: np.ndarray, union: np.ndarray) -> float:
+    """Mean over views of intersection / union (1 for a view where both segmentations are empty)."""
+    return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+
+
+def flip_consistency(model: Any, x: np.ndarray, device: torch.device, p0: np.ndarray | None = None) -> float:
+    """The ``flip_consistency`` witness of ``model`` on (n, h, w) network input ``x``: the mean IoU between its
+    segmentation ``p0`` (probabilities; computed when not given) and those of the views in :data:`_VIEWS`, turned back."""
+    return overlap_iou(*flip_overlaps(model, x, device, crop_probabilities(model, x, device) if p0 is None else p0))
 
 
 def _rescaled(x: np.ndarray, f: float) -> np.ndarray:
@@ -259,21 +288,17 @@ def measure_witnesses(
         raise BNAdaptError(f"the witnesses need at least one slice and a crop of 16 pixels, not {n_slices}, {crop}")
     t0 = time.perf_counter()
     dev = get_device(device)
-    x = _crops(images, source_model, pixel_size_nm, intensity_range, n_slices, crop)
-    contrast = float(x.std()) * float(_input_scale(source_model))
+    x = witness_crops(images, source_model, pixel_size_nm, intensity_range, n_slices, crop)
+    contrast = crop_contrast(source_model, x)
     blank = not contrast >= BLANK_STD
     adapted = _on(adapted_model, dev)
-    p0 = _probabilities(adapted, x, dev)
+    p0 = crop_probabilities(adapted, x, dev)
     fg = float((p0 > 0.5).mean())
     if blank:
         nan = math.nan
         return Witnesses(nan, nan, nan, contrast, fg, True, len(x), x.shape[-1], time.perf_counter() - t0, nan)
-    flips = []
-    for turn, back in ((lambda a: np.rot90(a, 1, (1, 2)), lambda a: np.rot90(a, -1, (1, 2))),
-                       (lambda a: a[:, :, ::-1], lambda a: a[:, :, ::-1]),
-                       (lambda a: a[:, ::-1, :], lambda a: a[:, ::-1, :])):
-        flips.append(_iou(back(_probabilities(adapted, np.ascontiguousarray(turn(x)), dev)), p0))
-    scales = [_iou(_back(_probabilities(adapted, _rescaled(x, f), dev), x.shape[1:]), p0) for f in WITNESS_SCALES]
+    flips = flip_consistency(adapted, x, dev, p0)
+    scales = [_iou(_back(crop_probabilities(adapted, _rescaled(x, f), dev), x.shape[1:]), p0) for f in WITNESS_SCALES]
     runs = []
     for s in (seed, seed + 1):
         with warnings.catch_warnings():
@@ -281,18 +306,18 @@ def measure_witnesses(
             m, _ = adapt(source_model, images, device=dev, n_patches=WITNESS_PATCHES,
                          patch_size=WITNESS_PATCH_SIZE, seed=s, intensity_range=intensity_range,
                          pixel_size_nm=pixel_size_nm)
-        runs.append(_probabilities(m, x, dev))
+        runs.append(crop_probabilities(m, x, dev))
     return Witnesses(
         patch_agreement=_iou(runs[0], runs[1]),
-        flip_consistency=float(np.mean(flips)),
+        flip_consistency=flips,
         scale_consistency=float(np.mean(scales)),
         contrast=contrast,
         foreground_fraction=fg,
         blank=False,
         n_slices=len(x),
         crop=int(x.shape[-1]),
-        size_ratio=size_ratio(source_model, _probabilities(
-            adapted, _crops(images, source_model, pixel_size_nm, intensity_range, n_slices, SIZE_CROP), dev)),
+        size_ratio=size_ratio(source_model, crop_probabilities(
+            adapted, witness_crops(images, source_model, pixel_size_nm, intensity_range, n_slices, SIZE_CROP), dev)),
         seconds=time.perf_counter() - t0,
     )
 
@@ -314,8 +339,12 @@ def stack_is_blank(model: UNet, images: ArrayLike | Image, *, pixel_size_nm: tup
     The standard deviation of the grey values of the crops, in the model's [0, 1] input range, is
     below :data:`BLANK_STD`.
     """
-    x = _crops(images, model, pixel_size_nm, intensity_range, n_slices, crop)
-    return not float(x.std()) * _input_scale(model) >= BLANK_STD
+    return not crop_contrast(model, witness_crops(images, model, pixel_size_nm, intensity_range, n_slices, crop)) >= BLANK_STD
+
+
+def crop_contrast(model: Any, x: np.ndarray) -> float:
+    """The ``contrast`` witness: the standard deviation of network input ``x`` in [0, 1]-scaled grey values."""
+    return float(x.std()) * _input_scale(model)
 
 
 def _input_scale(model: Any) -> float:

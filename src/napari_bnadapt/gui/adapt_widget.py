@@ -98,6 +98,10 @@ class AdaptSegmentWidget(Container):
                                      tooltip="choose the zoom at which the predicted mitochondria have the sizes the "
                                      "model was trained on")
         self.guard = CheckBox(text="keep the source statistics when the image already matches", value=True)
+        self.choose_statistics = CheckBox(text="choose source or adapted statistics (no labels)", value=False,
+                                          tooltip="after adapting, keep the source statistics when the model "
+                                          "without adaptation agrees more with itself under flips and finds a share "
+                                          "of mitochondria closer to its training data's (docs/real-data.md)")
         self.choose_depth = CheckBox(text="choose the adaptation depth (no labels)", value=False,
                                      tooltip="adapt only the first blocks of the network, as many as make the "
                                      "segmentation agree best with itself on the image turned 180 degrees "
@@ -116,7 +120,7 @@ class AdaptSegmentWidget(Container):
                                          "removed, and the status says how many")
         self._advanced_widgets = [self.mode, self.alpha, self.prior, self.n_patches, self.patch_size,
                                   self.batch_size, self.seed, self.intensity, self.tile_size, self.tta,
-                                  self.search_scale, self.guard, self.choose_depth, self.smooth, self.self_train,
+                                  self.search_scale, self.guard, self.choose_statistics, self.choose_depth, self.smooth, self.self_train,
                                   self.remove_oversized]
 
         self.run_adapt = PushButton(text="Adapt && segment")
@@ -383,7 +387,8 @@ class AdaptSegmentWidget(Container):
             keep_probabilities=bool(self.add_probabilities.value), device=self.device.value,
             intensity_range=intensity, pixel_size_nm=pixel_size, tile_size=int(self.tile_size.value) or None,
             adapt_options=self.adapt_settings(), guard=bool(self.guard.value), tta=int(self.tta.value),
-            search_scale=bool(self.search_scale.value), choose_depth=bool(self.choose_depth.value),
+            search_scale=bool(self.search_scale.value), choose_statistics=bool(self.choose_statistics.value),
+            choose_depth=bool(self.choose_depth.value),
             smooth="auto" if self.smooth.value else None, self_train=bool(self.self_train.value),
             remove_oversized=bool(self.remove_oversized.value),
         )
@@ -395,8 +400,7 @@ class AdaptSegmentWidget(Container):
                                  "adapting and segmenting" if adapt else "segmenting")
 
     def _on_done(self, res: WorkflowResult, layer: Any) -> None:
-        kept = res.need is not None and not res.need.needed  # the guard kept the source statistics
-        tag = f"{res.model_name}{' adapted' if res.adapted and not kept else ''}"
+        tag = f"{res.model_name}{' adapted' if res.adapted and not res.source_statistics_kept else ''}"
         kw = transform_kwargs(layer)
         self.viewer.add_labels(res.labels, name=unique_name(self.viewer, f"{layer.name} [{tag}]"), **kw)
         if res.probabilities is not None:
