@@ -12,16 +12,20 @@ predicted foreground fraction against the model's training data (``foreground_ma
 absolute log ratio). Each rule is parameter-free: it picks the model with the better value of one
 witness (ties: the adapted one). No threshold is fitted, so nothing is tuned on these cases; the last
 rule ("both": the source only when it is more flip-consistent AND its foreground fraction is no farther
-from the training one) was written after the others were seen on these rows.
+from the training one; ``napari_bnadapt.adabn.statistics_choice.keep_source``, the library's
+``choose_statistics``) was written after the others were seen on the first two runs' rows, and checked on
+new crops afterwards (``--crop-seed 1``).
 
 Targets: the suite's (``bench_real_generalisation.targets(3, 1)``: real held-out slices of both volumes and the
 simulated other labs) and ``bench_small_crops``' seeded crops of the models' own test slices with their
 mild shifts. ``--witness-slices 6 --witness-crop 1024 --name bench_choose_statistics_large``: the
-witnesses on (nearly) the whole stack instead of the reliability check's two 256 px crops (with
-``--suite-only``: the suite's targets alone; about 20 s a case). Source-only and AdaBN IoU of the
-crops are read from ``results/bench_small_crops.json`` (the same adaptation: 64 patches, seed 0);
-``--crop-seed N`` (N > 0): new crops of the same sizes drawn with that seed, their IoU measured here,
-and no suite targets, so that a rule fixed beforehand is checked on cases it was not written on. Rows are appended to ``<name>.partial.jsonl`` as they finish;
+witnesses on (nearly) the whole stack instead of the reliability check's two 256 px crops, as the
+library's choice does (``--suite-only``: the suite's targets alone; about 20-30 s a case). Source-only and
+AdaBN IoU of the crops are read from ``results/bench_small_crops.json`` (the same adaptation: 64 patches,
+seed 0). ``--crop-seed N`` (N > 0): new crops of the same sizes drawn with that seed, their IoU measured
+here, and no suite targets, so that a rule fixed beforehand is checked on cases it was not written on.
+``--cost``: only what the library's choice costs against one segmentation, and whether its witnesses
+equal this benchmark's (``<name>_cost``). Rows are appended to ``<name>.partial.jsonl`` as they finish;
 a rerun reuses them. Needs ``../shared/data/real/``. Writes ``benchmarks/results/<name>.{txt,json}``.
 """
 
@@ -97,9 +101,8 @@ RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "flip + scale consistency": lambda r: r["A"]["flip"] + r["A"]["scale"] >= r["S"]["flip"] + r["S"]["scale"],
     "lower entropy": lambda r: r["A"]["entropy"] <= r["S"]["entropy"],
     "foreground match": lambda r: _fg_match(r["A"], r["fg_train"]) >= _fg_match(r["S"], r["fg_train"]),
-    # written after the first four were seen on these rows: reported, not a test of it
-    # (napari_bnadapt.adabn.statistics_choice, workflow.run(choose_statistics=True))
-    "both (post hoc)": lambda r: not keep_source(r["S"]["flip"], r["A"]["flip"], r["S"]["fg"], r["A"]["fg"], r["fg_train"]),
+    # written after the first four were seen on the first runs' rows; the library's choose_statistics
+    "both": lambda r: not keep_source(r["S"]["flip"], r["A"]["flip"], r["S"]["fg"], r["A"]["fg"], r["fg_train"]),
 }
 
 
@@ -136,10 +139,14 @@ def tables(rows: list[dict[str, Any]]) -> str:
 def cost(names: list[str], models_dir: Any, repeats: int = 3) -> tuple[str, list[dict[str, Any]]]:
     """Seconds of the library's choice (``choose_statistics``, its default sample) against one segmentation of the
     same stack (``predict``), on 6 held-out slices of each real volume: medians of ``repeats`` runs, measured
-    alternately so that the machine's load falls on both alike."""
-    from napari_bnadapt.adabn.statistics_choice import choose_statistics
+    alternately so that the machine's load falls on both alike. Also the largest difference between the
+    library's witnesses and this benchmark's (:func:`witnesses`) on the same sample: the rows above measure
+    what the library does only if it is 0."""
+    from napari_bnadapt.adabn.statistics_choice import DEFAULT_SIDE, DEFAULT_SLICES, choose_statistics
+    from napari_bnadapt.bound.witnesses import witness_crops
 
-    lines = ["| model | stack | segmentation (s) | choice (s) | choice / segmentation |", "|---|---|---|---|---|"]
+    lines = ["| model | stack | segmentation (s) | choice (s) | choice / segmentation | library - benchmark witnesses "
+             "(largest) | kept |", "|---|---|---|---|---|---|---|"]
     rows = []
     for name in names:
         model = load_em_model(name, models_dir)
@@ -156,10 +163,16 @@ def cost(names: list[str], models_dir: Any, repeats: int = 3) -> tuple[str, list
                 nb.predict(adapted, x, device="cpu", pixel_size_nm=px)
                 seg.append(time.perf_counter() - t)
                 cho.append(choose_statistics(model, adapted, x, device="cpu", pixel_size_nm=px)[1].seconds)
+            choice = choose_statistics(model, adapted, x, device="cpu", pixel_size_nm=px)[1]
+            xc = witness_crops(x, model, px, None, DEFAULT_SLICES, DEFAULT_SIDE)
+            (_, ws), (_, wa) = witnesses(model, xc), witnesses(adapted, xc)
+            diff = max(abs(choice.flip_source - ws["flip"]), abs(choice.flip_adapted - wa["flip"]),
+                       abs(choice.foreground_source - ws["fg"]), abs(choice.foreground_adapted - wa["fg"]))
             s, c = float(np.median(seg)), float(np.median(cho))
-            rows.append({"model": name, "volume": vol, "shape": list(x.shape), "segmentation_s": seg, "choice_s": cho})
+            rows.append({"model": name, "volume": vol, "shape": list(x.shape), "segmentation_s": seg, "choice_s": cho,
+                         "choice": choice.to_dict(), "witness_difference": diff})
             lines.append(f"| {name} | {RECIPES[vol]['label']} test, {' x '.join(map(str, x.shape))} | {s:.1f} | {c:.1f} "
-                         f"| {c / s:.1f} |")
+                         f"| {c / s:.1f} | {diff:.1e} | {'adapted' if choice.adapted else 'source'} |")
     return "\n".join(lines), rows
 
 

@@ -288,7 +288,11 @@ section_real() {
     step bench_choose_statistics "$PY" benchmarks/bench_choose_statistics.py
     rm -f benchmarks/results/bench_choose_statistics_large.partial.jsonl
     step bench_choose_statistics_large "$PY" benchmarks/bench_choose_statistics.py --witness-slices 6 \
-      --witness-crop 1024 --suite-only --name bench_choose_statistics_large
+      --witness-crop 1024 --name bench_choose_statistics_large
+    rm -f benchmarks/results/bench_choose_statistics_new_crops.partial.jsonl
+    step bench_choose_statistics_new_crops "$PY" benchmarks/bench_choose_statistics.py --witness-slices 6 \
+      --witness-crop 1024 --crop-seed 1 --name bench_choose_statistics_new_crops
+    step bench_choose_statistics_cost "$PY" benchmarks/bench_choose_statistics.py --cost --models em-generalist-2 lucchi-pp
     step bench_oversized "$PY" benchmarks/bench_oversized.py
     # the spot check's interval against whole-stack IoUs, leave one volume out (about an hour on 2 busy cores)
     rm -f benchmarks/results/bench_spot_check.partial.jsonl

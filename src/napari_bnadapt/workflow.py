@@ -21,8 +21,8 @@ from .adabn.entropy import EntropyReport, entropy_step_iter
 from .adabn.need import NeedVerdict, adaptation_needed, apply_verdict
 from .adabn.scale_search import ZoomChoice, choose_zoom_iter
 from .adabn.self_train import SelfTrainReport, self_train_iter
-from .adabn.statistics_choice import StatisticsChoice, choose_statistics_iter
 from .adabn.smoothing import SmoothingChoice, choose_smoothing_iter, given_smoothing
+from .adabn.statistics_choice import StatisticsChoice, choose_statistics_iter
 from .bound.assess import reliability_iter
 from .bound.report import ReliabilityReport
 from .bound.validity import format_bound

@@ -166,7 +166,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def witness_crops(images: Any, model: UNet, pixel_size_nm: Sequence[float] | None, intensity_range: Any,
-           n_slices: int, crop: int) -> np.ndarray:
+                  n_slices: int, crop: int) -> np.ndarray:
     """Central crops (side ``crop``, or the slice's) of ``n_slices`` evenly spaced slices, on the model's grid, as
     network input (float32, (n, s, s)): what the witnesses look at."""
     from ..io.resample import model_grid
@@ -227,7 +227,9 @@ def overlap_iou(inter: np.ndarray, union: np.ndarray) -> float:
 def flip_consistency(model: Any, x: np.ndarray, device: torch.device, p0: np.ndarray | None = None) -> float:
     """The ``flip_consistency`` witness of ``model`` on (n, h, w) network input ``x``: the mean IoU between its
     segmentation ``p0`` (probabilities; computed when not given) and those of the views in :data:`_VIEWS`, turned back."""
-    return overlap_iou(*flip_overlaps(model, x, device, crop_probabilities(model, x, device) if p0 is None else p0))
+    if p0 is None:
+        p0 = crop_probabilities(model, x, device)
+    return overlap_iou(*flip_overlaps(model, x, device, p0))
 
 
 def _rescaled(x: np.ndarray, f: float) -> np.ndarray:
@@ -339,7 +341,8 @@ def stack_is_blank(model: UNet, images: ArrayLike | Image, *, pixel_size_nm: tup
     The standard deviation of the grey values of the crops, in the model's [0, 1] input range, is
     below :data:`BLANK_STD`.
     """
-    return not crop_contrast(model, witness_crops(images, model, pixel_size_nm, intensity_range, n_slices, crop)) >= BLANK_STD
+    x = witness_crops(images, model, pixel_size_nm, intensity_range, n_slices, crop)
+    return not crop_contrast(model, x) >= BLANK_STD
 
 
 def crop_contrast(model: Any, x: np.ndarray) -> float:
