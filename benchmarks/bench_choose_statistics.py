@@ -50,7 +50,9 @@ from bench_small_crops import SHIFTS, crops  # noqa: E402
 from em_data import RECIPES, load_split, real_data_ready  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
-from napari_bnadapt.adabn.statistics_choice import foreground_distance, keep_source  # noqa: E402
+from napari_bnadapt.adabn.statistics_choice import keep_source  # noqa: E402
+from napari_bnadapt.bound.decision import signal_log_ratio  # noqa: E402
+from napari_bnadapt.bound.witnesses import foreground_match  # noqa: E402
 
 
 def witnesses(model: Any, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
@@ -92,7 +94,7 @@ def measure(model: Any, name: str, x: np.ndarray, truth: np.ndarray, px: Any, ke
 
 
 def _fg_match(w: dict[str, float], fg_train: float) -> float:
-    return -foreground_distance(w["fg"], fg_train)
+    return foreground_match(signal_log_ratio(w["fg"], fg_train))
 
 
 #: rule name -> does it pick the adapted model? (parameter-free; ties go to the adapted model)

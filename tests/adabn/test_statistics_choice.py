@@ -10,10 +10,11 @@ from napari_bnadapt import synthetic
 from napari_bnadapt.adabn.statistics_choice import (
     choose_statistics,
     choose_statistics_iter,
-    foreground_distance,
     keep_source,
     training_foreground,
 )
+from napari_bnadapt.bound.decision import signal_log_ratio
+from napari_bnadapt.bound.witnesses import foreground_match
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.progress import Progress, Result
 
@@ -28,7 +29,7 @@ def test_the_rule_needs_both_witnesses():
     # nearer the training share but less consistent, and ties: the adapted one
     assert not keep_source(0.90, 0.95, 0.20, 0.30, 0.20)
     assert not keep_source(0.95, 0.95, 0.20, 0.30, 0.20)
-    assert foreground_distance(0.2, 0.2) == 0.0 and foreground_distance(0.0, 0.2) > 7
+    assert foreground_match(signal_log_ratio(0.2, 0.2)) == 0.0 and foreground_match(signal_log_ratio(0.0, 0.2)) < -7
 
 
 @pytest.fixture(scope="module")

@@ -114,17 +114,16 @@ def training_foreground(model: Any) -> float | None:
     return value if math.isfinite(value) and 0 <= value <= 1 else None
 
 
-def foreground_distance(share: float, training: float) -> float:
-    """``|log(share / training)|`` (with 1e-4 added to both, so that an empty segmentation is far, not infinite)."""
-    return abs(math.log((share + 1e-4) / (training + 1e-4)))
-
-
 def keep_source(flip_source: float, flip_adapted: float, fg_source: float, fg_adapted: float,
                 fg_training: float) -> bool:
     """The rule: the source statistics only when the source model is more flip-consistent AND its foreground
-    share is no farther from the training data's than the adapted model's."""
-    return flip_source > flip_adapted and (
-        foreground_distance(fg_source, fg_training) <= foreground_distance(fg_adapted, fg_training))
+    share is no farther from the training data's than the adapted model's (the reliability check's
+    ``foreground_match`` witness, :func:`~napari_bnadapt.bound.witnesses.foreground_match`)."""
+    from ..bound.decision import signal_log_ratio
+    from ..bound.witnesses import foreground_match
+
+    return flip_source > flip_adapted and (foreground_match(signal_log_ratio(fg_source, fg_training))
+                                           >= foreground_match(signal_log_ratio(fg_adapted, fg_training)))
 
 
 def choose_statistics(

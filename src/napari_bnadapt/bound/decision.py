@@ -10,6 +10,9 @@ from typing import Any
 from .curve import LowerBound
 from .names import RELIABLE_AT, UNRELIABLE_BELOW
 
+#: Added to both sides of the signals' log ratios, so that an empty segmentation is far, not infinitely far.
+SIGNAL_EPS = 1e-4
+
 #: Gate used when the model has source statistics but no calibration: the
 #: predicted foreground fraction within a factor 2 of the source's, the mean
 #: confidence at most 0.02 below it. The confidence limit is the bundled toy
@@ -18,6 +21,11 @@ DEFAULT_GATE: dict[str, list[float]] = {
     "fg_logratio": [-math.log(2.0), math.log(2.0)],
     "conf_drop": [-math.inf, 0.02],
 }
+
+
+def signal_log_ratio(target: float, source: float) -> float:
+    """``log((target + eps) / (source + eps))`` of one output signal, ``eps`` = :data:`SIGNAL_EPS`."""
+    return float(math.log((target + SIGNAL_EPS) / (source + SIGNAL_EPS)))
 
 
 def signal_features(source_signals: Mapping[str, float], target_signals: Mapping[str, float]) -> dict[str, float]:
@@ -33,10 +41,8 @@ def signal_features(source_signals: Mapping[str, float], target_signals: Mapping
         mean entropy; plus the raw target values ``foreground_fraction``,
         ``confidence``.
     """
-    eps = 1e-4
-
     def lr(k: str) -> float:
-        return float(math.log((target_signals[k] + eps) / (source_signals[k] + eps)))
+        return signal_log_ratio(target_signals[k], source_signals[k])
 
     return {
         "fg_logratio": lr("foreground_fraction"),
