@@ -10,7 +10,8 @@ they are and with mild grey-value shifts (``bench_real_generalisation._grey``: o
 crop this small every pixel is used), the guard's answer and against which reference
 (:func:`napari_bnadapt.adabn.need.adaptation_needed`), the largest mean shift and contrast change
 against that reference, and the half-sample floor. ``--mode prior``: Schneider et al.'s estimator instead,
-which weighs the source statistics like ``--prior`` target patches (a small crop moves them less). Needs
+which weighs the source statistics like ``--prior`` target patches (a small crop moves them less);
+``--mode balanced``: the target pixels reweighted to the training data's share of mitochondria. Needs
 ``../shared/data/real/``. Writes
 ``benchmarks/results/<name>.{txt,json}``. Foreground IoU at 0.5.
 """
@@ -33,6 +34,7 @@ from bench_real_generalisation import TRAINED_ON, _grey  # noqa: E402
 from em_data import RECIPES, load_split, real_data_ready  # noqa: E402
 
 import napari_bnadapt as nb  # noqa: E402
+from napari_bnadapt.adabn.estimators import MODES  # noqa: E402
 
 SHIFTS = {"as it is": lambda x: x, "offset +0.04": lambda x: _grey(x, offset=0.04),
           "contrast 0.85": lambda x: _grey(x, gain=0.85), "blur 1 px": lambda x: _grey(x, blur=1.0),
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(ap, ["em-generalist-2", "lucchi-pp", "vnc"], name="bench_small_crops")
     ap.add_argument("--seed", type=int, default=0, help="seeds the crops")
-    ap.add_argument("--mode", choices=["cumulative", "ema", "prior"], default="cumulative",
+    ap.add_argument("--mode", choices=MODES, default="cumulative",
                     help="the AdaBN estimator (default: the library's, cumulative)")
     ap.add_argument("--prior", type=float, default=None, help="with --mode prior: the source pseudo-count N (default 16)")
     args = ap.parse_args(argv)

@@ -146,6 +146,7 @@ def test_segment_smooths_on_request_and_refuses_a_bad_blur(tmp_path, capsys):
     assert "smoothing: " in capsys.readouterr().out and tifffile.imread(out).shape == (2, 96, 96)
     assert main([*common, "--choose-statistics", "--output", str(out), "--overwrite"]) == 0
     assert "statistics: " in capsys.readouterr().out
+    assert main([*common, "--mode", "balanced", "--output", str(out), "--overwrite"]) == 0
     with pytest.raises(SystemExit):
         main([*common, "--smooth", "-1", "--output", str(tmp_path / "o.tif")])
     assert "--smooth takes 'auto' or a blur of 0 or more pixels" in capsys.readouterr().err

@@ -325,8 +325,11 @@ def _add_pixel_size(p: argparse.ArgumentParser, text: str = _PIXEL_SIZE_HELP) ->
 
 def _add_adapt_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("adaptation (BatchNorm statistics re-estimated on your stack)")
-    g.add_argument("--mode", default="cumulative", choices=["cumulative", "ema", "prior"],
-                   help="cumulative: equal-weight average (default); ema: the paper's moving average; prior: mix with the source")
+    from .adabn.estimators import MODES
+
+    g.add_argument("--mode", default="cumulative", choices=MODES,
+                   help="cumulative: equal-weight average (default); ema: the paper's moving average; prior: mix with the "
+                   "source; balanced: cumulative, reweighted to the training data's share of mitochondria")
     g.add_argument("--alpha", type=float, default=0.1, help="EMA rate for --mode ema (default 0.1)")
     g.add_argument("--prior", type=float, default=None, help="source pseudo-count N for --mode prior (default 16)")
     g.add_argument("--n-patches", type=int, default=None, help="random patches to adapt on (default: whole stack if small, else 64)")

@@ -11,12 +11,12 @@ from napari_bnadapt.adabn.statistics_choice import (
     choose_statistics,
     choose_statistics_iter,
     keep_source,
-    training_foreground,
 )
 from napari_bnadapt.bound.decision import signal_log_ratio
 from napari_bnadapt.bound.witnesses import foreground_match
 from napari_bnadapt.errors import BNAdaptError
 from napari_bnadapt.progress import Progress, Result
+from napari_bnadapt.stats.source_statistics import training_foreground
 
 from ..conftest import SOURCE, state_bytes
 

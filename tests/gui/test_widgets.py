@@ -385,11 +385,14 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
             w.remove_oversized.value, w.choose_statistics.value) == (1, False, True, False, False, True, False)
     w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value, w.smooth.value = 4, True, False, True, True
     w.remove_oversized.value, w.choose_statistics.value = False, True
+    assert list(w.mode.choices) == ["cumulative", "ema", "prior", "balanced"]
+    w.mode.value = "balanced"
     w.image.value = viewer.layers["toy source"]
     w.start(adapt=True)
     _wait(qtbot, w)
     assert (seen["tta"], seen["search_scale"], seen["guard"], seen["choose_depth"], seen["smooth"],
             seen["remove_oversized"], seen["choose_statistics"]) == (4, True, False, True, "auto", False, True)
+    assert seen["adapt_options"]["mode"] == "balanced"
 
 
 def test_docked_panels_scroll_instead_of_growing_the_window(viewer, qtbot):

@@ -180,6 +180,15 @@ def test_scripted_estimators_match_the_plain_ones_over_several_batches(trained, 
             assert ((v - ref[k]).abs() / ref[k.replace("mean", "var")].sqrt()).max() < 2e-3, (mode, k)
 
 
+def test_a_scripted_model_is_refused_class_balanced_statistics(trained, toy):
+    (_, _), (tgt, _) = toy
+    scripted = _script(trained)
+    before = state_bytes(scripted)
+    with pytest.raises(BNAdaptError, match="mode='balanced' needs Python hooks"):
+        nb.adapt(scripted, tgt, device="cpu", intensity_range=RANGE, mode="balanced")
+    assert state_bytes(scripted) == before
+
+
 def test_a_traced_model_is_refused_and_still_segments(trained, toy, tmp_path):
     (_, _), (tgt, _) = toy
     traced = _trace(trained)

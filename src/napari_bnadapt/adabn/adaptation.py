@@ -17,6 +17,11 @@ layers change, and only in a copy of the model. Three estimators
     Schneider et al. (NeurIPS 2020): ``mu = N/(N+n) mu_s + n/(N+n) mu_t`` and the
     same for the variance, with ``N = prior`` and ``n`` the number of target
     patches; useful when the target set is tiny.
+``balanced``
+    ``cumulative``, then the target pixels reweighted so that the share the model calls
+    mitochondria counts as on its training data (:mod:`napari_bnadapt.adabn.balanced`): a stack
+    with fewer (or more) mitochondria than the training data no longer moves the statistics by
+    its content. Needs the card's source statistics; plain modules only.
 
 Any ``torch.nn.Module`` with BatchNorm is adapted the same way (:mod:`napari_bnadapt.model.foreign`).
 TorchScript takes no Python hooks: each batch's statistics are read back from the BatchNorm buffers
@@ -29,7 +34,7 @@ import copy
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,7 +52,8 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
     from ..model.unet import UNet
-from .estimators import BatchNormStatistics, _bn_layers, adapt_batchnorm_iter
+from .balanced import balance_statistics_iter
+from .estimators import MODES, BatchNormStatistics, _bn_layers, adapt_batchnorm_iter
 
 #: Smallest number of samples per batch in the deepest (1/16 resolution) layer. The forward pass of
 #: adaptation normalises each batch with its own statistics; with fewer samples than this the
@@ -209,7 +215,7 @@ def adapt(
         ``tifffile.memmap``, zarr, dask); only the sampled patches are read.
     device : str or torch.device, default "auto"
         "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps".
-    mode : {"cumulative", "ema", "prior"}, default "cumulative"
+    mode : {"cumulative", "ema", "prior", "balanced"}, default "cumulative"
         The estimator (see the module docstring).
     alpha : float, default 0.1
         EMA rate per batch for ``mode="ema"``, in (0, 1].
@@ -279,7 +285,11 @@ def adapt_iter(
     from .patches import iter_patch_batches, plan_patches
 
     t0 = time.perf_counter()
+    if mode not in MODES:
+        raise BNAdaptError(f"unknown adaptation mode {mode!r}; choose one of {', '.join(MODES)}")
     _bn_layers(model)  # refuse a model without BatchNorm before reading any data
+    balanced_share = _balanced_share(model) if mode == "balanced" else None
+    pooled_mode = "cumulative" if mode == "balanced" else mode
     kind = describe(model)
     if kind.kind == "traced":  # the same for a traced graph, read without running it
         raise traced_error(kind)
@@ -299,8 +309,15 @@ def adapt_iter(
     check_adaptable(adapted, dev)  # models built elsewhere: one grey channel in, 1 or 2 out, BatchNorm that adapts
     n_batches = -(-len(plan.corners) // batch_size)
     batches = (torch.from_numpy(b).to(dev) for b in iter_patch_batches(work, plan, norm.apply, batch_size))
-    stats = yield from forward(adapt_batchnorm_iter(adapted, batches, n_batches, mode=mode, alpha=alpha,
+    if balanced_share is not None:
+        batches = list(batches)  # read again by every round of the reweighting
+    stats = yield from forward(adapt_batchnorm_iter(adapted, batches, n_batches, mode=pooled_mode, alpha=alpha,
                                                     prior=prior, total_items=len(plan.corners)))
+    extra_notes = []
+    if balanced_share is not None:
+        balance = yield from forward(balance_statistics_iter(adapted, batches, balanced_share))
+        stats = replace(stats, target=balance.target)
+        extra_notes.append(balance.note())
     report = AdaptReport(
         mode=mode,
         alpha=alpha if mode == "ema" else None,
@@ -319,7 +336,7 @@ def adapt_iter(
         intensity_range=(norm.in_low, norm.in_high),
         layers=_layer_shifts(stats),
         notes=_notes(kind, card is None, norm) + ([f"patches drawn from the stack {grid.zoom_phrase()}"]
-                                                   if grid.resamples else []),
+                                                   if grid.resamples else []) + extra_notes,
         zoom=grid.zoom,
     )
     adapted.meta = copy.deepcopy(meta)
@@ -331,6 +348,23 @@ def adapt_iter(
         "report": report.to_dict(),
     }
     yield Result((adapted, report))
+
+
+def _balanced_share(model: Any) -> float:
+    """The training data's share of mitochondria that ``mode="balanced"`` weighs the target to, or a clear refusal."""
+    import torch
+
+    from ..stats.source_statistics import training_foreground
+
+    if any(isinstance(bn, torch.jit.ScriptModule) for _, bn in _bn_layers(model)):
+        raise BNAdaptError("mode='balanced' needs Python hooks, which TorchScript models do not take; "
+                           "use mode='cumulative'")
+    share = training_foreground(model)
+    if share is None or not 0.0 < share < 1.0:
+        raise BNAdaptError("mode='balanced' needs the share of pixels the model calls mitochondria on its training "
+                           "data (its card's source statistics: nb.compute_source_statistics on that data); this "
+                           "model's card does not give one, so use mode='cumulative'")
+    return share
 
 
 def _notes(kind: Any, no_card: bool, norm: Any) -> list[str]:

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 
 
-MODES = ("cumulative", "ema", "prior")
+#: The estimators :func:`adapt_batchnorm_iter` pools itself.
+POOLED_MODES = ("cumulative", "ema", "prior")
+#: Every ``mode`` of :func:`napari_bnadapt.adapt` (``balanced``: cumulative, then reweighted by
+#: :mod:`napari_bnadapt.adabn.balanced`).
+MODES = (*POOLED_MODES, "balanced")
 
 
 class _PooledStats:
@@ -145,8 +149,8 @@ def adapt_batchnorm_iter(
     """
     import torch
 
-    if mode not in MODES:
-        raise BNAdaptError(f"unknown adaptation mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode not in POOLED_MODES:
+        raise BNAdaptError(f"unknown adaptation mode {mode!r}; choose one of {', '.join(POOLED_MODES)}")
     if mode == "ema" and not 0.0 < alpha <= 1.0:
         raise BNAdaptError(f"alpha must be in (0, 1], not {alpha}")
     if mode == "prior" and prior is not None and prior < 0:

@@ -101,19 +101,6 @@ class StatisticsChoice:
         return self.reason
 
 
-def training_foreground(model: Any) -> float | None:
-    """The share of pixels the model calls mitochondria on its own training data (from its card's source
-    statistics), or None when the card does not say."""
-    from ..model.foreign import card_of
-
-    value = ((card_of(model) or {}).get("source_statistics") or {}).get("signals", {}).get("foreground_fraction")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) and 0 <= value <= 1 else None
-
-
 def keep_source(flip_source: float, flip_adapted: float, fg_source: float, fg_adapted: float,
                 fg_training: float) -> bool:
     """The rule: the source statistics only when the source model is more flip-consistent AND its foreground
@@ -183,6 +170,7 @@ def choose_statistics_iter(
     from ..bound.witnesses import (BLANK_STD, crop_contrast, crop_probabilities, flip_overlaps, overlap_iou,
                                    witness_crops)
     from ..model.device import get_device, model_on
+    from ..stats.source_statistics import training_foreground
 
     if n_slices < 1 or side < 16:
         raise BNAdaptError(f"the choice needs at least one slice and a crop of 16 pixels, not {n_slices}, {side}")

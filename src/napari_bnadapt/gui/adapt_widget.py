@@ -17,6 +17,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QSizePolicy
 
+from ..adabn.estimators import MODES
 from ..bound.curve import calibration_curve
 from ..errors import BNAdaptError
 from ..io.pixel_size import pixel_size_nm, rescale_iter, size_ratio
@@ -79,7 +80,10 @@ class AdaptSegmentWidget(Container):
         self.assess = CheckBox(text="assess reliability after adapting (no labels needed)", value=True)
 
         self.advanced = CheckBox(text="show advanced settings", value=False)
-        self.mode = ComboBox(label="mode", choices=["cumulative", "ema", "prior"], value="cumulative")
+        self.mode = ComboBox(label="mode", choices=list(MODES), value="cumulative",
+                             tooltip="cumulative: every target pixel alike (default); ema: the paper's moving average; "
+                             "prior: mixed with the source statistics; balanced: cumulative, reweighted so the share "
+                             "of mitochondria counts as in the training data")
         self.alpha = FloatSpinBox(label="EMA alpha", value=0.1, min=0.001, max=1.0, step=0.05)
         self.prior = FloatSpinBox(label="prior N", value=16.0, min=0.0, max=1e6)
         self.n_patches = SpinBox(label="patches (0 = auto)", value=0, min=0, max=100000,

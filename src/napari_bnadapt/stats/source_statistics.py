@@ -58,6 +58,7 @@ __all__ = [
     "read_source_statistics",
     "store_source_statistics",
     "measure_iter",
+    "training_foreground",
 ]
 
 #: Format version of ``meta["source_statistics"]``.
@@ -271,6 +272,19 @@ def has_source_statistics(model: Any) -> bool:
     """Whether ``model`` carries source statistics (see :func:`read_source_statistics`)."""
     meta = getattr(model, "meta", None) or {}
     return isinstance(meta.get("source_statistics"), dict) and bool(meta["source_statistics"].get("layers"))
+
+
+def training_foreground(model: Any) -> float | None:
+    """The share of pixels the model calls mitochondria on its own training data (from its card's source
+    statistics), or None when the card does not say."""
+    from ..model.foreign import card_of
+
+    value = ((card_of(model) or {}).get("source_statistics") or {}).get("signals", {}).get("foreground_fraction")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and 0 <= value <= 1 else None
 
 
 def read_source_statistics(model: Any) -> SourceStatistics | None:

@@ -1,0 +1,226 @@
+"""Class-balanced AdaBN: target statistics reweighted to the training data's share of mitochondria.
+
+Plain AdaBN pools every target pixel alike. A stack holding fewer mitochondria than the training data
+(a small crop, a sparse region) then gives BatchNorm statistics that differ from the training ones by
+what the stack holds, not only by how it was imaged, and re-centring on them moves the boundary: the
+adapted model calls background mitochondria (measured on small crops of the models' own volumes,
+docs/real-data.md). Here each target pixel is weighted so that the stack's foreground share, as the
+model predicts it, counts as the training data's (importance weighting for a shift of the class
+prior, as in Saerens et al. 2002):
+
+    w(pixel) = p * pi / P + (1 - p) * (1 - pi) / (1 - P)
+
+with ``p`` the pixel's foreground probability, ``P`` its mean over the sample and ``pi`` the share the
+model calls mitochondria on its own training data (its card's source statistics). Each ratio is kept
+within ``[1 / MAX_WEIGHT_RATIO, MAX_WEIGHT_RATIO]``, so a stack without any predicted mitochondria is
+adapted almost as plain AdaBN would. The statistics are pooled in float64 in one evaluation-mode pass
+in which every BatchNorm layer normalises each batch with that batch's weighted statistics (as training
+mode does with the unweighted ones); each layer reads the weight map average-pooled to its resolution.
+The first ``p`` comes from plain AdaBN; each of ``iterations`` rounds predicts again with the latest
+estimate. Weights (convolutions, affine parameters) stay frozen, only the running statistics change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BNAdaptError
+from ..progress import Progress, Result
+
+if TYPE_CHECKING:
+    import torch
+
+#: Rounds of prediction and reweighting after plain AdaBN.
+DEFAULT_ITERATIONS = 2
+#: Largest factor by which a class's pixels are up- or down-weighted.
+MAX_WEIGHT_RATIO = 4.0
+
+
+@dataclass(frozen=True)
+class Balance:
+    """What :func:`balance_statistics_iter` did.
+
+    Attributes
+    ----------
+    training_share : float
+        pi: the share of pixels the model calls mitochondria on its own training data.
+    target_shares : tuple of float
+        P, the mean foreground probability of the sample, before each round (the first from plain AdaBN).
+    foreground_weight, background_weight : float
+        The last round's weights of a foreground and of a background pixel.
+    target : dict of str to (torch.Tensor, torch.Tensor)
+        The reweighted mean and variance (float64) per BatchNorm layer, as written into the model.
+    """
+
+    training_share: float
+    target_shares: tuple[float, ...]
+    foreground_weight: float
+    background_weight: float
+    target: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    def note(self) -> str:
+        """One line for the adaptation report."""
+        shares = " -> ".join(f"{100 * s:.1f} %" for s in self.target_shares)
+        return (f"class-balanced: predicted share of mitochondria {shares} (training data {100 * self.training_share:.1f} %); "
+                f"pixels weighted {self.foreground_weight:.2f} (mitochondria) and {self.background_weight:.2f} "
+                f"(background) in the last of {len(self.target_shares)} rounds")
+
+
+def class_weights(share: float, training_share: float) -> tuple[float, float]:
+    """(foreground, background) pixel weights that make a predicted ``share`` count as ``training_share``,
+    each kept within [1 / MAX_WEIGHT_RATIO, MAX_WEIGHT_RATIO]."""
+    def bounded(ratio: float) -> float:
+        return min(max(ratio, 1.0 / MAX_WEIGHT_RATIO), MAX_WEIGHT_RATIO)
+
+    eps = 1e-6
+    return (bounded(training_share / max(share, eps)),
+            bounded((1.0 - training_share) / max(1.0 - share, eps)))
+
+
+def _probabilities(model: Any, batches: Sequence[Any]) -> list[Any]:
+    """Foreground probability (B, 1, H, W) of each batch."""
+    import torch
+
+    from ..model.foreign import output_to_foreground
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for b in batches:
+            p = output_to_foreground(model(b), tuple(b.shape))
+            out.append(p.reshape(b.shape[0], 1, *b.shape[-2:]))
+    return out
+
+
+class _WeightedPool:
+    """float64 sums of w, w^2 (per pixel), w x and w x^2 (per channel) of one BatchNorm input."""
+
+    def __init__(self) -> None:
+        self.sums: tuple[Any, ...] = (0.0, 0.0, 0.0, 0.0)
+
+    @staticmethod
+    def moments(x: Any, w: Any) -> tuple[Any, Any, Any, Any]:
+        """The sums over (batch, y, x) of one batch (x: (B, C, h, w), w: (B, 1, h, w))."""
+        x, w = x.double(), w.double()
+        return w.sum(), (w * w).sum(), (w * x).sum((0, 2, 3)), (w * x * x).sum((0, 2, 3))
+
+    def add(self, sums: tuple[Any, ...]) -> None:
+        self.sums = tuple(a + b for a, b in zip(self.sums, sums))
+
+    def mean_var(self) -> tuple[Any, Any]:
+        return _mean_var(self.sums)
+
+
+def _mean_var(sums: tuple[Any, ...], unbiased: bool = True) -> tuple[Any, Any]:
+    """Weighted mean and variance; ``unbiased``: for Kish's effective sample size (sum w)^2 / sum w^2 (equal
+    weights: the pixel count, as the cumulative estimator's), else as training mode normalises a batch."""
+    sw, sw2, s1, s2 = sums
+    m = s1 / sw
+    var = (s2 / sw - m * m).clamp_min(0)
+    if not unbiased:
+        return m, var
+    n_eff = float(sw * sw / sw2)
+    return m, var * (n_eff / max(n_eff - 1.0, 1.0))
+
+
+def _weighted_pass(model: Any, layers: list[tuple[str, Any]], batches: Sequence[Any],
+                   weights: Sequence[Any]) -> dict[str, tuple[Any, Any]]:
+    """Pooled weighted statistics of every layer's input, each batch normalised with its own weighted ones."""
+    import torch
+    import torch.nn.functional as F
+
+    pools = {name: _WeightedPool() for name, _ in layers}
+    current: dict[str, Any] = {}
+
+    def hook(name: str, bn: Any) -> Any:
+        def pre(_module: Any, inputs: tuple[Any, ...]) -> None:
+            x = inputs[0]
+            w = current["w"]
+            if tuple(w.shape[-2:]) != tuple(x.shape[-2:]):
+                w = F.adaptive_avg_pool2d(w, x.shape[-2:])
+            sums = _WeightedPool.moments(x, w)
+            pools[name].add(sums)
+            m, v = _mean_var(sums, unbiased=False)
+            bn.running_mean.copy_(m.to(bn.running_mean.dtype))
+            bn.running_var.copy_(v.to(bn.running_var.dtype))
+        return pre
+
+    hooks = [bn.register_forward_pre_hook(hook(name, bn)) for name, bn in layers]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for b, w in zip(batches, weights):
+                current["w"] = w
+                model(b)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: pools[name].mean_var() for name, _ in layers}
+
+
+def balance_statistics_iter(
+    model: torch.nn.Module,
+    batches: Sequence[torch.Tensor],
+    training_share: float,
+    *,
+    iterations: int = DEFAULT_ITERATIONS,
+) -> Iterator[Progress | Result[Balance]]:
+    """Replace the BatchNorm statistics of ``model`` (already adapted by plain AdaBN) IN PLACE with
+    class-balanced ones (module docstring). Call it on a copy.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model whose BatchNorm layers hold plain AdaBN statistics of ``batches``; only those
+        running statistics change. Plain modules only (TorchScript takes no Python hooks).
+    batches : sequence of torch.Tensor
+        The network inputs AdaBN read, on the model's device (read ``2 * iterations`` times).
+    training_share : float
+        The share of pixels the model calls mitochondria on its own training data, in (0, 1).
+    iterations : int, default DEFAULT_ITERATIONS
+        Rounds of prediction and reweighting (at least 1).
+
+    Yields
+    ------
+    Progress, then Result(Balance)
+    """
+    import torch
+
+    from .estimators import _bn_layers
+
+    if not 0.0 < training_share < 1.0:
+        raise BNAdaptError(f"the training data's share of mitochondria must be in (0, 1), not {training_share}")
+    if iterations < 1:
+        raise BNAdaptError(f"iterations must be at least 1, not {iterations}")
+    layers = _bn_layers(model)
+    if any(isinstance(bn, torch.jit.ScriptModule) for _, bn in layers):
+        raise BNAdaptError("class-balanced adaptation needs Python hooks, which TorchScript models do not take; "
+                           "use mode='cumulative'")
+    saved = {name: (bn.running_mean.clone(), bn.running_var.clone()) for name, bn in layers}
+    shares: list[float] = []
+    target: dict[str, tuple[Any, Any]] = {}
+    fg_w = bg_w = 1.0
+    ok = False
+    try:
+        for k in range(iterations):
+            yield Progress("balancing BatchNorm statistics", k, iterations)
+            probs = _probabilities(model, batches)
+            share = float(sum(float(p.double().sum()) for p in probs) / sum(p.numel() for p in probs))
+            shares.append(share)
+            fg_w, bg_w = class_weights(share, training_share)
+            target = _weighted_pass(model, layers, batches, [p * fg_w + (1 - p) * bg_w for p in probs])
+            for name, bn in layers:
+                bn.running_mean.copy_(target[name][0].to(bn.running_mean.dtype))
+                bn.running_var.copy_(target[name][1].to(bn.running_var.dtype))
+        ok = True
+    finally:
+        if not ok:  # cancelled or failed: the plain AdaBN statistics, not a half-written mix
+            for name, bn in layers:
+                bn.running_mean.copy_(saved[name][0])
+                bn.running_var.copy_(saved[name][1])
+        model.eval()
+    yield Progress("balancing BatchNorm statistics", iterations, iterations)
+    yield Result(Balance(training_share=training_share, target_shares=tuple(shares), foreground_weight=fg_w,
+                         background_weight=bg_w, target=target))
