@@ -284,6 +284,17 @@ section_real() {
     step bench_trust_recheck_need "$PY" benchmarks/bench_trust_recheck_need.py
     step bench_small_crops "$PY" benchmarks/bench_small_crops.py
     step bench_small_crops_prior "$PY" benchmarks/bench_small_crops.py --mode prior --name bench_small_crops_prior
+    # the class-balanced estimator (mode="balanced"): small crops, new crops, the suite, whole volumes (~100 min)
+    step bench_small_crops_balanced "$PY" benchmarks/bench_small_crops.py --mode balanced --name bench_small_crops_balanced
+    step bench_small_crops_balanced_new_crops "$PY" benchmarks/bench_small_crops.py --mode balanced --seed 1 \
+      --name bench_small_crops_balanced_new_crops
+    rm -f benchmarks/results/bench_estimators_balanced.partial.jsonl
+    step bench_estimators_balanced "$PY" benchmarks/bench_estimators.py --models lucchi-pp vnc em-generalist-2 \
+      em-generalist --name bench_estimators_balanced
+    step bench_whole_test_volume_balanced "$PY" benchmarks/bench_whole_test_volume.py --mode balanced \
+      --models lucchi-pp vnc --name bench_whole_test_volume_balanced
+    step bench_whole_test_volume_in_domain_balanced "$PY" benchmarks/bench_whole_test_volume.py --in-domain \
+      --mode balanced --models em-generalist-2 em-generalist lucchi-pp vnc --name bench_whole_test_volume_in_domain_balanced
     rm -f benchmarks/results/bench_choose_statistics.partial.jsonl  # a full run measures every row afresh
     step bench_choose_statistics "$PY" benchmarks/bench_choose_statistics.py
     rm -f benchmarks/results/bench_choose_statistics_large.partial.jsonl

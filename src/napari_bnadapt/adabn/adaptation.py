@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
     from ..model.unet import UNet
-from .balanced import balance_statistics_iter
+from .balanced import balance_statistics_iter, balancing_share
 from .estimators import MODES, BatchNormStatistics, _bn_layers, adapt_batchnorm_iter
 
 #: Smallest number of samples per batch in the deepest (1/16 resolution) layer. The forward pass of
@@ -288,7 +288,7 @@ def adapt_iter(
     if mode not in MODES:
         raise BNAdaptError(f"unknown adaptation mode {mode!r}; choose one of {', '.join(MODES)}")
     _bn_layers(model)  # refuse a model without BatchNorm before reading any data
-    balanced_share = _balanced_share(model) if mode == "balanced" else None
+    balanced_share = balancing_share(model) if mode == "balanced" else None
     pooled_mode = "cumulative" if mode == "balanced" else mode
     kind = describe(model)
     if kind.kind == "traced":  # the same for a traced graph, read without running it
@@ -348,23 +348,6 @@ def adapt_iter(
         "report": report.to_dict(),
     }
     yield Result((adapted, report))
-
-
-def _balanced_share(model: Any) -> float:
-    """The training data's share of mitochondria that ``mode="balanced"`` weighs the target to, or a clear refusal."""
-    import torch
-
-    from ..stats.source_statistics import training_foreground
-
-    if any(isinstance(bn, torch.jit.ScriptModule) for _, bn in _bn_layers(model)):
-        raise BNAdaptError("mode='balanced' needs Python hooks, which TorchScript models do not take; "
-                           "use mode='cumulative'")
-    share = training_foreground(model)
-    if share is None or not 0.0 < share < 1.0:
-        raise BNAdaptError("mode='balanced' needs the share of pixels the model calls mitochondria on its training "
-                           "data (its card's source statistics: nb.compute_source_statistics on that data); this "
-                           "model's card does not give one, so use mode='cumulative'")
-    return share
 
 
 def _notes(kind: Any, no_card: bool, norm: Any) -> list[str]:

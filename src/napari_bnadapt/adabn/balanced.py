@@ -68,6 +68,30 @@ class Balance:
                 f"(background) in the last of {len(self.target_shares)} rounds")
 
 
+def _refuse_torchscript(layers: list[tuple[str, Any]]) -> None:
+    import torch
+
+    if any(isinstance(bn, torch.jit.ScriptModule) for _, bn in layers):
+        raise BNAdaptError("mode='balanced' needs Python hooks, which TorchScript models do not take; "
+                           "use mode='cumulative'")
+
+
+def balancing_share(model: torch.nn.Module) -> float:
+    """The training data's share of mitochondria that ``mode="balanced"`` weighs a target to (the card's
+    source statistics), checked before any data is read: a clear refusal for a TorchScript model or a card
+    that does not give it."""
+    from ..stats.source_statistics import training_foreground
+    from .estimators import _bn_layers
+
+    _refuse_torchscript(_bn_layers(model))
+    share = training_foreground(model)
+    if share is None or not 0.0 < share < 1.0:
+        raise BNAdaptError("mode='balanced' needs the share of pixels the model calls mitochondria on its training "
+                           "data (its card's source statistics: nb.compute_source_statistics on that data); this "
+                           "model's card does not give one, so use mode='cumulative'")
+    return share
+
+
 def class_weights(share: float, training_share: float) -> tuple[float, float]:
     """(foreground, background) pixel weights that make a predicted ``share`` count as ``training_share``,
     each kept within [1 / MAX_WEIGHT_RATIO, MAX_WEIGHT_RATIO]."""
@@ -186,8 +210,6 @@ def balance_statistics_iter(
     ------
     Progress, then Result(Balance)
     """
-    import torch
-
     from .estimators import _bn_layers
 
     if not 0.0 < training_share < 1.0:
@@ -195,9 +217,7 @@ def balance_statistics_iter(
     if iterations < 1:
         raise BNAdaptError(f"iterations must be at least 1, not {iterations}")
     layers = _bn_layers(model)
-    if any(isinstance(bn, torch.jit.ScriptModule) for _, bn in layers):
-        raise BNAdaptError("class-balanced adaptation needs Python hooks, which TorchScript models do not take; "
-                           "use mode='cumulative'")
+    _refuse_torchscript(layers)
     saved = {name: (bn.running_mean.clone(), bn.running_var.clone()) for name, bn in layers}
     shares: list[float] = []
     target: dict[str, tuple[Any, Any]] = {}
