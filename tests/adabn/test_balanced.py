@@ -7,10 +7,15 @@ import pytest
 
 import napari_bnadapt as nb
 from napari_bnadapt import synthetic
-from napari_bnadapt.adabn.balanced import MAX_WEIGHT_RATIO, _weighted_pass, balance_statistics_iter, class_weights
+from napari_bnadapt.adabn.balanced import (
+    MAX_WEIGHT_RATIO,
+    _weighted_pass_iter,
+    balance_statistics_iter,
+    class_weights,
+)
 from napari_bnadapt.adabn.estimators import MODES, _bn_layers
 from napari_bnadapt.errors import BNAdaptError
-from napari_bnadapt.progress import Progress, Result
+from napari_bnadapt.progress import Progress, Result, run_to_end
 from napari_bnadapt.stats.source_statistics import training_foreground
 
 from ..conftest import BRIGHT, SOURCE, state_bytes
@@ -62,7 +67,8 @@ def test_uniform_weights_give_plain_adabn(toy_model, sparse_dense, one_torch_thr
     plain, report = nb.adapt(toy_model, images, device="cpu")
     model = copy.deepcopy(toy_model)
     batches = _network_input(toy_model, images, report.batch_size)
-    target = _weighted_pass(model, _bn_layers(model), batches, [torch.ones_like(b) for b in batches])
+    target = run_to_end(_weighted_pass_iter(model, _bn_layers(model), batches,
+                                            lambda b: torch.ones_like(b), lambda i: Progress("pass", i, 1)))
     for name, bn in _bn_layers(plain):
         np.testing.assert_allclose(target[name][0].numpy(), bn.running_mean.numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(target[name][1].numpy(), bn.running_var.numpy(), rtol=2e-3, atol=1e-4)
@@ -102,12 +108,16 @@ def test_cancel_leaves_plain_statistics(toy_model, sparse_dense, one_torch_threa
     plain, report = nb.adapt(toy_model, images, device="cpu")
     before = state_bytes(plain)
     batches = _network_input(toy_model, images, report.batch_size)
-    it = balance_statistics_iter(plain, batches, training_foreground(toy_model), iterations=3)
-    assert isinstance(next(it), Progress) and isinstance(next(it), Progress)  # the second round begins
-    it.close()  # cancelled: the first round's statistics must not stay
+    n = len(batches)
+    it = balance_statistics_iter(plain, lambda: batches, n, training_foreground(toy_model), iterations=3)
+    while (step := next(it)).done <= 2 * n:  # until the second round has begun
+        assert isinstance(step, Progress) and step.total == 6 * n
+    assert state_bytes(plain) != before  # the first round's statistics are in the model
+    it.close()  # cancelled: they must not stay
     assert state_bytes(plain) == before
-    steps = list(balance_statistics_iter(copy.deepcopy(plain), batches, training_foreground(toy_model)))
-    assert isinstance(steps[-1], Result) and len(steps[-1].value.target_shares) == 2
+    steps = list(balance_statistics_iter(copy.deepcopy(plain), lambda: batches, n, training_foreground(toy_model)))
+    assert [s.done for s in steps[:-1]] == list(range(4 * n + 1)) and isinstance(steps[-1], Result)
+    assert len(steps[-1].value.target_shares) == 2
 
 
 def test_refusals(toy_model, sparse_dense):
@@ -120,4 +130,6 @@ def test_refusals(toy_model, sparse_dense):
     with pytest.raises(BNAdaptError, match="unknown adaptation mode 'median'"):
         nb.adapt(toy_model, images, device="cpu", mode="median")
     with pytest.raises(BNAdaptError, match=r"must be in \(0, 1\)"):
-        list(balance_statistics_iter(copy.deepcopy(toy_model), [], 0.0))
+        list(balance_statistics_iter(copy.deepcopy(toy_model), lambda: [], 0, 0.0))
+    with pytest.raises(BNAdaptError, match="no target data"):
+        list(balance_statistics_iter(copy.deepcopy(toy_model), lambda: [], 0, 0.2))

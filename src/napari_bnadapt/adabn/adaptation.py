@@ -1,7 +1,7 @@
 """BatchNorm adaptation (AdaBN): re-estimate BatchNorm statistics on the unlabelled target.
 
 All weights stay frozen; only the running mean and variance of the BatchNorm
-layers change, and only in a copy of the model. Three estimators
+layers change, and only in a copy of the model. Four estimators
 (docs/method.md, 'The estimators, and their traps'):
 
 ``cumulative`` (default)
@@ -25,7 +25,8 @@ layers change, and only in a copy of the model. Three estimators
 
 Any ``torch.nn.Module`` with BatchNorm is adapted the same way (:mod:`napari_bnadapt.model.foreign`).
 TorchScript takes no Python hooks: each batch's statistics are read back from the BatchNorm buffers
-and combined here, the same three estimators (the report's notes say so); traced models are refused.
+and combined here, the same first three estimators (the report's notes say so; ``balanced`` needs hooks
+and refuses them); traced models are refused.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ from .estimators import MODES, BatchNormStatistics, _bn_layers, adapt_batchnorm_
 #: 128 samples per batch -> up to 4.6 % of a standard deviation off the exact statistics,
 #: 2048 -> 0.5 %). Small patches therefore get larger batches.
 MIN_DEEP_SAMPLES_PER_BATCH = 2048
-
-
+#: ``mode="balanced"`` keeps the patches in memory up to this size (float32 network input), else reads them
+#: from the stack again for each of its passes.
+BALANCE_CACHE_BYTES = 256 * 2**20
 #: Estimates from half of the patches must lie within this many source sigmas of the final ones.
 CONVERGENCE_TOLERANCE = 0.05
 
@@ -308,14 +310,19 @@ def adapt_iter(
     adapted = copy_model(model).to(dev)
     check_adaptable(adapted, dev)  # models built elsewhere: one grey channel in, 1 or 2 out, BatchNorm that adapts
     n_batches = -(-len(plan.corners) // batch_size)
-    batches = (torch.from_numpy(b).to(dev) for b in iter_patch_batches(work, plan, norm.apply, batch_size))
-    if balanced_share is not None:
-        batches = list(batches)  # read again by every round of the reweighting
-    stats = yield from forward(adapt_batchnorm_iter(adapted, batches, n_batches, mode=pooled_mode, alpha=alpha,
+
+    def read_batches() -> Iterator[torch.Tensor]:
+        return (torch.from_numpy(b).to(dev) for b in iter_patch_batches(work, plan, norm.apply, batch_size))
+
+    batches: Any = read_batches
+    if balanced_share is not None and plan.n_voxels * 4 <= BALANCE_CACHE_BYTES:
+        cached = list(read_batches())  # read again by every round of the reweighting: keep them when small
+        batches = lambda: cached  # noqa: E731
+    stats = yield from forward(adapt_batchnorm_iter(adapted, batches(), n_batches, mode=pooled_mode, alpha=alpha,
                                                     prior=prior, total_items=len(plan.corners)))
     extra_notes = []
     if balanced_share is not None:
-        balance = yield from forward(balance_statistics_iter(adapted, batches, balanced_share))
+        balance = yield from forward(balance_statistics_iter(adapted, batches, n_batches, balanced_share))
         stats = replace(stats, target=balance.target)
         extra_notes.append(balance.note())
     report = AdaptReport(

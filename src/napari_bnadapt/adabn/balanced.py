@@ -22,7 +22,7 @@ estimate. Weights (convolutions, affine parameters) stay frozen, only the runnin
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 DEFAULT_ITERATIONS = 2
 #: Largest factor by which a class's pixels are up- or down-weighted.
 MAX_WEIGHT_RATIO = 4.0
+_BALANCING = "balancing BatchNorm statistics"
 
 
 @dataclass(frozen=True)
@@ -103,19 +104,15 @@ def class_weights(share: float, training_share: float) -> tuple[float, float]:
             bounded((1.0 - training_share) / max(1.0 - share, eps)))
 
 
-def _probabilities(model: Any, batches: Sequence[Any]) -> list[Any]:
-    """Foreground probability (B, 1, H, W) of each batch."""
+def _foreground(model: Any, batch: Any) -> Any:
+    """Foreground probability (B, 1, H, W) of one batch (no gradients)."""
     import torch
 
     from ..model.foreign import output_to_foreground
 
-    model.eval()
-    out = []
     with torch.no_grad():
-        for b in batches:
-            p = output_to_foreground(model(b), tuple(b.shape))
-            out.append(p.reshape(b.shape[0], 1, *b.shape[-2:]))
-    return out
+        p = output_to_foreground(model(batch), tuple(batch.shape))
+    return p.reshape(batch.shape[0], 1, *batch.shape[-2:])
 
 
 class _WeightedPool:
@@ -149,9 +146,12 @@ def _mean_var(sums: tuple[Any, ...], unbiased: bool = True) -> tuple[Any, Any]:
     return m, var * (n_eff / max(n_eff - 1.0, 1.0))
 
 
-def _weighted_pass(model: Any, layers: list[tuple[str, Any]], batches: Sequence[Any],
-                   weights: Sequence[Any]) -> dict[str, tuple[Any, Any]]:
-    """Pooled weighted statistics of every layer's input, each batch normalised with its own weighted ones."""
+def _weighted_pass_iter(
+    model: Any, layers: list[tuple[str, Any]], batches: Iterable[Any], weight_of: Callable[[Any], Any],
+    progress: Callable[[int], Progress],
+) -> Iterator[Progress | Result[dict[str, tuple[Any, Any]]]]:
+    """Pooled weighted statistics of every layer's input (``weight_of(batch)``: (B, 1, H, W) weights), each batch
+    normalised with its own weighted ones; ``progress(i)`` after the i-th batch."""
     import torch
     import torch.nn.functional as F
 
@@ -171,22 +171,24 @@ def _weighted_pass(model: Any, layers: list[tuple[str, Any]], batches: Sequence[
             bn.running_var.copy_(v.to(bn.running_var.dtype))
         return pre
 
-    hooks = [bn.register_forward_pre_hook(hook(name, bn)) for name, bn in layers]
     model.eval()
+    hooks = [bn.register_forward_pre_hook(hook(name, bn)) for name, bn in layers]
     try:
-        with torch.no_grad():
-            for b, w in zip(batches, weights):
-                current["w"] = w
+        for i, b in enumerate(batches):
+            current["w"] = weight_of(b)
+            with torch.no_grad():  # never yield inside no_grad (grad mode is thread-local)
                 model(b)
+            yield progress(i + 1)
     finally:
         for h in hooks:
             h.remove()
-    return {name: pools[name].mean_var() for name, _ in layers}
+    yield Result({name: pools[name].mean_var() for name, _ in layers})
 
 
 def balance_statistics_iter(
     model: torch.nn.Module,
-    batches: Sequence[torch.Tensor],
+    batches: Callable[[], Iterable[torch.Tensor]],
+    n_batches: int,
     training_share: float,
     *,
     iterations: int = DEFAULT_ITERATIONS,
@@ -194,13 +196,18 @@ def balance_statistics_iter(
     """Replace the BatchNorm statistics of ``model`` (already adapted by plain AdaBN) IN PLACE with
     class-balanced ones (module docstring). Call it on a copy.
 
+    Each round reads the batches twice (the predicted share, then the weighted pass, which predicts each
+    batch again with the previous round's copy of the model), so memory does not grow with their number.
+
     Parameters
     ----------
     model : torch.nn.Module
-        A model whose BatchNorm layers hold plain AdaBN statistics of ``batches``; only those
+        A model whose BatchNorm layers hold plain AdaBN statistics of the batches; only those
         running statistics change. Plain modules only (TorchScript takes no Python hooks).
-    batches : sequence of torch.Tensor
-        The network inputs AdaBN read, on the model's device (read ``2 * iterations`` times).
+    batches : callable returning an iterable of torch.Tensor
+        Gives the network inputs AdaBN read, afresh and in the same order each call, on the model's device.
+    n_batches : int
+        How many batches it gives (for progress).
     training_share : float
         The share of pixels the model calls mitochondria on its own training data, in (0, 1).
     iterations : int, default DEFAULT_ITERATIONS
@@ -210,6 +217,8 @@ def balance_statistics_iter(
     ------
     Progress, then Result(Balance)
     """
+    from ..model.foreign import copy_model
+    from ..progress import forward
     from .estimators import _bn_layers
 
     if not 0.0 < training_share < 1.0:
@@ -219,18 +228,34 @@ def balance_statistics_iter(
     layers = _bn_layers(model)
     _refuse_torchscript(layers)
     saved = {name: (bn.running_mean.clone(), bn.running_var.clone()) for name, bn in layers}
+    total = 2 * iterations * n_batches
     shares: list[float] = []
     target: dict[str, tuple[Any, Any]] = {}
     fg_w = bg_w = 1.0
     ok = False
     try:
+        yield Progress(_BALANCING, 0, total)
         for k in range(iterations):
-            yield Progress("balancing BatchNorm statistics", k, iterations)
-            probs = _probabilities(model, batches)
-            share = float(sum(float(p.double().sum()) for p in probs) / sum(p.numel() for p in probs))
+            previous = copy_model(model).eval()  # predicts this round's weights while the hooks rewrite ``model``
+            done = 2 * k * n_batches
+            fg_sum, pixels = 0.0, 0
+            for i, b in enumerate(batches()):
+                p = _foreground(previous, b)
+                fg_sum, pixels = fg_sum + float(p.double().sum()), pixels + p.numel()
+                yield Progress(_BALANCING, done + i + 1, total)
+            if pixels == 0:
+                raise BNAdaptError("no target data was given to balance the statistics on")
+            share = fg_sum / pixels
             shares.append(share)
             fg_w, bg_w = class_weights(share, training_share)
-            target = _weighted_pass(model, layers, batches, [p * fg_w + (1 - p) * bg_w for p in probs])
+
+            def weight_of(b: Any, _prev: Any = previous, _w: tuple[float, float] = (fg_w, bg_w)) -> Any:
+                p = _foreground(_prev, b)
+                return p * _w[0] + (1 - p) * _w[1]
+
+            target = yield from forward(_weighted_pass_iter(
+                model, layers, batches(), weight_of,
+                lambda i, _d=done + n_batches: Progress(_BALANCING, _d + i, total)))
             for name, bn in layers:
                 bn.running_mean.copy_(target[name][0].to(bn.running_mean.dtype))
                 bn.running_var.copy_(target[name][1].to(bn.running_var.dtype))
@@ -241,6 +266,5 @@ def balance_statistics_iter(
                 bn.running_mean.copy_(saved[name][0])
                 bn.running_var.copy_(saved[name][1])
         model.eval()
-    yield Progress("balancing BatchNorm statistics", iterations, iterations)
     yield Result(Balance(training_share=training_share, target_shares=tuple(shares), foreground_weight=fg_w,
                          background_weight=bg_w, target=target))
