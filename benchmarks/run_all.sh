@@ -288,6 +288,8 @@ section_real() {
     step bench_small_crops_balanced "$PY" benchmarks/bench_small_crops.py --mode balanced --name bench_small_crops_balanced
     step bench_small_crops_balanced_new_crops "$PY" benchmarks/bench_small_crops.py --mode balanced --seed 1 \
       --name bench_small_crops_balanced_new_crops
+    step bench_small_crops_balanced_cost "$PY" benchmarks/bench_small_crops.py --cost --mode balanced \
+      --models em-generalist-2 lucchi-pp --name bench_small_crops_balanced_cost
     rm -f benchmarks/results/bench_estimators_balanced.partial.jsonl
     step bench_estimators_balanced "$PY" benchmarks/bench_estimators.py --models lucchi-pp vnc em-generalist-2 \
       em-generalist --name bench_estimators_balanced
