@@ -159,6 +159,8 @@ def _weighted_pass_iter(
     import torch
     import torch.nn.functional as F
 
+    from .estimators import set_statistics
+
     pools = {name: _WeightedPool() for name, _ in layers}
     current: dict[str, Any] = {}
 
@@ -170,9 +172,7 @@ def _weighted_pass_iter(
                 w = F.adaptive_avg_pool2d(w, x.shape[-2:])
             sums = _WeightedPool.moments(x, w)
             pools[name].add(sums)
-            m, v = _mean_var(sums, unbiased=False)
-            bn.running_mean.copy_(m.to(bn.running_mean.dtype))
-            bn.running_var.copy_(v.to(bn.running_var.dtype))
+            set_statistics(bn, *_mean_var(sums, unbiased=False))
         return pre
 
     model.eval()
@@ -223,7 +223,7 @@ def balance_statistics_iter(
     """
     from ..model.foreign import copy_model
     from ..progress import forward
-    from .estimators import _bn_layers
+    from .estimators import _bn_layers, write_statistics
 
     if not 0.0 < training_share < 1.0:
         raise BNAdaptError(f"the training data's share of mitochondria must be in (0, 1), not {training_share}")
@@ -260,15 +260,11 @@ def balance_statistics_iter(
             target = yield from forward(_weighted_pass_iter(
                 model, layers, batches(), weight_of,
                 lambda i, _d=done + n_batches: Progress(_BALANCING, _d + i, total)))
-            for name, bn in layers:
-                bn.running_mean.copy_(target[name][0].to(bn.running_mean.dtype))
-                bn.running_var.copy_(target[name][1].to(bn.running_var.dtype))
+            write_statistics(layers, target)
         ok = True
     finally:
         if not ok:  # cancelled or failed: the plain AdaBN statistics, not a half-written mix
-            for name, bn in layers:
-                bn.running_mean.copy_(saved[name][0])
-                bn.running_var.copy_(saved[name][1])
+            write_statistics(layers, saved)
         model.eval()
     yield Result(Balance(training_share=training_share, target_shares=tuple(shares), foreground_weight=fg_w,
                          background_weight=bg_w, target=target))

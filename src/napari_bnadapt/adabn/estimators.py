@@ -198,9 +198,7 @@ def adapt_batchnorm_iter(
             half = {n: pooled[n].half.mean_var() for n, _ in layers}
         if mode == "prior":
             target = _mix_prior(source, target, prior, n_samples or seen)
-        for name, bn in layers:
-            bn.running_mean.copy_(target[name][0].to(bn.running_mean.dtype))
-            bn.running_var.copy_(target[name][1].to(bn.running_var.dtype))
+        write_statistics(layers, target)
     finally:
         for h in hooks:
             h.remove()
@@ -211,6 +209,18 @@ def adapt_batchnorm_iter(
         model.eval()
     drift = _drift(source, half, target)
     yield Result(BatchNormStatistics(source=source, target=target, drift=drift, layers=layers))
+
+
+def set_statistics(bn: Any, mean: Any, var: Any) -> None:
+    """Set one BatchNorm layer's running mean and variance (converted to the buffers' dtype)."""
+    bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+    bn.running_var.copy_(var.to(bn.running_var.dtype))
+
+
+def write_statistics(layers: list[tuple[str, Any]], stats: dict[str, tuple[Any, Any]]) -> None:
+    """Set every layer's running statistics to ``stats[name]`` (mean, variance)."""
+    for name, bn in layers:
+        set_statistics(bn, *stats[name])
 
 
 def _mix_prior(source: dict[str, Any], target: dict[str, Any], prior: float | None, n: int) -> dict[str, Any]:

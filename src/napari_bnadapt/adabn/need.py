@@ -306,6 +306,7 @@ def mix_statistics(source: UNet, adapted: UNet, weight: float | Mapping[str, flo
     import torch
 
     from ..model.foreign import batchnorm_layers, copy_model
+    from .estimators import set_statistics
 
     s, _ = _paired(source, adapted)
     weights = _layer_weights(weight, list(s))
@@ -323,8 +324,7 @@ def mix_statistics(source: UNet, adapted: UNet, weight: float | Mapping[str, flo
             else:
                 mean = (1 - w) * ms + w * mt
                 var = (1 - w) * vs + w * vt + w * (1 - w) * (mt - ms) ** 2
-            bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
-            bn.running_var.copy_(var.to(bn.running_var.dtype))
+            set_statistics(bn, mean, var)
     meta = getattr(out, "meta", None)
     if isinstance(meta, dict):
         meta = copy.deepcopy(meta)
