@@ -153,7 +153,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return v, time.perf_counter() - t
 
 
-def evaluate(model: Any, t: dict[str, Any]) -> dict[str, dict[str, float]]:
+def evaluate(model: Any, t: dict[str, Any], content_floor: bool = False) -> dict[str, dict[str, float]]:
     """IoU and seconds of every method on one target."""
     from napari_bnadapt.adabn.entropy import entropy_step
     from napari_bnadapt.adabn.need import adaptation_needed, apply_verdict
@@ -171,7 +171,7 @@ def evaluate(model: Any, t: dict[str, Any]) -> dict[str, dict[str, float]]:
     (adapted, report), s_adapt = _timed(lambda: nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0))
     p, s = _timed(lambda: seg(adapted))
     res["adabn"] = {"iou": score(p), "seconds": s_adapt + s}
-    verdict = adaptation_needed(model, adapted, report)
+    verdict = adaptation_needed(model, adapted, report, content_floor=content_floor)
     guarded = apply_verdict(model, adapted, verdict)
     res["+guard"] = {"iou": res["adabn"]["iou"] if guarded is adapted else score(seg(guarded)),
                      "seconds": res["adabn"]["seconds"], "needed": bool(verdict.needed)}
@@ -194,7 +194,8 @@ def evaluate(model: Any, t: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def run(models: list[str], models_dir: Path | None, real_slices: int, sim_slices: int,
-        only: list[str] | None = None, partial_name: str = "bench_real_generalisation") -> dict[str, Any]:
+        only: list[str] | None = None, partial_name: str = "bench_real_generalisation",
+        content_floor: bool = False) -> dict[str, Any]:
     tg = [t for t in targets(real_slices, sim_slices) if not only or any(o in t["name"] for o in only)]
     partial = RESULTS / f"{partial_name}.partial.jsonl"
     done = read_partial(partial)
@@ -211,7 +212,7 @@ def run(models: list[str], models_dir: Path | None, real_slices: int, sim_slices
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = evaluate(model, t)
+                res = evaluate(model, t, content_floor)
             domain = domain_of(name, t["volume"])
             rows.append({"model": name, "target": t["name"], "kind": t["kind"], "domain": domain, "what": t["what"],
                          **{m: res[m] for m in METHODS}})
@@ -284,11 +285,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="held-out test slices per real target, evenly spaced (default 3)")
     ap.add_argument("--sim-slices", type=int, default=1, help="slices per simulated target (default 1)")
     ap.add_argument("--targets", nargs="+", default=None, help="only targets whose name contains one of these")
+    ap.add_argument("--content-floor", action="store_true",
+                    help="+guard also allows for how far crops of the training data of the target's size lie from the "
+                    "model's statistics (napari_bnadapt.adabn.content_floor; models that carry one)")
     args = ap.parse_args(argv)
     if not real_data_ready(args.threads):
         return 2
     t0 = time.perf_counter()
-    result = run(args.models, args.models_dir, args.real_slices, args.sim_slices, args.targets, args.name)
+    result = run(args.models, args.models_dir, args.real_slices, args.sim_slices, args.targets, args.name,
+                 args.content_floor)
     result["command"] = "python benchmarks/bench_real_generalisation.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result["seconds"] = round(time.perf_counter() - t0)
     text = header("EM source models on volumes from labs they never saw (real and simulated), per method") + (

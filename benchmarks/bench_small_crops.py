@@ -56,20 +56,22 @@ def crops(volume: str, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
-def measure(model: Any, x: np.ndarray, truth: np.ndarray, px: tuple[float, float],
+def measure(model: Any, x: np.ndarray, truth: np.ndarray, px: tuple[float, float], content_floor: bool = False,
             **adapt_options: Any) -> dict[str, Any]:
     """Source-only and AdaBN IoU of one case (``adapt_options``: the estimator), and the guard's view of it."""
-    from napari_bnadapt.adabn.need import STD_CHANGE_LIMIT, _compare, _references, _statistics, adaptation_needed
+    from napari_bnadapt.adabn.need import STD_CHANGE_LIMIT, adaptation_needed
+    from napari_bnadapt.adabn.references import bn_statistics, compare, references
 
     source = nb.iou(nb.predict(model, x, device="cpu", pixel_size_nm=px) > 0.5, truth)
     adapted, report = nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0, **adapt_options)
     adabn = nb.iou(nb.predict(adapted, x, device="cpu", pixel_size_nm=px) > 0.5, truth)
-    verdict = adaptation_needed(model, adapted, report)
+    verdict = adaptation_needed(model, adapted, report, content_floor=content_floor)
     # the reference nearest in the guard's own terms, whatever it decided
-    target = _statistics(adapted)
-    near = {k: _compare(ref, target) for k, ref in _references(model)}
+    target = bn_statistics(adapted)
+    near = {k: compare(ref, target) for k, ref in references(model)}
     nearest = min(near, key=lambda k: max(near[k].shift / verdict.floor, near[k].std_change / STD_CHANGE_LIMIT))
     return {"source": source, "adabn": adabn, "needed": bool(verdict.needed), "floor": verdict.floor,
+            "by_content_floor": bool(verdict.by_content_floor),
             "nearest": nearest, "mean_shift": near[nearest].shift, "std_change": near[nearest].std_change}
 
 
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=MODES, default="cumulative",
                     help="the AdaBN estimator (default: the library's, cumulative)")
     ap.add_argument("--prior", type=float, default=None, help="with --mode prior: the source pseudo-count N (default 16)")
+    ap.add_argument("--content-floor", action="store_true",
+                    help="the guard also allows for how far crops of the training data of the crop's size lie from "
+                    "the model's statistics (napari_bnadapt.adabn.content_floor; models that carry one)")
     ap.add_argument("--cost", action="store_true",
                     help="instead: the time of AdaBN with --mode against cumulative on the first crop of each size "
                     "of each model's first volume, as it is (medians of 3)")
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         r = {"model": name, "volume": RECIPES[volume]["label"], "crop": crop, "shift": shift,
-                             **measure(model, f(x0), truth, px, mode=args.mode, prior=args.prior)}
+                             **measure(model, f(x0), truth, px, args.content_floor, mode=args.mode,
+                                       prior=args.prior)}
                     rows.append(r)
                     print(f"{name} | {r['volume']} {crop} | {shift:<13} | source {r['source']:.3f} AdaBN "
                           f"{r['adabn']:.3f} | needed {r['needed']}", flush=True)
@@ -137,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
              f"# command: python benchmarks/bench_small_crops.py {' '.join(sys.argv[1:] if argv is None else argv)}",
              f"# wall time: {time.perf_counter() - t0:.0f} s", "",
              "| model | volume | crop | shift | source only | AdaBN | AdaBN - source | guard: needed | nearest reference "
-             "| mean shift / floor | contrast change |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| mean shift / floor | contrast change | kept by the content floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['volume']} | {r['crop']} | {r['shift']} | {r['source']:.3f} | {r['adabn']:.3f} | "
               f"{r['adabn'] - r['source']:+.3f} | {r['needed']} | {r['nearest']} | {r['mean_shift'] / r['floor']:.1f} | "
-              f"{r['std_change']:.3f} |" for r in rows]
+              f"{r['std_change']:.3f} | {r.get('by_content_floor', False)} |" for r in rows]
     lines += ["", "Per model and volume (AdaBN - source over the crops; the guarded result keeps the source where "
               "'needed' is False):", "", "| model | volume | shift | cases | mean | worst | best | guarded mean |",
               "|---|---|---|---|---|---|---|---|"]

@@ -8,6 +8,7 @@ Usage::
     python scripts/train_em_models.py --score DIR/em-generalist-2.safetensors   # its test IoU, here, afterwards
     python scripts/train_em_models.py --volume-statistics FILE   # a model trained on several volumes, before
                                                                  # they were measured in training
+    python scripts/train_em_models.py --content-floor FILE       # the guard's content floor (small stacks)
 
 Reads the labelled volumes in ``../shared/data/real/`` (``tifffile.memmap``: never
 copied, never written) and trains a bilinear U-Net (width 16 unless the recipe or ``--width`` says
@@ -75,11 +76,23 @@ def record_volume_statistics(model: Any, sources: list[str], data: Path) -> None
     measure_volume_statistics(model, volumes, pixel_sizes_nm=pixel_sizes, device="cpu", in_place=True)
 
 
+def record_content_floor(model: Any, sources: list[str], data: Path) -> None:
+    """Store how far AdaBN's statistics of crops of the model's training slices lie from its references (the guard's
+    content floor for small stacks, ``napari_bnadapt.adabn.content_floor``)."""
+    from napari_bnadapt.adabn.content_floor import measure_content_floor
+
+    volumes = {RECIPES[s]["label"]: load_split(s, "train", data)[0] for s in sources}
+    pixel_sizes = {RECIPES[s]["label"]: RECIPES[s]["pixel_size_nm"] for s in sources}
+    measure_content_floor(model, volumes, pixel_sizes_nm=pixel_sizes, device="cpu", in_place=True)
+
+
 def rewrite(path: Path, data: Path, what: str) -> int:
     """``--score`` (``what="test"``): the test IoU of a model trained with ``--no-test`` (elsewhere);
-    ``--volume-statistics`` (``what="volumes"``): its training volumes' BatchNorm statistics. Written into FILE in
-    place (the weights are not touched); the recipe is found by the model's name."""
+    ``--volume-statistics`` (``what="volumes"``): its training volumes' BatchNorm statistics; ``--content-floor``
+    (``what="content"``): the guard's content floor. Written into FILE in place (the weights are not touched); the
+    recipe is found by the model's name."""
     import napari_bnadapt as nb
+    from napari_bnadapt.errors import BNAdaptError
 
     model = nb.load_model(path, device="cpu")
     name = model.meta.get("name")
@@ -90,10 +103,17 @@ def rewrite(path: Path, data: Path, what: str) -> int:
     if what == "volumes" and len(recipe["sources"]) < 2:
         print(f"{path}: {name!r} is trained on one volume, whose statistics its running ones are", file=sys.stderr)
         return 2
-    (record_test_iou if what == "test" else record_volume_statistics)(model, recipe["sources"], data)
+    record = {"test": record_test_iou, "volumes": record_volume_statistics, "content": record_content_floor}[what]
+    try:
+        record(model, recipe["sources"], data)
+    except BNAdaptError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
     nb.save_model(model, path, overwrite=True)
-    print(f"{path}: " + (f"{model.meta['training']['metrics']}" if what == "test" else
-                         f"statistics of {[v['label'] for v in model.meta['volume_statistics']['volumes']]}"))
+    said = {"test": lambda: f"{model.meta['training']['metrics']}",
+            "volumes": lambda: f"statistics of {[v['label'] for v in model.meta['volume_statistics']['volumes']]}",
+            "content": lambda: f"content floor of {[r['reference'] for r in model.meta['content_floor']['references']]}"}
+    print(f"{path}: {said[what]()}")
     return 0
 
 
@@ -128,12 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volume-statistics", type=Path, default=None, metavar="FILE",
                     help="instead of training: write each training volume's BatchNorm statistics (the references of "
                     "'no adaptation needed') into FILE, a model trained on several volumes")
+    ap.add_argument("--content-floor", type=Path, default=None, metavar="FILE",
+                    help="instead of training: write the guard's content floor (how far crops of the training slices "
+                    "lie from the model's statistics) into FILE; after --volume-statistics for a model trained on several")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=BUNDLED)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     args = ap.parse_args(argv)
-    if args.score is None and args.volume_statistics is None and args.dataset is None:
-        ap.error("name a dataset recipe to train, or --score FILE, or --volume-statistics FILE")
+    if args.score is None and args.volume_statistics is None and args.content_floor is None and args.dataset is None:
+        ap.error("name a dataset recipe to train, or --score FILE, --volume-statistics FILE or --content-floor FILE")
 
     import torch
 
@@ -142,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         return rewrite(args.score, args.data, "test")
     if args.volume_statistics is not None:
         return rewrite(args.volume_statistics, args.data, "volumes")
+    if args.content_floor is not None:
+        return rewrite(args.content_floor, args.data, "content")
 
     import napari_bnadapt as nb
     from napari_bnadapt.progress import run_to_end, tqdm_callback

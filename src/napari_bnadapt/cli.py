@@ -237,7 +237,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             threshold=args.threshold, instances=args.instances, keep_probabilities=bool(args.probabilities),
             device=args.device, intensity_range=_intensity(args), pixel_size_nm=px, tile_size=args.tile_size,
             overlap=args.overlap,
-            batch_size=args.batch_size, adapt_options=_adapt_kwargs(args), guard=not args.no_guard, tta=args.tta,
+            batch_size=args.batch_size, adapt_options=_adapt_kwargs(args), guard=not args.no_guard,
+            content_floor=args.content_floor, tta=args.tta,
             search_scale=args.search_scale, choose_statistics=args.choose_statistics,
             choose_depth=args.choose_depth, smooth=args.smooth,
             entropy=args.entropy_step, self_train=args.self_train, remove_oversized=not args.keep_oversized,
@@ -362,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-guard", action="store_true",
                    help="with --adapt: use the adapted statistics even when the stack already matches the model's "
                    "training data (by default the source statistics are kept then)")
+    p.add_argument("--content-floor", action="store_true",
+                   help="with --adapt: the guard also keeps the source statistics when the stack lies no farther from "
+                   "the training data than crops of its size of the training data do (models with a content floor: "
+                   "the generalists; for a small stack of a kind the model was trained on; an option, docs/real-data.md)")
     p.add_argument("--keep-oversized", action="store_true",
                    help="keep objects far larger than any mitochondrion the model was trained on (by default they are "
                    "removed and the number is printed: a nucleus or cell body is the usual cause)")

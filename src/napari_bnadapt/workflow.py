@@ -196,6 +196,7 @@ def run_iter(
     batch_size: int | None = None,
     adapt_options: dict[str, Any] | None = None,
     guard: bool = True,
+    content_floor: bool = False,
     tta: int = 1,
     search_scale: bool = False,
     choose_statistics: bool = False,
@@ -250,6 +251,11 @@ def run_iter(
         or, for a model trained on several volumes, differ that little from one training volume's
         (:mod:`~napari_bnadapt.adabn.volumes`), segment with the source statistics instead (AdaBN on
         in-domain data can only add noise).
+    content_floor : bool, default False
+        With ``guard``: also keep the source statistics when every BatchNorm layer lies no farther from a
+        reference than crops of the training data of the stack's size do (models that carry a content floor:
+        the bundled generalists; :mod:`~napari_bnadapt.adabn.content_floor`). For a small stack of a kind the
+        model was trained on; it can also hide an unstated pixel size on a small stack (docs/real-data.md).
     tta : {1, 2, 4, 8}, default 1
         Test-time augmentation: average the probabilities over this many flipped/rotated views
         (:func:`~napari_bnadapt.segmentation.tta.predict_tta`; the segmentation costs ``tta`` times more).
@@ -350,7 +356,7 @@ def run_iter(
                     model, used, images, device=device, intensity_range=intensity_range,
                     seed=adapt_options.get("seed", 0), pixel_size_nm=px))
         if guard:
-            result.need = adaptation_needed(model, used, result.adapt_report)
+            result.need = adaptation_needed(model, used, result.adapt_report, content_floor=content_floor)
             used = apply_verdict(model, used, result.need)
         if choose_statistics and (result.need is None or result.need.needed):
             used, result.statistics_choice = yield from forward(choose_statistics_iter(
@@ -401,6 +407,7 @@ def run(
     batch_size: int | None = None,
     adapt_options: dict[str, Any] | None = None,
     guard: bool = True,
+    content_floor: bool = False,
     tta: int = 1,
     search_scale: bool = False,
     choose_statistics: bool = False,
@@ -416,7 +423,7 @@ def run(
         model, images, adapt=adapt, assess=assess, truth=truth, threshold=threshold, instances=instances,
         keep_probabilities=keep_probabilities, device=device, intensity_range=intensity_range,
         pixel_size_nm=pixel_size_nm, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-        adapt_options=adapt_options, guard=guard, tta=tta, search_scale=search_scale,
+        adapt_options=adapt_options, guard=guard, content_floor=content_floor, tta=tta, search_scale=search_scale,
         choose_statistics=choose_statistics, choose_depth=choose_depth,
         smooth=smooth, entropy=entropy,
         self_train=self_train, remove_oversized=remove_oversized,

@@ -385,6 +385,8 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
             w.remove_oversized.value, w.choose_statistics.value) == (1, False, True, False, False, True, False)
     w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value, w.smooth.value = 4, True, False, True, True
     w.remove_oversized.value, w.choose_statistics.value = False, True
+    assert w.content_floor.value is False
+    w.content_floor.value = True  # with the guard off it means nothing: not passed on
     assert list(w.mode.choices) == ["cumulative", "ema", "prior", "balanced"]
     w.mode.value = "balanced"
     w.image.value = viewer.layers["toy source"]
@@ -392,7 +394,11 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
     _wait(qtbot, w)
     assert (seen["tta"], seen["search_scale"], seen["guard"], seen["choose_depth"], seen["smooth"],
             seen["remove_oversized"], seen["choose_statistics"]) == (4, True, False, True, "auto", False, True)
-    assert seen["adapt_options"]["mode"] == "balanced"
+    assert seen["adapt_options"]["mode"] == "balanced" and seen["content_floor"] is False
+    w.guard.value = True
+    w.start(adapt=True)
+    _wait(qtbot, w)
+    assert seen["guard"] is True and seen["content_floor"] is True
 
 
 def test_docked_panels_scroll_instead_of_growing_the_window(viewer, qtbot):

@@ -98,6 +98,8 @@ class AdaptReport:
     ----------
     mode, alpha, prior : the estimator and its parameter.
     n_patches, patch_size, n_voxels : how much target data was used.
+    stack_voxels : int or None
+        Voxels of the whole stack on the grid the patches were drawn from (None: not recorded).
     exhaustive : bool
         True when the patches covered the whole stack.
     batch_size, seed : sampling settings.
@@ -140,6 +142,7 @@ class AdaptReport:
     layers: list[LayerShift] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     zoom: tuple[float, float] | None = None
+    stack_voxels: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (stored in the adapted model's card)."""
@@ -345,6 +348,7 @@ def adapt_iter(
         notes=_notes(kind, card is None, norm) + ([f"patches drawn from the stack {grid.zoom_phrase()}"]
                                                    if grid.resamples else []) + extra_notes,
         zoom=grid.zoom,
+        stack_voxels=int(np.prod(work.shape3d)),
     )
     adapted.meta = copy.deepcopy(meta)
     adapted.meta["name"] = f"{meta.get('name') or 'model'}-adapted"

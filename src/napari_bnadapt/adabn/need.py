@@ -46,6 +46,14 @@ matches (``em-generalist-2`` on Lucchi++ test slices: contrast change 0.375, so 
 cost 0.860 -> 0.845). Such a model carries each training volume's statistics
 (:mod:`~napari_bnadapt.adabn.volumes`); the two tests run against each of them too, and a target
 that passes both against any one is not adapted (the verdict names the volume).
+
+On a small stack the half-sample floor is smaller than the differences between regions of one volume
+(a crop with fewer mitochondria has other statistics, though imaged alike). A model trained with random
+grey-value curves may carry a content floor (:mod:`~napari_bnadapt.adabn.content_floor`): per layer, how
+far crops of its training data of a given size lie from each reference. Against such a reference a
+layer passes when its shift is within the larger of ``margin`` times the half-sample floor and the
+content floor at the stack's size, and its contrast change within the larger of the limit and its
+content floor (``NeedVerdict.by_content_floor`` says when only the content floor kept the source).
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BNAdaptError
+from .references import SOURCE_REFERENCE, Comparison, Statistics, bn_statistics, compare, references
 
 if TYPE_CHECKING:
     from ..model.unet import UNet
@@ -67,8 +76,6 @@ DEFAULT_MARGIN = 1.0
 #: ... or when a layer's standard deviations changed by more than this (mean |log sigma_t / sigma_s|;
 #: module docstring: in-domain 0.024-0.048, blur 0.18, cross-lab 0.6-0.75).
 STD_CHANGE_LIMIT = 0.1
-#: ``NeedVerdict.reference`` when the target was compared with the model's running statistics.
-SOURCE_REFERENCE = "running statistics"
 
 
 @dataclass
@@ -103,6 +110,10 @@ class NeedVerdict:
         What the target was compared with: :data:`SOURCE_REFERENCE` (the model's running
         statistics), or ``"training volume 'NAME'"`` when it matched the statistics of one training
         volume of a model trained on several (:mod:`~napari_bnadapt.adabn.volumes`).
+    by_content_floor : bool
+        True when the source was kept only because every layer lies within the reference's content floor
+        (how far crops of the training data of the target's size lie, :mod:`~napari_bnadapt.adabn.content_floor`),
+        not within the half-sample floor and the contrast limit.
     """
 
     needed: bool
@@ -117,6 +128,7 @@ class NeedVerdict:
     message: str
     layers: dict[str, float] = field(default_factory=dict)
     reference: str = SOURCE_REFERENCE
+    by_content_floor: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -126,21 +138,8 @@ class NeedVerdict:
         return self.message
 
 
-def _statistics(model: Any) -> dict[str, tuple[Any, Any]]:
-    from ..model.foreign import batchnorm_layers
-
-    out = {}
-    for name, bn in batchnorm_layers(model):
-        if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
-            raise BNAdaptError(f"the BatchNorm layer {name!r} keeps no running statistics")
-        out[name] = (bn.running_mean.detach().double().cpu(), bn.running_var.detach().double().cpu())
-    if not out:
-        raise BNAdaptError("this model has no BatchNorm layers: there are no statistics to compare")
-    return out
-
-
-def _paired(source: Any, adapted: Any) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
-    s, t = _statistics(source), _statistics(adapted)
+def _paired(source: Any, adapted: Any) -> tuple[Statistics, Statistics]:
+    s, t = bn_statistics(source), bn_statistics(adapted)
     if s.keys() != t.keys() or any(s[k][0].shape != t[k][0].shape for k in s):
         raise BNAdaptError("the two models have different BatchNorm layers: the adapted model must be a copy of "
                            "the source model")
@@ -180,6 +179,7 @@ def adaptation_needed(
     *,
     n_patches: int | None = None,
     margin: float = DEFAULT_MARGIN,
+    content_floor: bool = False,
 ) -> NeedVerdict:
     """Decide whether the target differs from the source by more than sampling noise explains.
 
@@ -203,6 +203,12 @@ def adaptation_needed(
         (default: the report's ``n_patches``).
     margin : float, default 1.0
         Needed when the shift exceeds ``margin`` times the floor.
+    content_floor : bool, default False
+        Also allow, per layer, for how far crops of the training data of the stack's size lie from each
+        reference, where the model carries that (:mod:`~napari_bnadapt.adabn.content_floor`; module
+        docstring). An option: on small crops of its own volumes it keeps the default model's source
+        statistics where AdaBN would cost it, but on a small stack it also hides an unstated pixel size and
+        inverted contrast (docs/real-data.md).
 
     Returns
     -------
@@ -220,12 +226,18 @@ def adaptation_needed(
         if n is None:
             raise BNAdaptError("no noise floor: give the adaptation report (its drift) or the number of patches used")
         floor, floor_from = patch_count_floor(int(n)), "patch count"
-    compared = [(name, _compare(ref, t)) for name, ref in _references(source, s)]
-    matches = [(name, c) for name, c in compared if c.shift / floor <= margin and c.std_change <= STD_CHANGE_LIMIT]
+    from .content_floor import read_content_floor
+
+    floors = read_content_floor(source) if content_floor else {}
+    n_voxels = _report_value(report, "stack_voxels") or _report_value(report, "n_voxels")
+    compared = [(name, compare(ref, t)) for name, ref in references(source, s)]
+    judged = [(name, c, _excess(c, margin * floor, floors.get(name), n_voxels)) for name, c in compared]
+    matches = [(name, c, e) for name, c, e in judged if max(e) <= 1.0]
     needed = not matches
-    reference, c = min(matches, key=lambda m: m[1].shift) if matches else compared[0]
+    reference, c, (over_shift, over_std) = min(matches, key=lambda m: m[1].shift) if matches else judged[0]
     ratio = c.shift / floor
-    if needed and ratio <= margin:
+    by_content = not needed and not (ratio <= margin and c.std_change <= STD_CHANGE_LIMIT)
+    if needed and over_shift <= 1.0:
         message = (f"the image differs from the model's training data: its feature contrast changed by "
                    f"{math.expm1(c.std_change):.0%} in {c.std_layer} (limit {math.expm1(STD_CHANGE_LIMIT):.0%}), "
                    "though the means moved no more than two halves of the image differ; the adapted statistics "
@@ -236,44 +248,26 @@ def adaptation_needed(
                    "the adapted statistics are used")
     else:
         like = "the model's training data" if reference == SOURCE_REFERENCE else f"the model's {reference}"
+        within = ("no farther than crops of that size of the training data lie from it" if by_content
+                  else f"within the {floor:.3f} that two halves of the image differ by")
         message = (f"the image already matches {like}: adaptation changed nothing that matters (largest shift "
-                   f"{c.shift:.3f} source sigma in {c.layer}, within the {floor:.3f} that two halves of the image "
-                   f"differ by; contrast change {math.expm1(c.std_change):.0%}); the source model's statistics "
-                   "are kept")
+                   f"{c.shift:.3f} source sigma in {c.layer}, {within}; contrast change "
+                   f"{math.expm1(c.std_change):.0%}); the source model's statistics are kept")
     return NeedVerdict(needed=needed, shift=c.shift, layer=c.layer, floor=floor, floor_from=floor_from, ratio=ratio,
                        margin=float(margin), std_change=c.std_change, weight=1.0 if needed else 0.0,
-                       message=message, layers=c.shifts, reference=reference)
+                       message=message, layers=c.shifts, reference=reference, by_content_floor=by_content)
 
 
-def _references(source: Any, running: dict[str, tuple[Any, Any]] | None = None) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
-    """What a target is compared with, by name: the running statistics first (``running``: already read), then
-    each training volume's (models trained on several, :mod:`.volumes`)."""
-    from .volumes import read_volume_statistics
-
-    return [(SOURCE_REFERENCE, running if running is not None else _statistics(source))] + [
-        (f"training volume {v.label!r}", v.statistics) for v in read_volume_statistics(source)]
-
-
-@dataclass
-class _Comparison:
-    """How far the target's statistics lie from one reference (see :func:`adaptation_needed`)."""
-
-    shift: float
-    layer: str
-    std_change: float
-    std_layer: str
-    shifts: dict[str, float]
-
-
-def _compare(reference: dict[str, tuple[Any, Any]], target: dict[str, tuple[Any, Any]]) -> _Comparison:
-    """Largest per-layer mean shift (in reference sigmas) and mean |log sigma ratio| of ``target``."""
-    shifts, stds = {}, {}
-    for name, (ms, vs) in reference.items():
-        mt, vt = target[name]
-        shifts[name] = float(((mt - ms).abs() / vs.clamp_min(1e-12).sqrt()).mean())
-        stds[name] = float((0.5 * (vt.clamp_min(1e-12) / vs.clamp_min(1e-12)).log()).abs().mean())
-    layer, std_layer = max(shifts, key=shifts.__getitem__), max(stds, key=stds.__getitem__)
-    return _Comparison(shifts[layer], layer, stds[std_layer], std_layer, shifts)
+def _excess(c: Comparison, shift_floor: float, content: Any, n_voxels: int | None) -> tuple[float, float]:
+    """How far ``c`` goes beyond what is allowed, as the largest per-layer ratios (mean shift, contrast change):
+    at most 1 where it is like the reference. Allowed per layer: the larger of ``shift_floor`` (the half-sample
+    floor times the margin) and the reference's content floor at ``n_voxels`` (``content``, a
+    :class:`~napari_bnadapt.adabn.content_floor.ContentFloor`, or None), and the larger of
+    :data:`STD_CHANGE_LIMIT` and its contrast-change floor."""
+    cs, cv = content.at(int(n_voxels)) if content is not None and n_voxels else ({}, {})
+    shift = max(v / max(shift_floor, cs.get(k, 0.0)) for k, v in c.shifts.items())
+    std = max(v / max(STD_CHANGE_LIMIT, cv.get(k, 0.0)) for k, v in c.std_changes.items())
+    return shift, std
 
 
 def mix_statistics(source: UNet, adapted: UNet, weight: float | Mapping[str, float]) -> UNet:

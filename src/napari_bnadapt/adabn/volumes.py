@@ -176,7 +176,7 @@ def measure_volume_statistics_iter(
         adapted, report = yield from forward(adapt_iter(
             model, images, device=device, n_patches=n_patches, patch_size=patch_size, batch_size=batch_size,
             seed=seed, intensity_range=intensity_range, pixel_size_nm=px))
-        for name, bn in batchnorm_layers(adapted):  # float64, on the CPU (need._statistics would import back)
+        for name, bn in batchnorm_layers(adapted):  # float64, on the CPU (references.bn_statistics would import back)
             arrays[_key(i, name, "mean")] = bn.running_mean.detach().double().cpu().numpy()
             arrays[_key(i, name, "var")] = bn.running_var.detach().double().cpu().numpy()
         entries.append({"label": str(label), "pixel_size_nm": list(px) if px else None,

@@ -102,6 +102,11 @@ class AdaptSegmentWidget(Container):
                                      tooltip="choose the zoom at which the predicted mitochondria have the sizes the "
                                      "model was trained on")
         self.guard = CheckBox(text="keep the source statistics when the image already matches", value=True)
+        self.content_floor = CheckBox(text="... allowing for a small stack's content", value=False,
+                                      tooltip="also keep them when the stack lies no farther from the training data "
+                                      "than crops of its size of the training data do (the generalist models); for a "
+                                      "small stack of a kind the model was trained on: it can also hide an unstated "
+                                      "pixel size (docs/real-data.md)")
         self.choose_statistics = CheckBox(text="choose source or adapted statistics (no labels)", value=False,
                                           tooltip="after adapting, keep the source statistics when the model "
                                           "without adaptation agrees more with itself under flips and finds a share "
@@ -124,7 +129,8 @@ class AdaptSegmentWidget(Container):
                                          "removed, and the status says how many")
         self._advanced_widgets = [self.mode, self.alpha, self.prior, self.n_patches, self.patch_size,
                                   self.batch_size, self.seed, self.intensity, self.tile_size, self.tta,
-                                  self.search_scale, self.guard, self.choose_statistics, self.choose_depth, self.smooth, self.self_train,
+                                  self.search_scale, self.guard, self.content_floor, self.choose_statistics,
+                                  self.choose_depth, self.smooth, self.self_train,
                                   self.remove_oversized]
 
         self.run_adapt = PushButton(text="Adapt && segment")
@@ -390,7 +396,8 @@ class AdaptSegmentWidget(Container):
             model, data, adapt=adapt, assess=adapt and bool(self.assess.value), truth=truth,
             keep_probabilities=bool(self.add_probabilities.value), device=self.device.value,
             intensity_range=intensity, pixel_size_nm=pixel_size, tile_size=int(self.tile_size.value) or None,
-            adapt_options=self.adapt_settings(), guard=bool(self.guard.value), tta=int(self.tta.value),
+            adapt_options=self.adapt_settings(), guard=bool(self.guard.value),
+            content_floor=bool(self.guard.value) and bool(self.content_floor.value), tta=int(self.tta.value),
             search_scale=bool(self.search_scale.value), choose_statistics=bool(self.choose_statistics.value),
             choose_depth=bool(self.choose_depth.value),
             smooth="auto" if self.smooth.value else None, self_train=bool(self.self_train.value),
