@@ -21,6 +21,8 @@ Methods per (model, target), each adding one step (times on this machine, 2 CPU 
 * ``+guard``: AdaBN, but the source statistics are kept where :func:`adaptation_needed` finds the
   target's statistics at the noise floor ("no adaptation needed") of the model's running statistics or,
   for a model trained on several volumes, of one training volume's (``napari_bnadapt.adabn.volumes``);
+  with ``--content-floor``, also within how far crops of the training data of the target's size lie
+  (``napari_bnadapt.adabn.content_floor``);
 * ``+tta``: the AdaBN model, probabilities averaged over the 4 flips (test-time augmentation);
 * ``+entropy``: the AdaBN model after the entropy step on the BatchNorm affine parameters;
 * ``+scale``: AdaBN and segmentation at the zoom :func:`choose_zoom` picks without labels.

@@ -284,6 +284,14 @@ section_real() {
     step bench_trust_recheck_need "$PY" benchmarks/bench_trust_recheck_need.py
     step bench_small_crops "$PY" benchmarks/bench_small_crops.py
     step bench_small_crops_prior "$PY" benchmarks/bench_small_crops.py --mode prior --name bench_small_crops_prior
+    # the guard's optional content floor (stored in the generalists by scripts/train_em_models.py --content-floor)
+    step bench_small_crops_content_floor "$PY" benchmarks/bench_small_crops.py --models em-generalist-2 --content-floor \
+      --name bench_small_crops_content_floor
+    step bench_small_crops_content_floor_new_crops "$PY" benchmarks/bench_small_crops.py --models em-generalist-2 \
+      --content-floor --seed 1 --name bench_small_crops_content_floor_new_crops
+    rm -f benchmarks/results/bench_real_generalisation_content_floor.partial.jsonl
+    step bench_real_generalisation_content_floor "$PY" benchmarks/bench_real_generalisation.py --models em-generalist-2 \
+      --content-floor --name bench_real_generalisation_content_floor
     # the class-balanced estimator (mode="balanced"): small crops, new crops, the suite, whole volumes (~100 min)
     step bench_small_crops_balanced "$PY" benchmarks/bench_small_crops.py --mode balanced --name bench_small_crops_balanced
     step bench_small_crops_balanced_new_crops "$PY" benchmarks/bench_small_crops.py --mode balanced --seed 1 \

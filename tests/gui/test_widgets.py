@@ -385,7 +385,7 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
             w.remove_oversized.value, w.choose_statistics.value) == (1, False, True, False, False, True, False)
     w.tta.value, w.search_scale.value, w.guard.value, w.choose_depth.value, w.smooth.value = 4, True, False, True, True
     w.remove_oversized.value, w.choose_statistics.value = False, True
-    assert w.content_floor.value is False
+    assert w.content_floor.value is False and not w.content_floor.enabled  # the guard was switched off above
     w.content_floor.value = True  # with the guard off it means nothing: not passed on
     assert list(w.mode.choices) == ["cumulative", "ema", "prior", "balanced"]
     w.mode.value = "balanced"
@@ -396,6 +396,7 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
             seen["remove_oversized"], seen["choose_statistics"]) == (4, True, False, True, "auto", False, True)
     assert seen["adapt_options"]["mode"] == "balanced" and seen["content_floor"] is False
     w.guard.value = True
+    assert w.content_floor.enabled
     w.start(adapt=True)
     _wait(qtbot, w)
     assert seen["guard"] is True and seen["content_floor"] is True

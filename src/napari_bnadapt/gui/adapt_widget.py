@@ -165,6 +165,7 @@ class AdaptSegmentWidget(Container):
         self.image.changed.connect(self.check_pixel_size)
         self.loader.voxel.native.editingFinished.connect(self._apply_voxel_size)
         self.model.changed.connect(self._update_card)
+        self.guard.changed.connect(lambda on: setattr(self.content_floor, "enabled", bool(on)))  # a refinement of it
         self.model.changed.connect(self._note_model_pick)
         self.image.changed.connect(self.suggest_model)
         self.image.changed.connect(self._show_hint)
