@@ -170,7 +170,9 @@ def evaluate(model: Any, t: dict[str, Any], content_floor: bool = False) -> dict
     res: dict[str, dict[str, float]] = {}
     p, s = _timed(lambda: seg(model))
     res["source"] = {"iou": score(p), "seconds": s}
-    (adapted, report), s_adapt = _timed(lambda: nb.adapt(model, x, device="cpu", pixel_size_nm=px, seed=0))
+    # "not stated": adapted as is, the pixel size unknown as a user's would be (the same statistics as with the model's)
+    (adapted, report), s_adapt = _timed(lambda: nb.adapt(model, x, device="cpu", pixel_size_nm=t["pixel_size_nm"],
+                                                         seed=0))
     p, s = _timed(lambda: seg(adapted))
     res["adabn"] = {"iou": score(p), "seconds": s_adapt + s}
     verdict = adaptation_needed(model, adapted, report, content_floor=content_floor)

@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content-floor", action="store_true",
                    help="with --adapt: the guard also keeps the source statistics when the stack lies no farther from "
                    "the training data than crops of its size of the training data do (models with a content floor: "
-                   "the generalists; for a small stack of a kind the model was trained on; an option, docs/real-data.md)")
+                   "the generalists; for a small stack of a kind the model was trained on, with its pixel size known; "
+                   "an option, docs/real-data.md)")
     p.add_argument("--keep-oversized", action="store_true",
                    help="keep objects far larger than any mitochondrion the model was trained on (by default they are "
                    "removed and the number is printed: a nucleus or cell body is the usual cause)")

@@ -255,7 +255,8 @@ def run_iter(
         With ``guard``: also keep the source statistics when every BatchNorm layer lies no farther from a
         reference than crops of the training data of the stack's size do (models that carry a content floor:
         the bundled generalists; :mod:`~napari_bnadapt.adabn.content_floor`). For a small stack of a kind the
-        model was trained on; it can also hide an unstated pixel size on a small stack (docs/real-data.md).
+        model was trained on, whose pixel size is known (without it the floor is not used, and ``need`` says so);
+        it hides inverted contrast on a small stack (docs/real-data.md).
     tta : {1, 2, 4, 8}, default 1
         Test-time augmentation: average the probabilities over this many flipped/rotated views
         (:func:`~napari_bnadapt.segmentation.tta.predict_tta`; the segmentation costs ``tta`` times more).

@@ -22,6 +22,7 @@ from napari_bnadapt.model.unet import batchnorm_layers
 from ..conftest import SOURCE, state_bytes
 
 CROPS = ((1, 32), (2, 64))
+PX = (5.0, 5.0)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def robust_toy(toy_model):
     """The toy model with a card that says it was trained with random grey-value curves."""
     model = copy.deepcopy(toy_model)
     model.meta.setdefault("training", {}).setdefault("recipe", {})["augmentation"] = Augmentation().to_meta()
+    model.meta["pixel_size_nm"] = list(PX)
     return model
 
 
@@ -41,7 +43,8 @@ def training_volume():
 
 @pytest.fixture(scope="module")
 def measured(robust_toy, training_volume, one_torch_thread):
-    return measure_content_floor(robust_toy, {"toy": training_volume}, crops=CROPS, n_crops=3, device="cpu")
+    return measure_content_floor(robust_toy, {"toy": training_volume}, pixel_sizes_nm={"toy": PX}, crops=CROPS,
+                                 n_crops=3, device="cpu")
 
 
 def _floor(model, value):
@@ -102,7 +105,7 @@ def test_the_guard_keeps_the_source_within_the_floor_and_adapts_beyond_it(robust
     from napari_bnadapt import synthetic
 
     crop = synthetic.generate(2, (64, 64), seed=32, **SOURCE)[0]
-    adapted, report = nb.adapt(robust_toy, crop, device="cpu")
+    adapted, report = nb.adapt(robust_toy, crop, device="cpu", pixel_size_nm=PX)
     assert report.stack_voxels == 2 * 64 * 64
     plain = adaptation_needed(robust_toy, adapted, report)
     # no floor, or a zero one: the half-sample floor and the contrast limit alone decide, as before
@@ -117,8 +120,14 @@ def test_the_guard_keeps_the_source_within_the_floor_and_adapts_beyond_it(robust
     from napari_bnadapt.bound.assess import _within_noise_floor
 
     assert _within_noise_floor(wide_model, adapted) == (not plain.needed)
+    # the floor is measured on the model's pixel grid: a stack of unknown pixel size is judged without it
+    with pytest.warns(UserWarning, match="pixel size"):
+        unknown, unknown_report = nb.adapt(robust_toy, crop, device="cpu")
+    blind = adaptation_needed(wide_model, unknown, unknown_report, content_floor=True)
+    assert blind.needed == plain.needed and not blind.by_content_floor
+    assert "the content floor was not used" in blind.message
     # a brightness shift of 40 grey values lies far beyond what crops of the training data differ by
-    shifted, shifted_report = nb.adapt(measured, bright_stack[0][:2], device="cpu")
+    shifted, shifted_report = nb.adapt(measured, bright_stack[0][:2], device="cpu", pixel_size_nm=PX)
     verdict = adaptation_needed(measured, shifted, shifted_report, content_floor=True)
     assert verdict.needed and not verdict.by_content_floor and verdict.layer == "inc.bn1"
 
@@ -153,8 +162,8 @@ def test_the_workflow_and_the_cli_use_it_only_when_asked(robust_toy, tmp_path, c
 
     model = _floor(robust_toy, 10.0)
     crop = synthetic.generate(2, (64, 64), seed=33, **SOURCE)[0]
-    plain = workflow.run(model, crop, assess=False, device="cpu")
-    asked = workflow.run(model, crop, assess=False, device="cpu", content_floor=True)
+    plain = workflow.run(model, crop, assess=False, device="cpu", pixel_size_nm=PX)
+    asked = workflow.run(model, crop, assess=False, device="cpu", pixel_size_nm=PX, content_floor=True)
     assert not asked.need.needed and asked.source_statistics_kept
     assert asked.need.by_content_floor == plain.need.needed
     path, img, out = tmp_path / "floor.safetensors", tmp_path / "crop.tif", tmp_path / "labels.tif"
@@ -162,5 +171,5 @@ def test_the_workflow_and_the_cli_use_it_only_when_asked(robust_toy, tmp_path, c
     tifffile.imwrite(img, crop)
     common = ["segment", "--model", str(path), "--adapt", "--no-assess", "--input", str(img), "--device", "cpu",
               "--quiet", "--output", str(out), "--overwrite"]
-    assert main([*common, "--content-floor"]) == 0
+    assert main([*common, "--content-floor", "--pixel-size", "5", "5"]) == 0
     assert "the source model's statistics are kept" in capsys.readouterr().out

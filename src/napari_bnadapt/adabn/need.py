@@ -207,8 +207,9 @@ def adaptation_needed(
         Also allow, per layer, for how far crops of the training data of the stack's size lie from each
         reference, where the model carries that (:mod:`~napari_bnadapt.adabn.content_floor`; module
         docstring). An option: on small crops of its own volumes it keeps the default model's source
-        statistics where AdaBN would cost it, but on a small stack it also hides an unstated pixel size and
-        inverted contrast (docs/real-data.md).
+        statistics where AdaBN would cost it, but on a small stack it also hides inverted contrast
+        (docs/real-data.md). Used only where both the image's and the model's pixel sizes are known (the
+        floor is measured on the model's pixel grid); else the verdict says it was not used.
 
     Returns
     -------
@@ -229,6 +230,9 @@ def adaptation_needed(
     from .content_floor import read_content_floor
 
     floors = read_content_floor(source) if content_floor else {}
+    unknown_grid = bool(floors) and not _pixel_sizes_known(source, adapted)
+    if unknown_grid:  # the floor was measured on the model's pixel grid; this stack's grid is not known
+        floors = {}
     n_voxels = _report_value(report, "stack_voxels") or _report_value(report, "n_voxels")
     compared = [(name, compare(ref, t)) for name, ref in references(source, s)]
     judged = [(name, c, _excess(c, margin * floor, floors.get(name), n_voxels)) for name, c in compared]
@@ -253,9 +257,23 @@ def adaptation_needed(
         message = (f"the image already matches {like}: adaptation changed nothing that matters (largest shift "
                    f"{c.shift:.3f} source sigma in {c.layer}, {within}; contrast change "
                    f"{math.expm1(c.std_change):.0%}); the source model's statistics are kept")
+    if unknown_grid:
+        message += ("; the content floor was not used: it is measured at the model's pixel size, and the image's is "
+                    "unknown")
     return NeedVerdict(needed=needed, shift=c.shift, layer=c.layer, floor=floor, floor_from=floor_from, ratio=ratio,
                        margin=float(margin), std_change=c.std_change, weight=1.0 if needed else 0.0,
                        message=message, layers=c.shifts, reference=reference, by_content_floor=by_content)
+
+
+def _pixel_sizes_known(source: Any, adapted: Any) -> bool:
+    """Whether the adapted statistics were drawn at the model's pixel size: both pixel sizes known (the adapted
+    card's target entry, :func:`~napari_bnadapt.adabn.adaptation.adapt`, and the source's card)."""
+    from ..io.resample import model_pixel_size
+
+    meta = getattr(adapted, "meta", None)
+    adaptation = meta.get("adaptation") if isinstance(meta, dict) else None
+    target = adaptation.get("target") if isinstance(adaptation, dict) else None
+    return bool(isinstance(target, dict) and target.get("pixel_size_nm")) and model_pixel_size(source) is not None
 
 
 def _excess(c: Comparison, shift_floor: float, content: Any, n_voxels: int | None) -> tuple[float, float]:

@@ -104,9 +104,9 @@ class AdaptSegmentWidget(Container):
         self.guard = CheckBox(text="keep the source statistics when the image already matches", value=True)
         self.content_floor = CheckBox(text="... allowing for a small stack's content", value=False,
                                       tooltip="also keep them when the stack lies no farther from the training data "
-                                      "than crops of its size of the training data do (the generalist models); for a "
-                                      "small stack of a kind the model was trained on: it can also hide an unstated "
-                                      "pixel size (docs/real-data.md)")
+                                      "than crops of its size of the training data do (the generalist models, the "
+                                      "image's pixel size known); for a small stack of a kind the model was trained "
+                                      "on (docs/real-data.md)")
         self.choose_statistics = CheckBox(text="choose source or adapted statistics (no labels)", value=False,
                                           tooltip="after adapting, keep the source statistics when the model "
                                           "without adaptation agrees more with itself under flips and finds a share "
