@@ -19,15 +19,18 @@ change), scaled by one factor: the :data:`CONTENT_FLOOR_QUANTILE` quantile over 
 ratio to those medians, over all layers and both measures. A crop of the training data then passes every
 layer at once with that probability; a quantile taken per layer would not do that (a crop passes one layer
 with probability 0.9, but all 36 tests far less often: the first version, per-layer 0.9 quantiles, still
-called 4 of 5 crops of `em-generalist-2`'s own Lucchi++ test slices "needed", by 1.1-1.6 times the floor
-in one layer). A target whose every layer lies within the floor of crops of its size (or within
-the half-sample floor and the contrast limit, whichever is larger) is as close to the training data as
-crops of the training data are: the guard keeps the source statistics.
+called 3 of 5 crops of `em-generalist-2`'s own Lucchi++ test slices "needed", by 1.1-1.6 times the floor
+in one layer). When asked (``adaptation_needed(..., content_floor=True)``; an option, off by default:
+docs/real-data.md), a target whose every layer lies within the floor of crops of its size (or within the
+half-sample floor and the contrast limit, whichever is larger) is as close to the training data as crops of
+the training data are, and the guard keeps the source statistics; only where the image's pixel size is
+known, since the floor is measured on the model's pixel grid.
 
 Only for a model trained with random grey-value curves (:func:`grey_values_randomised`). On a small crop a
 change of grey values moves the first layers' statistics no more than the crop's content does: for
 ``lucchi-pp``, trained with flips and rotations only, an offset of +0.04 on a 3 x 256 x 256 crop lies within
-the content spread (ratio 0.94, the crop as it is 0.79), and AdaBN is what turns it from 0.25 into 0.77 IoU.
+the content spread (an earlier prototype with per-layer floors: ratio 0.94, the crop as it is 0.79), and
+AdaBN is what turns it from 0.25 into 0.77 IoU.
 A model trained on random gamma, gain and offset has learned to shrug such changes off, so for it a shift
 within the content floor is harmless (``em-generalist-2``: AdaBN costs it 0.04-0.06 on such crops whether
 shifted or not).
@@ -128,7 +131,8 @@ def read_content_floor(model: Any) -> dict[str, ContentFloor]:
     out = {}
     for entry in card["references"]:
         sizes = [int(n) for n in entry["n_voxels"]]
-        floor = ContentFloor(str(entry["reference"]), sizes, {k: [float(x) for x in v] for k, v in entry["shift"].items()},
+        floor = ContentFloor(str(entry["reference"]), sizes,
+                             {k: [float(x) for x in v] for k, v in entry["shift"].items()},
                              {k: [float(x) for x in v] for k, v in entry["std_change"].items()})
         if set(floor.shift) != layers or set(floor.std_change) != layers or any(
                 len(v) != len(sizes) for v in (*floor.shift.values(), *floor.std_change.values())):
@@ -153,7 +157,8 @@ def _floors(crops: list[Comparison], quantile: float) -> dict[str, tuple[float, 
 
 def grey_values_randomised(model: Any) -> bool:
     """True when the model's card records training with random grey-value curves (gamma, gain or offset drawn
-    with a positive probability: ``meta["training"]["recipe"]["augmentation"]``, :mod:`~napari_bnadapt.model.augment`)."""
+    with a positive probability: ``meta["training"]["recipe"]["augmentation"]``,
+    :mod:`~napari_bnadapt.model.augment`)."""
     meta = getattr(model, "meta", None)
     recipe = ((meta or {}).get("training") or {}).get("recipe") or {} if isinstance(meta, dict) else {}
     aug = recipe.get("augmentation") if isinstance(recipe, dict) else None
