@@ -201,7 +201,8 @@ def measure_content_floor(
     n_crops : int, default CONTENT_FLOOR_COUNT
         Random crops per size and volume (at least 2).
     quantile : float, default CONTENT_FLOOR_QUANTILE
-        The quantile over the crops that is stored, per layer.
+        The share of the crops of the training data that lie within the floor in every layer at once (the
+        quantile of the one factor that scales the per-layer medians, module docstring).
     seed : int, default 0
         Seeds the crop positions.
     device, intensity_range
@@ -282,9 +283,9 @@ def measure_content_floor_iter(
                 per_crop.append(compare(ref, bn_statistics(adapted)))
                 done += 1
             sizes.append(int(report.stack_voxels))
-            for name, (s, v) in _floors(per_crop, quantile).items():
-                shift.setdefault(name, []).append(s)
-                std.setdefault(name, []).append(v)
+            for name, (layer_shift, layer_std) in _floors(per_crop, quantile).items():
+                shift.setdefault(name, []).append(layer_shift)
+                std.setdefault(name, []).append(layer_std)
         order = np.argsort(sizes)
         entries.append({"reference": wanted[label], "volume": str(label), "n_voxels": [sizes[i] for i in order],
                         "shift": {k: [v[i] for i in order] for k, v in shift.items()},
@@ -295,7 +296,7 @@ def measure_content_floor_iter(
     out.meta["content_floor"] = {
         "version": CONTENT_FLOOR_VERSION, "quantile": quantile, "n_crops": n_crops,
         "crops": [list(c) for c in crops], "seed": seed, "references": entries,
-        "note": "per layer, how far AdaBN's statistics of crops of the training data lie from the reference; the guard "
-                "keeps the source model for a target within it (napari_bnadapt.adabn.content_floor)",
+        "note": "per layer, how far AdaBN's statistics of crops of the training data lie from the reference; asked to, "
+                "the guard keeps the source model for a target within it (napari_bnadapt.adabn.content_floor)",
     }
     yield Result(out)
