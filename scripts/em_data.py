@@ -100,17 +100,31 @@ ROBUST: dict[str, dict[str, Any]] = {
 }
 
 
+#: weight-space blends (``napari_bnadapt.model.blend``, WiSE-FT): a first bundled specialist and its robust
+#: fine-tuning (read from ``--out``), half and half (WiSE-FT's untuned default, fixed before any blend was
+#: measured), the running statistics estimated again on the training slices; made in seconds, not trained
+BLENDS: dict[str, dict[str, Any]] = {
+    f"{d}-blend": {"name": f"{RECIPES[d]['name']}-blend", "sources": [d], "pixel_size_nm": RECIPES[d]["pixel_size_nm"],
+                   "base": RECIPES[d]["name"], "tuned": ROBUST[f"{d}-robust-half"]["name"], "weight": 0.5,
+                   "description": RECIPES[d]["description"]}
+    for d in ("lucchi", "vnc")
+}
+
+
 def model_recipe(key: str) -> dict[str, Any]:
     """A model's training recipe: a single-dataset one of :data:`RECIPES` (flips and rotations only,
-    as the first bundled models were trained) or a robust one of :data:`ROBUST` (EM augmentation)."""
+    as the first bundled models were trained), a robust one of :data:`ROBUST` (EM augmentation) or a blend of
+    :data:`BLENDS` (no ``augment``: nothing is trained)."""
     if key in ROBUST:
         return {"augment": "em", **ROBUST[key]}
+    if key in BLENDS:
+        return dict(BLENDS[key])
     r = RECIPES[key]
     return {"augment": "geometric", "sources": [key], **{k: r[k] for k in ("name", "pixel_size_nm", "steps", "description")}}
 
 def recipes_by_model_name() -> dict[str, dict[str, Any]]:
     """Every recipe (:func:`model_recipe`) under the name of the model it makes."""
-    return {r["name"]: r for r in map(model_recipe, [*RECIPES, *ROBUST])}
+    return {r["name"]: r for r in map(model_recipe, [*RECIPES, *ROBUST, *BLENDS])}
 
 
 def available(data: Path = DATA) -> bool:

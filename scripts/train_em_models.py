@@ -9,6 +9,7 @@ Usage::
     python scripts/train_em_models.py --volume-statistics FILE   # a model trained on several volumes, before
                                                                  # they were measured in training
     python scripts/train_em_models.py --content-floor FILE       # the guard's content floor (small stacks)
+    python scripts/train_em_models.py lucchi-blend --out DIR     # half lucchi-pp, half DIR/lucchi-pp-robust-half
 
 Reads the labelled volumes in ``../shared/data/real/`` (``tifffile.memmap``: never
 copied, never written) and trains a bilinear U-Net (width 16 unless the recipe or ``--width`` says
@@ -41,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from em_data import (BUNDLED, DATA, RECIPES, ROBUST, load_split, model_recipe, recipes_by_model_name,  # noqa: E402
-                     split_description, test_iou)
+from em_data import (BLENDS, BUNDLED, DATA, RECIPES, ROBUST, load_split, model_recipe,  # noqa: E402
+                     recipes_by_model_name, split_description, test_iou)
 
 
 def steps_within(budget_s: float, training: Callable[[int], Iterator[Any]], probe_steps: int = 30) -> int:
@@ -117,9 +118,37 @@ def rewrite(path: Path, data: Path, what: str) -> int:
     return 0
 
 
+def make_blend(r: dict[str, Any], args: argparse.Namespace, path: Path) -> int:
+    """A recipe of :data:`em_data.BLENDS`: the bundled specialist and its robust fine-tuning (``--out``) mixed at
+    the recipe's weight (``--weight``), the running statistics estimated again on the training slices."""
+    import napari_bnadapt as nb
+    from napari_bnadapt.model.blend import blend_models
+
+    tuned = args.out / f"{r['tuned']}.safetensors"
+    if not tuned.exists():
+        print(f"{tuned} is missing: train it first ({r['tuned']}, docs/real-data.md)", file=sys.stderr)
+        return 2
+    weight = r["weight"] if args.weight is None else args.weight
+    (images, _), = [load_split(s, "train", args.data) for s in r["sources"]]
+    t0 = time.perf_counter()
+    model = blend_models(nb.load_model(r["base"], device="cpu"), nb.load_model(tuned, device="cpu"), weight,
+                         name=r["name"], statistics_images=images, pixel_size_nm=r["pixel_size_nm"], seed=args.seed)
+    model.meta["description"] = (f"{r['description']}; weights {1 - weight:g} x {r['base']} + {weight:g} x "
+                                 f"{r['tuned']} (a blend)")
+    model.meta["blend"]["seconds"] = round(time.perf_counter() - t0, 1)
+    nb.compute_source_statistics(model, images, seed=args.seed, device="cpu", in_place=True)
+    training = model.meta["training"] = {**model.meta["training"], "metrics": {}}
+    if not args.no_test:
+        record_test_iou(model, r["sources"], args.data)
+    training["command"] = " ".join(["python", "scripts/train_em_models.py", args.dataset, *args.rest])
+    nb.save_model(model, path, overwrite=args.overwrite)
+    print(f"saved {path}: {model.meta['blend']}; metrics {training['metrics']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", nargs="?", choices=sorted(RECIPES) + sorted(ROBUST))
+    ap.add_argument("dataset", nargs="?", choices=sorted(RECIPES) + sorted(ROBUST) + sorted(BLENDS))
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--patch-size", type=int, default=256)
@@ -154,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=BUNDLED)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    ap.add_argument("--weight", type=float, default=None,
+                    help="a blend recipe only: the fine-tuned model's share of the weights (default: the recipe's)")
     args = ap.parse_args(argv)
+    args.rest = (sys.argv[1:] if argv is None else argv)[1:]
     if args.score is None and args.volume_statistics is None and args.content_floor is None and args.dataset is None:
         ap.error("name a dataset recipe to train, or --score FILE, --volume-statistics FILE or --content-floor FILE")
 
@@ -176,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     if path.exists() and not args.overwrite:
         print(f"{path} exists: pass --overwrite to replace it", file=sys.stderr)
         return 2
+    if "base" in r:
+        return make_blend(r, args, path)
     splits = [load_split(s, "train", args.data) for s in r["sources"]]
     for s, (im, lb) in zip(r["sources"], splits):
         print(f"{s}: train images {im.shape} {im.dtype}, labels {lb.shape}", flush=True)

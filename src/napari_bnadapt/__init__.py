@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "segment_iter": "segmentation.predict",
     "train": "model.training",
     "train_iter": "model.training",
+    "blend_models": "model.blend",
     "iou": "metrics",
     "dice": "metrics",
     "run_to_end": "progress",
