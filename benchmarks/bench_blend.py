@@ -44,7 +44,8 @@ def figure(result: dict[str, Any], path: Path) -> None:
                                    ("cross-lab", "adabn", "s-")):
             pts = sorted((r["weight"], r[key]) for r in rows if r["domain"] == domain)
             target = next(r["target"] for r in rows if r["domain"] == domain)
-            ax.plot(*zip(*pts), style, label=f"{target} ({domain}), {'+guard' if key == 'guard' else key}")
+            step = {"guard": "AdaBN behind the guard", "source": "source only", "adabn": "AdaBN"}[key]
+            ax.plot(*zip(*pts), style, label=f"{target} ({domain}), {step}")
         ax.set_xlabel(f"weight of {BLENDS[pair]['tuned']}  (0: {BLENDS[pair]['base']})")
         ax.set_ylabel("foreground IoU, whole test volume")
         ax.set_ylim(0, 1)

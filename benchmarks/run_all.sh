@@ -246,6 +246,12 @@ section_real() {
       --init lucchi-pp --patch-size 192 --lr 3e-4 --val-fraction 0 --overwrite
     step bench_real_generalisation_generalist_half "$PY" benchmarks/bench_real_generalisation.py \
       --models em-generalist-half --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_generalist_half
+    # weight-space blends of lucchi-pp / vnc and their halved-probability fine-tunings (about 45 min on 2 cores)
+    step bench_blend "$PY" benchmarks/bench_blend.py --models-dir "$TMPDIR_MODELS"
+    step "make lucchi-pp-blend" "$PY" scripts/train_em_models.py lucchi-blend --out "$TMPDIR_MODELS" --overwrite
+    step "make vnc-blend" "$PY" scripts/train_em_models.py vnc-blend --out "$TMPDIR_MODELS" --overwrite
+    step bench_real_generalisation_blend "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-blend vnc-blend \
+      --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_blend
     # which BatchNorm layers to adapt: AdaBN on the first k U-Net blocks (about 25 min on 2 cores)
     rm -f benchmarks/results/bench_adabn_depth.partial.jsonl
     step bench_adabn_depth "$PY" benchmarks/bench_adabn_depth.py --models lucchi-pp vnc em-generalist \

@@ -1,4 +1,4 @@
-"""The GPU-session helpers of scripts/: the step budget of train_em_models and the data packing."""
+"""The helpers of scripts/: the step budget of train_em_models, the data packing, the blend recipes."""
 
 from __future__ import annotations
 
@@ -79,3 +79,14 @@ def test_unpack_refuses_a_slice_that_changed(tmp_path):
     first.write_bytes(buf.getvalue())
     with pytest.raises(SystemExit, match="checksum"):
         em_data_pack.unpack(tmp_path / "packed", tmp_path / "out")
+
+
+def test_a_blend_recipe_names_a_bundled_specialist_and_its_robust_fine_tuning(tmp_path, capsys):
+    by_name = em_data.recipes_by_model_name()
+    for key, r in em_data.BLENDS.items():
+        assert r["base"] in {s["name"] for s in em_data.RECIPES.values()}
+        assert by_name[r["tuned"]]["sources"] == r["sources"] == by_name[r["name"]]["sources"]
+        assert 0 < r["weight"] < 1 and "augment" not in em_data.model_recipe(key)  # made, not trained
+    assert train_em_models.main(["lucchi-blend", "--out", str(tmp_path)]) == 2  # the fine-tuned model is not there
+    assert "lucchi-pp-robust-half.safetensors is missing: train it first" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

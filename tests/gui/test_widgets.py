@@ -388,7 +388,13 @@ def test_advanced_extras_reach_the_workflow(viewer, qtbot, monkeypatch):
     assert w.content_floor.value is False and not w.content_floor.enabled  # the guard was switched off above
     w.content_floor.value = True  # with the guard off it means nothing: not passed on
     assert list(w.mode.choices) == ["cumulative", "ema", "prior", "balanced"]
+    assert not w.alpha.enabled and not w.prior.enabled  # cumulative reads neither
+    w.mode.value = "ema"
+    assert w.alpha.enabled and not w.prior.enabled
+    w.mode.value = "prior"
+    assert w.prior.enabled and not w.alpha.enabled
     w.mode.value = "balanced"
+    assert not w.alpha.enabled and not w.prior.enabled
     w.image.value = viewer.layers["toy source"]
     w.start(adapt=True)
     _wait(qtbot, w)

@@ -166,6 +166,8 @@ class AdaptSegmentWidget(Container):
         self.loader.voxel.native.editingFinished.connect(self._apply_voxel_size)
         self.model.changed.connect(self._update_card)
         self.guard.changed.connect(lambda on: setattr(self.content_floor, "enabled", bool(on)))  # a refinement of it
+        self.mode.changed.connect(self._enable_estimator_settings)
+        self._enable_estimator_settings()
         self.model.changed.connect(self._note_model_pick)
         self.image.changed.connect(self.suggest_model)
         self.image.changed.connect(self._show_hint)
@@ -186,6 +188,11 @@ class AdaptSegmentWidget(Container):
         self.suggest_model()
         self._update_card()
         self.loader.show_voxel_size(self.image.value)
+
+    def _enable_estimator_settings(self, *_: Any) -> None:
+        """EMA alpha only for the moving average, prior N only for the source prior: the others ignore them."""
+        self.alpha.enabled = self.mode.value == "ema"
+        self.prior.enabled = self.mode.value == "prior"
 
     # --- choices -------------------------------------------------------
     def _image_choices(self, _w: Any = None) -> list[tuple[str, Any]]:
