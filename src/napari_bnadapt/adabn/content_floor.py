@@ -118,15 +118,12 @@ def read_content_floor(model: Any) -> dict[str, ContentFloor]:
     BNAdaptError
         They were written by a newer version, or do not name the model's BatchNorm layers.
     """
+    from ..model.card import card_section
     from ..model.foreign import batchnorm_layers
 
-    meta = getattr(model, "meta", None)
-    card = meta.get("content_floor") if isinstance(meta, dict) else None
-    if not isinstance(card, dict) or not card.get("references"):
+    card = card_section(model, "content_floor", "references", CONTENT_FLOOR_VERSION, "the content floor")
+    if card is None:
         return {}
-    if int(card.get("version", 0)) > CONTENT_FLOOR_VERSION:
-        raise BNAdaptError(f"the content floor of this model was written by a newer napari-bnadapt (format "
-                           f"{card['version']}); update the plugin")
     layers = {name for name, _ in batchnorm_layers(model)}
     out = {}
     for entry in card["references"]:

@@ -77,16 +77,14 @@ def read_volume_statistics(model: Any) -> list[VolumeReference]:
     """
     import torch
 
+    from ..model.card import card_section
     from ..model.foreign import batchnorm_layers
 
-    meta = getattr(model, "meta", None)
-    card = meta.get("volume_statistics") if isinstance(meta, dict) else None
-    if not isinstance(card, dict) or not card.get("volumes"):
+    card = card_section(model, "volume_statistics", "volumes", VOLUME_STATS_VERSION,
+                        "the training-volume statistics")
+    if card is None:
         return []
-    if int(card.get("version", 0)) > VOLUME_STATS_VERSION:
-        raise BNAdaptError(f"the training-volume statistics of this model were written by a newer napari-bnadapt "
-                           f"(format {card['version']}); update the plugin")
-    arrays = meta.get("arrays", {})
+    arrays = model.meta.get("arrays", {})
     layers = [(name, bn.num_features) for name, bn in batchnorm_layers(model)]
     out = []
     for i, vol in enumerate(card["volumes"]):

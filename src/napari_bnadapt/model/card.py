@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import BNAdaptError
+
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -90,3 +92,21 @@ class ModelCard:
         if self.adaptation:
             lines.append(f"adapted from {self.adaptation.get('source_model')}")
         return "\n".join(lines)
+
+
+def card_section(model: Any, key: str, entries: str, version: int, what: str) -> dict[str, Any] | None:
+    """``model.meta[key]`` when it holds a non-empty list under ``entries``, else None.
+
+    Raises
+    ------
+    BNAdaptError
+        The section was written in a format newer than ``version`` (``what`` names it in the message).
+    """
+    meta = getattr(model, "meta", None)
+    card = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(card, dict) or not card.get(entries):
+        return None
+    if int(card.get("version", 0)) > version:
+        raise BNAdaptError(f"{what} of this model {'were' if what.endswith('statistics') else 'was'} written by a "
+                           f"newer napari-bnadapt (format {card['version']}); update the plugin")
+    return card
