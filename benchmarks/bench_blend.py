@@ -37,7 +37,7 @@ def figure(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pairs = list(dict.fromkeys(r["pair"] for r in result["rows"]))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.4), squeeze=False)
     for ax, pair in zip(axes[0], pairs):
         rows = [r for r in result["rows"] if r["pair"] == pair]
         for domain, key, style in (("in-domain", "guard", "o-"), ("cross-lab", "source", "s--"),
@@ -50,7 +50,7 @@ def figure(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("foreground IoU, whole test volume")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
         ax.set_title(f"{BLENDS[pair]['name']}: weight-space blends", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
