@@ -140,7 +140,7 @@ def make_blend(r: dict[str, Any], args: argparse.Namespace, path: Path) -> int:
     training = model.meta["training"] = {**model.meta["training"], "metrics": {}}
     if not args.no_test:
         record_test_iou(model, r["sources"], args.data)
-    training["command"] = " ".join(["python", "scripts/train_em_models.py", args.dataset, *args.rest])
+    training["command"] = " ".join(args.command)
     nb.save_model(model, path, overwrite=args.overwrite)
     print(f"saved {path}: {model.meta['blend']}; metrics {training['metrics']}")
     return 0
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weight", type=float, default=None,
                     help="a blend recipe only: the fine-tuned model's share of the weights (default: the recipe's)")
     args = ap.parse_args(argv)
-    args.rest = (sys.argv[1:] if argv is None else argv)[1:]
+    args.command = ["python", "scripts/train_em_models.py", *(sys.argv[1:] if argv is None else argv)]
     if args.score is None and args.volume_statistics is None and args.content_floor is None and args.dataset is None:
         ap.error("name a dataset recipe to train, or --score FILE, --volume-statistics FILE or --content-floor FILE")
 
@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "base" in r:
         return make_blend(r, args, path)
+    if args.weight is not None:
+        ap.error(f"--weight is for the blend recipes ({', '.join(sorted(BLENDS))}), not {args.dataset!r}")
     splits = [load_split(s, "train", args.data) for s in r["sources"]]
     for s, (im, lb) in zip(r["sources"], splits):
         print(f"{s}: train images {im.shape} {im.dtype}, labels {lb.shape}", flush=True)
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = model.meta["training"]["metrics"]
     if not args.no_test:
         record_test_iou(model, r["sources"], args.data)
-    command = ["python", "scripts/train_em_models.py", *(sys.argv[1:] if argv is None else argv)]
+    command = args.command
     if args.time_budget is not None and args.steps is None:  # the steps the budget gave: the command reruns them
         command.append(f"--steps {steps}")
     model.meta["training"]["command"] = " ".join(command)

@@ -90,3 +90,6 @@ def test_a_blend_recipe_names_a_bundled_specialist_and_its_robust_fine_tuning(tm
     assert train_em_models.main(["lucchi-blend", "--out", str(tmp_path)]) == 2  # the fine-tuned model is not there
     assert "lucchi-pp-robust-half.safetensors is missing: train it first" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+    with pytest.raises(SystemExit):  # a weight means nothing to a training recipe
+        train_em_models.main(["lucchi-robust-half", "--weight", "0.3", "--out", str(tmp_path)])
+    assert "--weight is for the blend recipes" in capsys.readouterr().err and not list(tmp_path.iterdir())
