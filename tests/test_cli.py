@@ -171,3 +171,35 @@ def test_segment_removes_oversized_objects_unless_kept(tmp_path, capsys, monkeyp
     assert main([*common, "--output", str(tmp_path / "a.tif")]) == 0
     assert main([*common, "--keep-oversized", "--output", str(tmp_path / "b.tif")]) == 0
     assert seen == [True, False]
+
+
+def test_blend_writes_a_blend_with_its_statistics_and_changes_neither_model(tmp_path, capsys, toy_model):
+    import copy
+
+    import torch
+
+    import napari_bnadapt as nb
+
+    tuned = copy.deepcopy(toy_model)
+    with torch.no_grad():
+        for v in tuned.state_dict().values():
+            if v.is_floating_point():
+                v.mul_(1.05)
+    tuned_file, img, out = tmp_path / "tuned.safetensors", tmp_path / "src.tif", tmp_path / "b.safetensors"
+    nb.save_model(tuned, tuned_file)
+    before = tuned_file.read_bytes()
+    main(["generate", "--n", "2", "--shape", "64", "64", "--output", str(img)])
+    assert main(["blend", "--base", "toy-perlin", "--tuned", str(tuned_file), "--weight", "0.25", "--training-images",
+                 str(img), "--output", str(out), "--device", "cpu", "--quiet"]) == 0
+    card = nb.model_card(out)
+    assert card.name == "b" and card.meta["blend"]["weight"] == 0.25 and card.has_source_statistics
+    assert "estimated again" in card.meta["blend"]["running_statistics"] and tuned_file.read_bytes() == before
+    capsys.readouterr()
+    assert main(["blend", "--base", "toy-perlin", "--tuned", str(tuned_file), "--output", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    plain = tmp_path / "plain.safetensors"
+    assert main(["blend", "--base", "toy-perlin", "--tuned", str(tuned_file), "--output", str(plain)]) == 0
+    assert "no source statistics" in capsys.readouterr().err and not nb.model_card(plain).has_source_statistics
+    assert main(["blend", "--base", "toy-perlin", "--tuned", str(tuned_file), "--weight", "2",
+                 "--output", str(tmp_path / "w.safetensors")]) == 2
+    assert "from 0" in capsys.readouterr().err and not (tmp_path / "w.safetensors").exists()

@@ -1,4 +1,4 @@
-"""The ``bnadapt`` command line: train, adapt, segment, export, generate, models, demo.
+"""The ``bnadapt`` command line: train, adapt, segment, export, blend, generate, models, demo.
 
 Every subcommand is one call of a public core function; errors about the
 user's input are printed as one clear sentence (exit code 2), not a traceback.
@@ -22,6 +22,8 @@ EPILOG = """examples:
   bnadapt adapt --model toy-perlin --input target.tif --output adapted.safetensors
   bnadapt export --model adapted.safetensors --output adapted-bioimageio.zip
   bnadapt train --images src.tif --labels src_labels.tif --output my-model.safetensors
+  bnadapt blend --base lucchi-pp --tuned my-finetuned.safetensors --weight 0.5 --training-images src.tif \
+      --output my-blend.safetensors
   bnadapt models
 """
 
@@ -199,6 +201,35 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     print(report)
     if args.output:
         print(f"saved {save_model(adapted, args.output, overwrite=args.overwrite)}")
+    return 0
+
+
+def _cmd_blend(args: argparse.Namespace) -> int:
+    from .io.resample import model_pixel_size, resolve_grid
+    from .model.blend import blend_models
+    from .model.files import load_model, save_model
+    from .stats.source_statistics import compute_source_statistics
+
+    _check_output(args.output, args.overwrite)
+    base, tuned = load_model(args.base, device="cpu"), load_model(args.tuned, device="cpu")
+    images = px = None
+    if args.training_images:
+        images, info = _read(args.training_images, "training image file")
+        px = _pixel_size(args, tuned, info)
+    blend = blend_models(base, tuned, args.weight, name=args.name or Path(args.output).name.split(".")[0],
+                         statistics_images=images, pixel_size_nm=px, intensity_range=_intensity(args),
+                         device=args.device)
+    if images is None:
+        print("note: the running statistics are the same mix of both models' (give --training-images to estimate "
+              "them again), and the blend has no source statistics: the reliability check needs them", file=sys.stderr)
+    elif resolve_grid(px, model_pixel_size(blend)).resamples:
+        print("note: the training images are not at the model's pixel size, so the blend's source statistics (for the "
+              "reliability check) were not measured", file=sys.stderr)
+    else:
+        compute_source_statistics(blend, images, device=args.device, intensity_range=_intensity(args), in_place=True)
+    path = save_model(blend, args.output, overwrite=args.overwrite)
+    print(f"saved {path}: {1 - args.weight:g} x {blend.meta['blend']['base']} + {args.weight:g} x "
+          f"{blend.meta['blend']['tuned']}; running statistics {blend.meta['blend']['running_statistics']}")
     return 0
 
 
@@ -424,6 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-image", help="image for the test tensors (its middle slice; default: a toy sample)")
     p.add_argument("--overwrite", action="store_true", help="replace the package if it exists")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("blend", help="mix a model and its fine-tuned copy in weight space (WiSE-FT); nothing is trained")
+    p.add_argument("--base", required=True, help="the model that was fine-tuned (name or file), never modified")
+    p.add_argument("--tuned", required=True, help="its fine-tuned copy (name or file), never modified")
+    p.add_argument("--weight", type=float, default=0.5, help="the fine-tuned model's share, 0..1 (default 0.5)")
+    p.add_argument("--output", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--name", help="the blend's name (default: the file name)")
+    p.add_argument("--training-images", help="un-augmented training images: the blend's BatchNorm running statistics "
+                   "and its source statistics are measured on them (recommended)")
+    _add_pixel_size(p, "the training images' pixel size in nm: one value for square pixels, or Y_NM X_NM "
+                       "(default: the file's voxel size, when it has one)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_blend)
 
     p = sub.add_parser("train", help="train a source model on labelled images")
     p.add_argument("--images", required=True, help="training image stack")

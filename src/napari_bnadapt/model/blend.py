@@ -59,6 +59,7 @@ def blend_models(
     name: str | None = None,
     statistics_images: ArrayLike | None = None,
     pixel_size_nm: tuple[float, float] | None = None,
+    intensity_range: tuple[float, float] | str | None = None,
     device: str = "cpu",
     seed: int = 0,
 ) -> UNet:
@@ -80,6 +81,9 @@ def blend_models(
         when small); None: the same mix of both models' running statistics.
     pixel_size_nm : (float, float) or None
         The pixel size of ``statistics_images`` (resampled to the model's, as everywhere).
+    intensity_range : (float, float), "auto" or None
+        How the grey values of ``statistics_images`` map to the model's range (as in :func:`napari_bnadapt.adapt`;
+        needed for 16-bit or float images outside 0..255).
     device : str, default "cpu"
         Where the statistics are estimated; the blend is returned on the CPU.
     seed : int, default 0
@@ -120,7 +124,8 @@ def blend_models(
     if statistics_images is not None:
         from ..adabn.adaptation import adapt
 
-        estimated, report = adapt(blend, statistics_images, device=device, seed=seed, pixel_size_nm=pixel_size_nm)
+        estimated, report = adapt(blend, statistics_images, device=device, seed=seed, pixel_size_nm=pixel_size_nm,
+                                  intensity_range=intensity_range)
         blend.load_state_dict({k: v.detach().cpu() for k, v in estimated.state_dict().items()})
         record["running_statistics"] = (f"estimated again on {report.n_patches} patches of un-augmented training "
                                         "images (AdaBN, cumulative)")
