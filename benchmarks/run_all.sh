@@ -252,6 +252,10 @@ section_real() {
     step "make vnc-blend" "$PY" scripts/train_em_models.py vnc-blend --out "$TMPDIR_MODELS" --overwrite
     step bench_real_generalisation_blend "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-blend vnc-blend \
       --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_blend
+    step "make lucchi-pp-blend at 0.25" "$PY" scripts/train_em_models.py lucchi-blend --weight 0.25 \
+      --tuned "$TMPDIR_MODELS/lucchi-pp-robust-half.safetensors" --out "$TMPDIR_MODELS/w25" --overwrite
+    step bench_real_generalisation_blend_25 "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-blend \
+      --models-dir "$TMPDIR_MODELS/w25" --name bench_real_generalisation_blend_25
     # which BatchNorm layers to adapt: AdaBN on the first k U-Net blocks (about 25 min on 2 cores)
     rm -f benchmarks/results/bench_adabn_depth.partial.jsonl
     step bench_adabn_depth "$PY" benchmarks/bench_adabn_depth.py --models lucchi-pp vnc em-generalist \

@@ -119,12 +119,13 @@ def rewrite(path: Path, data: Path, what: str) -> int:
 
 
 def make_blend(r: dict[str, Any], args: argparse.Namespace, path: Path) -> int:
-    """A recipe of :data:`em_data.BLENDS`: the bundled specialist and its robust fine-tuning (``--out``) mixed at
-    the recipe's weight (``--weight``), the running statistics estimated again on the training slices."""
+    """A recipe of :data:`em_data.BLENDS`: the bundled specialist and its robust fine-tuning (``--tuned``, else in
+    ``--out``) mixed at the recipe's weight (``--weight``), the running statistics estimated again on the training
+    slices."""
     import napari_bnadapt as nb
     from napari_bnadapt.model.blend import blend_models
 
-    tuned = args.out / f"{r['tuned']}.safetensors"
+    tuned = args.tuned or args.out / f"{r['tuned']}.safetensors"
     if not tuned.exists():
         print(f"{tuned} is missing: train it first ({r['tuned']}, docs/real-data.md)", file=sys.stderr)
         return 2
@@ -141,6 +142,7 @@ def make_blend(r: dict[str, Any], args: argparse.Namespace, path: Path) -> int:
     if not args.no_test:
         record_test_iou(model, r["sources"], args.data)
     training["command"] = " ".join(args.command)
+    args.out.mkdir(parents=True, exist_ok=True)
     nb.save_model(model, path, overwrite=args.overwrite)
     print(f"saved {path}: {model.meta['blend']}; metrics {training['metrics']}")
     return 0
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     ap.add_argument("--weight", type=float, default=None,
                     help="a blend recipe only: the fine-tuned model's share of the weights (default: the recipe's)")
+    ap.add_argument("--tuned", type=Path, default=None, metavar="FILE",
+                    help="a blend recipe only: the fine-tuned model (default: OUT/<the recipe's fine-tuned model>)")
     args = ap.parse_args(argv)
     args.command = ["python", "scripts/train_em_models.py", *(sys.argv[1:] if argv is None else argv)]
     if args.score is None and args.volume_statistics is None and args.content_floor is None and args.dataset is None:
@@ -210,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "base" in r:
         return make_blend(r, args, path)
-    if args.weight is not None:
-        ap.error(f"--weight is for the blend recipes ({', '.join(sorted(BLENDS))}), not {args.dataset!r}")
+    if args.weight is not None or args.tuned is not None:
+        ap.error(f"--weight and --tuned are for the blend recipes ({', '.join(sorted(BLENDS))}), not {args.dataset!r}")
     splits = [load_split(s, "train", args.data) for s in r["sources"]]
     for s, (im, lb) in zip(r["sources"], splits):
         print(f"{s}: train images {im.shape} {im.dtype}, labels {lb.shape}", flush=True)

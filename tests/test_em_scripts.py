@@ -92,4 +92,4 @@ def test_a_blend_recipe_names_a_bundled_specialist_and_its_robust_fine_tuning(tm
     assert not list(tmp_path.iterdir())
     with pytest.raises(SystemExit):  # a weight means nothing to a training recipe
         train_em_models.main(["lucchi-robust-half", "--weight", "0.3", "--out", str(tmp_path)])
-    assert "--weight is for the blend recipes" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert "--weight and --tuned are for the blend recipes" in capsys.readouterr().err and not list(tmp_path.iterdir())
