@@ -1,6 +1,8 @@
 """Weight-space blends (WiSE-FT) of a first bundled specialist and its robust fine-tuning, along the line.
 
-Run: python benchmarks/bench_blend.py --models-dir DIR [--pairs lucchi vnc] [--weights 0 0.25 0.5 0.75 1]
+Run: python benchmarks/bench_blend.py --models-dir DIR [--pairs lucchi-blend vnc-blend] [--weights 0 0.25 0.5 0.75 1]
+     python benchmarks/bench_blend.py --models-dir DIR --statistics mixed --pairs lucchi-blend --weights 0.5 \
+         --name bench_blend_mixed_statistics
 
 For each pair (``lucchi-pp`` and ``DIR/lucchi-pp-robust-half``; ``vnc`` and ``DIR/vnc-robust-half``: trained by
 the commands of docs/real-data.md) and each weight (the fine-tuned model's share), the blend
@@ -8,7 +10,8 @@ the commands of docs/real-data.md) and each weight (the fine-tuned model's share
 ``scripts/train_em_models.py <pair>-blend`` makes it) is judged on every slice of two held-out test volumes:
 its own training volume's (in-domain) and the other lab's (cross-lab): source only, AdaBN and AdaBN behind
 the guard (``bench_whole_test_volume.measure``). Weight 0 is the specialist with its running statistics
-estimated again, 1 the fine-tuned model likewise. Needs ``../shared/data/real/``. Writes
+estimated again, 1 the fine-tuned model likewise. ``--statistics mixed``: the blends keep the same mix of both
+models' running statistics instead (what re-estimating them buys). Needs ``../shared/data/real/``. Writes
 ``benchmarks/results/<name>.{txt,json}`` and ``docs/images/<name without bench_>.png``. Foreground IoU at 0.5.
 """
 
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(ap, [], name="bench_blend", models_dir=None)
     ap.add_argument("--pairs", nargs="+", choices=sorted(BLENDS), default=sorted(BLENDS))
     ap.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    ap.add_argument("--statistics", choices=["training", "mixed"], default="training",
+                    help="the blends' running statistics: estimated again on the training slices (default), or the "
+                    "same mix of both models'")
     args = ap.parse_args(argv)
     if args.models_dir is None:
         ap.error("--models-dir: the folder with the fine-tuned models (lucchi-pp-robust-half, vnc-robust-half)")
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         (train_images, _), = [load_split(s, "train") for s in r["sources"]]
         for weight in args.weights:
             t = time.perf_counter()
-            blend = nb.blend_models(base, tuned, weight, statistics_images=train_images,
+            again = args.statistics == "training"
+            blend = nb.blend_models(base, tuned, weight, statistics_images=train_images if again else None,
                                     pixel_size_nm=r["pixel_size_nm"])
             made = time.perf_counter() - t
             for target in [*r["sources"], *sorted(set(RECIPES) - set(r["sources"]))]:
@@ -87,13 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     command = f"python benchmarks/bench_blend.py {' '.join(sys.argv[1:] if argv is None else argv)}"
     lines = [header("Weight-space blends of a specialist and its robust fine-tuning, on whole test volumes"),
              f"# command: {command}", f"# wall time: {time.perf_counter() - t0:.0f} s",
-             "# weight: the fine-tuned model's share; running statistics estimated again on the training slices", "",
+             "# weight: the fine-tuned model's share; running statistics " + (
+                 "estimated again on the training slices" if args.statistics == "training"
+                 else "the same mix of both models'"), "",
              "| pair | weight | target (whole test volume) | domain | source only | AdaBN | +guard | kept (guard) | seconds |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {BLENDS[r['pair']]['base']} + {BLENDS[r['pair']]['tuned']} | {r['weight']:g} | {r['target']} | "
               f"{r['domain']} | {r['source']:.3f} | {r['adabn']:.3f} | {r['guard']:.3f} | {r['kept'] or 'no: adapted'} | "
               f"{r['seconds']:.0f} |" for r in rows]
-    save_results(args.name, "\n".join(lines) + "\n", {"rows": rows, "command": command}, figure)
+    save_results(args.name, "\n".join(lines) + "\n", {"rows": rows, "command": command},
+                 figure if len(args.weights) > 1 else None)  # a line needs two points
     return 0
 
 

@@ -248,6 +248,8 @@ section_real() {
       --models em-generalist-half --models-dir "$TMPDIR_MODELS" --name bench_real_generalisation_generalist_half
     # weight-space blends of lucchi-pp / vnc and their halved-probability fine-tunings (about 45 min on 2 cores)
     step bench_blend "$PY" benchmarks/bench_blend.py --models-dir "$TMPDIR_MODELS"
+    step bench_blend_mixed_statistics "$PY" benchmarks/bench_blend.py --models-dir "$TMPDIR_MODELS" --statistics mixed \
+      --pairs lucchi-blend --weights 0.5 --name bench_blend_mixed_statistics
     step "make lucchi-pp-blend" "$PY" scripts/train_em_models.py lucchi-blend --out "$TMPDIR_MODELS" --overwrite
     step "make vnc-blend" "$PY" scripts/train_em_models.py vnc-blend --out "$TMPDIR_MODELS" --overwrite
     step bench_real_generalisation_blend "$PY" benchmarks/bench_real_generalisation.py --models lucchi-pp-blend vnc-blend \
