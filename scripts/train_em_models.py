@@ -138,7 +138,7 @@ def make_blend(r: dict[str, Any], args: argparse.Namespace, path: Path) -> int:
                                  f"{r['tuned']} (a blend)")
     model.meta["blend"]["seconds"] = round(time.perf_counter() - t0, 1)
     nb.compute_source_statistics(model, images, seed=args.seed, device="cpu", in_place=True)
-    training = model.meta["training"] = {**model.meta["training"], "metrics": {}}
+    training = model.meta["training"]
     if not args.no_test:
         record_test_iou(model, r["sources"], args.data)
     training["command"] = " ".join(args.command)

@@ -53,6 +53,8 @@ def test_the_card_says_how_the_blend_was_made_and_drops_what_the_weights_measure
     assert record["tuned_started_from_base"] is True
     assert not {"source_statistics", "calibration", "trust", "arrays"} & set(blend.meta)
     assert blend.meta["normalization"] == tuned.meta["normalization"]
+    assert tuned.meta["training"]["metrics"] and blend.meta["training"]["metrics"] == {}  # its scores are not the blend's
+    assert blend.meta["training"]["recipe"] == tuned.meta["training"]["recipe"]
     path = nb.save_model(blend, tmp_path / "b.safetensors")
     assert nb.load_model(path, device="cpu").meta["blend"] == record
     apart = copy.deepcopy(tuned)

@@ -92,8 +92,9 @@ def blend_models(
     Returns
     -------
     UNet
-        A new model in eval mode; its card keeps ``tuned``'s training record, architecture, input
-        normalisation, pixel size and training object sizes, and says under ``"blend"`` how it was made.
+        A new model in eval mode; its card keeps ``tuned``'s training record (without its scores),
+        architecture, input normalisation, pixel size and training object sizes, and says under ``"blend"``
+        how it was made.
         Source statistics, trust calibration and the guard's references are not carried over: measure them
         again for the blend (:func:`napari_bnadapt.compute_source_statistics`, ...).
 
@@ -114,6 +115,8 @@ def blend_models(
     blend.eval()
     meta_tuned = getattr(tuned, "meta", None) or {}
     blend.meta = copy.deepcopy({k: meta_tuned[k] for k in _KEPT if k in meta_tuned})
+    if isinstance(blend.meta.get("training"), dict):  # the fine-tuned model's scores are not the blend's
+        blend.meta["training"]["metrics"] = {}
     blend.meta["name"] = name or f"{_name(tuned)}-blend-{round(100 * weight)}"
     record: dict[str, Any] = {
         "base": _name(base), "tuned": _name(tuned), "weight": float(weight),
