@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import add_model_arguments, header, save_results  # noqa: E402
+from _common import header, save_results  # noqa: E402
 from bench_whole_test_volume import measure  # noqa: E402
 from em_data import BLENDS, RECIPES, load_split, real_data_ready  # noqa: E402
 
@@ -61,7 +61,9 @@ def figure(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(ap, [], name="bench_blend", models_dir=None)
+    ap.add_argument("--models-dir", type=Path, default=None, help="the folder with the fine-tuned models")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="bench_blend", help="results/<name>.{txt,json}")
     ap.add_argument("--pairs", nargs="+", choices=sorted(BLENDS), default=sorted(BLENDS))
     ap.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     ap.add_argument("--statistics", choices=["training", "mixed"], default="training",
